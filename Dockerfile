@@ -1,0 +1,10 @@
+# One image for both the worker and the API; the compose file picks the command.
+FROM node:20-bookworm-slim
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts
+COPY . .
+# Prebuilt workflow bundle: workers start without running webpack.
+RUN npx tsx scripts/bundle-workflows.ts > /app/.workflow-bundle-path
+ENV NODE_ENV=production
+CMD ["npx", "tsx", "api/main.ts"]

@@ -1,0 +1,1 @@
+export { createSessionActivities, type SessionActivities, type ActivityDeps } from './session-activities';

@@ -1,0 +1,215 @@
+import { Context } from '@temporalio/activity';
+import type OpenAI from 'openai';
+import { sql, type DatabasePool } from 'slonik';
+import { z } from 'zod';
+import type { ErrorBody } from '../contracts/errors';
+import type { Usage } from '../contracts/events';
+import type { PendingMessage } from '../contracts/session';
+import { appendEvent, notify } from '../db/events';
+import { conversationUpTo, insertMessage, type MessageRow } from '../db/messages';
+import { markSessionEnded } from '../db/sessions';
+import { DeltaCoalescer } from './delta-coalescer';
+import { classifyLlmError, contentFilterFailure } from './llm-errors';
+
+export interface ActivityDeps {
+  pool: DatabasePool;
+  openai: OpenAI;
+  streamCoalesceMs: number;
+  llmTimeoutMs: number;
+}
+
+export interface StreamReplyInput {
+  sessionId: string;
+  turn: number;
+  step: number;
+  replyTo: string;
+  model: string;
+  /** Write turn.done with the reply when the model finishes without asking for tools. */
+  completesTurn: boolean;
+}
+
+export interface StreamReplyResult {
+  messageId: string;
+  content: string;
+  finishReason: string;
+  usage: Usage;
+}
+
+export interface TurnFailureInput {
+  sessionId: string;
+  turn: number;
+  replyTo: string;
+  error: ErrorBody;
+}
+
+export const streamIdOf = (turn: number, step: number) => `t${turn}-s${step}`;
+export const replyMessageIdOf = (sessionId: string, turn: number, step: number) => `${sessionId}-t${turn}-r${step}`;
+
+const StreamEndRow = z.object({ data: z.unknown() });
+
+function toChatMessages(rows: MessageRow[]): OpenAI.ChatCompletionMessageParam[] {
+  return rows.map((m) =>
+    m.role === 'assistant' ? { role: 'assistant', content: m.content } : m.role === 'system' ? { role: 'system', content: m.content } : { role: 'user', content: m.content },
+  );
+}
+
+/** Built by the worker with its dependencies; every activity is idempotent under retry. */
+export function createSessionActivities(deps: ActivityDeps) {
+  const { pool } = deps;
+
+  async function recordUserMessages(input: { sessionId: string; messages: PendingMessage[] }): Promise<void> {
+    await pool.transaction(async (tx) => {
+      for (const m of input.messages) {
+        await insertMessage(tx, {
+          id: m.messageId,
+          sessionId: input.sessionId,
+          turn: m.turn,
+          position: 0,
+          role: 'user',
+          content: m.content,
+          ...(m.clientMessageId ? { clientMessageId: m.clientMessageId } : {}),
+        });
+        await appendEvent(tx, {
+          sessionId: input.sessionId,
+          key: `accepted:${m.messageId}`,
+          type: 'message.accepted',
+          data: { messageId: m.messageId, turn: m.turn, content: m.content, ...(m.clientMessageId ? { clientMessageId: m.clientMessageId } : {}) },
+        });
+      }
+    });
+  }
+
+  async function completedReply(sessionId: string, streamId: string): Promise<StreamReplyResult | null> {
+    const row = await pool.maybeOne(sql.type(StreamEndRow)`
+      SELECT data FROM session_events WHERE session_id = ${sessionId} AND event_key = ${`${streamId}:end`}`);
+    if (!row) return null;
+    const data = row.data as StreamReplyResult;
+    return { messageId: data.messageId, content: data.content, finishReason: data.finishReason, usage: data.usage };
+  }
+
+  async function streamReply(input: StreamReplyInput): Promise<StreamReplyResult> {
+    const ctx = Context.current();
+    const attempt = ctx.info.attempt;
+    const streamId = streamIdOf(input.turn, input.step);
+    // An earlier attempt may have committed its reply and died before reporting completion.
+    const done = await completedReply(input.sessionId, streamId);
+    if (done) return done;
+
+    const history = await conversationUpTo(pool, input.sessionId, input.turn);
+    // Written while the model request is in flight: it only has to land before the first delta.
+    const started = pool.transaction((tx) =>
+      appendEvent(tx, {
+        sessionId: input.sessionId,
+        key: `${streamId}:start:${attempt}`,
+        type: 'stream.start',
+        data: { streamId, turn: input.turn, replyTo: input.replyTo, attempt },
+      }),
+    );
+    started.catch(() => undefined);
+    const coalescer = new DeltaCoalescer(streamId, attempt, deps.streamCoalesceMs, async (delta) => {
+      await started;
+      await notify(pool, { k: 'd', sessionId: input.sessionId, ...delta });
+    });
+    // The model may be slow to start; keep the attempt alive while the request is pending.
+    const beat = setInterval(() => ctx.heartbeat(), Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));
+    let content = '';
+    let finishReason = 'stop';
+    let usage: Usage = { inputTokens: 0, outputTokens: 0 };
+    try {
+      const stream = await deps.openai.chat.completions.create(
+        { model: input.model, messages: toChatMessages(history), stream: true, stream_options: { include_usage: true }, user: input.sessionId },
+        { signal: ctx.cancellationSignal, timeout: deps.llmTimeoutMs },
+      );
+      for await (const chunk of stream) {
+        ctx.heartbeat();
+        const choice = chunk.choices[0];
+        const text = choice?.delta?.content ?? '';
+        if (text) {
+          content += text;
+          coalescer.push(text);
+        }
+        if (choice?.finish_reason) finishReason = choice.finish_reason;
+        if (chunk.usage) usage = { inputTokens: chunk.usage.prompt_tokens, outputTokens: chunk.usage.completion_tokens };
+      }
+    } catch (error) {
+      await started.catch(() => undefined);
+      throw classifyLlmError(error);
+    } finally {
+      clearInterval(beat);
+      coalescer.dispose();
+    }
+    await started;
+    await coalescer.flush();
+    if (finishReason === 'content_filter') throw contentFilterFailure();
+
+    const messageId = replyMessageIdOf(input.sessionId, input.turn, input.step);
+    await pool.transaction(async (tx) => {
+      await insertMessage(tx, {
+        id: messageId,
+        sessionId: input.sessionId,
+        turn: input.turn,
+        position: input.step,
+        role: 'assistant',
+        content,
+        inputTokens: usage.inputTokens,
+        outputTokens: usage.outputTokens,
+      });
+      await appendEvent(tx, {
+        sessionId: input.sessionId,
+        key: `${streamId}:end`,
+        type: 'stream.end',
+        data: { streamId, attempt, messageId, content, finishReason, usage },
+      });
+      if (input.completesTurn) {
+        await appendEvent(tx, {
+          sessionId: input.sessionId,
+          key: `turn:${input.turn}:done`,
+          type: 'turn.done',
+          data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage },
+        });
+      }
+    });
+    return { messageId, content, finishReason, usage };
+  }
+
+  async function recordTurnFailure(input: TurnFailureInput): Promise<void> {
+    await pool.transaction(async (tx) => {
+      await appendEvent(tx, {
+        sessionId: input.sessionId,
+        key: `turn:${input.turn}:error`,
+        type: 'error',
+        data: { ...input.error, turn: input.turn, replyTo: input.replyTo },
+      });
+      await appendEvent(tx, {
+        sessionId: input.sessionId,
+        key: `turn:${input.turn}:done`,
+        type: 'turn.done',
+        data: { turn: input.turn, replyTo: input.replyTo, status: 'failed', messageId: null, content: null, usage: null },
+      });
+    });
+  }
+
+  async function expireSession(input: { sessionId: string; idleMs: number }): Promise<void> {
+    await pool.transaction(async (tx) => {
+      await markSessionEnded(tx, input.sessionId, 'expired');
+      await appendEvent(tx, { sessionId: input.sessionId, key: 'session:expired', type: 'session.expired', data: { idleMs: input.idleMs } });
+    });
+  }
+
+  async function rejectLateMessages(input: { sessionId: string; messageIds: string[] }): Promise<void> {
+    await pool.transaction(async (tx) => {
+      for (const messageId of input.messageIds) {
+        await appendEvent(tx, {
+          sessionId: input.sessionId,
+          key: `late:${messageId}`,
+          type: 'error',
+          data: { code: 'SESSION_EXPIRED', message: 'Session expired. Please start a new conversation.', recoverable: false, replyTo: messageId },
+        });
+      }
+    });
+  }
+
+  return { recordUserMessages, streamReply, recordTurnFailure, expireSession, rejectLateMessages };
+}
+
+export type SessionActivities = ReturnType<typeof createSessionActivities>;

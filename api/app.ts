@@ -1,0 +1,27 @@
+import { bodyParser } from '@koa/bodyparser';
+import Koa from 'koa';
+import type { ApiDeps } from './deps';
+import { errorMiddleware } from './errors';
+import { sessionRoutes } from './routes/sessions';
+import { streamRoutes } from './routes/streams';
+
+export function createApp(deps: ApiDeps): Koa {
+  const app = new Koa();
+  app.proxy = false;
+  app.silent = true;
+  app.use(errorMiddleware(deps.log));
+  app.use(
+    bodyParser({
+      enableTypes: ['json'],
+      jsonLimit: deps.settings.api.restBodyLimit,
+      onError: (error) => {
+        throw error;
+      },
+    }),
+  );
+  for (const router of [sessionRoutes(deps), streamRoutes(deps)]) {
+    app.use(router.routes());
+    app.use(router.allowedMethods());
+  }
+  return app;
+}

@@ -1,0 +1,14 @@
+import type { DatabasePool } from 'slonik';
+import type { Logger } from '../config/logger';
+import type { Settings } from '../config/settings';
+import type { EventHub } from './event-hub';
+import type { SessionService } from './session-service';
+
+/** What the HTTP and WebSocket handlers need; built once per process in api/main.ts. */
+export interface ApiDeps {
+  settings: Settings;
+  pool: DatabasePool;
+  hub: EventHub;
+  sessions: SessionService;
+  log: Logger;
+}

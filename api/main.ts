@@ -1,0 +1,49 @@
+import http from 'node:http';
+import { createLogger } from '../config/logger';
+import { databaseUrlOf, loadSettings } from '../config/settings';
+import { migrate } from '../db/migrate';
+import { openPool } from '../db/pool';
+import { createApp } from './app';
+import { EventHub } from './event-hub';
+import { SessionService } from './session-service';
+import { attachWebSocket } from './ws';
+
+async function main() {
+  const settings = loadSettings();
+  const log = createLogger(settings, 'api');
+  const databaseUrl = databaseUrlOf(settings);
+  await migrate(databaseUrl);
+  const pool = await openPool(databaseUrl, settings.dbPoolSize);
+  const hub = new EventHub(databaseUrl, pool, log);
+  await hub.start();
+  const sessions = await SessionService.connect(settings, pool);
+  const deps = { settings, pool, hub, sessions, log };
+  const server = http.createServer(createApp(deps).callback());
+  const ws = attachWebSocket(server, deps);
+  await new Promise<void>((resolve) => server.listen(settings.api.port, settings.api.host, resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : settings.api.port;
+  log.info({ port }, `api listening on http://127.0.0.1:${port}`);
+
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    log.info('api stopping');
+    await ws.close();
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeAllConnections();
+    await closed;
+    await hub.close();
+    await sessions.close();
+    await pool.end();
+    process.exit(0);
+  };
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+}
+
+main().catch((error: unknown) => {
+  console.error('api failed:', error);
+  process.exit(1);
+});

@@ -1,0 +1,79 @@
+import Router from '@koa/router';
+import { sql } from 'slonik';
+import { Id } from '../../contracts/ids';
+import { CreateSessionBody, PageQuery, PostMessageBody } from '../../contracts/rest';
+import { lastSeq } from '../../db/events';
+import { listMessages, type MessageRow } from '../../db/messages';
+import type { SessionRow } from '../../db/sessions';
+import type { ApiDeps } from '../deps';
+import { parseInput } from '../errors';
+
+export function sessionView(row: SessionRow) {
+  return {
+    id: row.id,
+    title: row.title,
+    agentId: row.agent_id,
+    status: row.status,
+    createdAt: new Date(row.created_at).toISOString(),
+    updatedAt: new Date(row.updated_at).toISOString(),
+    endedAt: row.ended_at === null ? null : new Date(row.ended_at).toISOString(),
+  };
+}
+
+function messageView(m: MessageRow) {
+  return {
+    id: m.id,
+    turn: m.turn,
+    role: m.role,
+    content: m.content,
+    clientMessageId: m.client_message_id,
+    usage: m.role === 'assistant' ? { inputTokens: m.input_tokens ?? 0, outputTokens: m.output_tokens ?? 0 } : null,
+    createdAt: new Date(m.created_at).toISOString(),
+  };
+}
+
+export function sessionRoutes(deps: ApiDeps): Router {
+  const router = new Router({ prefix: '/api/v1' });
+
+  router.post('/sessions', async (ctx) => {
+    const body = parseInput(CreateSessionBody, ctx.request.body ?? {});
+    const row = await deps.sessions.create(body);
+    ctx.status = 201;
+    ctx.body = sessionView(row);
+  });
+
+  router.get('/sessions/:id', async (ctx) => {
+    const id = parseInput(Id, ctx.params.id);
+    const row = await deps.sessions.require(id);
+    const [state, seq] = await Promise.all([row.status === 'active' ? deps.sessions.state(id) : null, lastSeq(deps.pool, id)]);
+    ctx.body = { ...sessionView(row), lastSeq: seq, state };
+  });
+
+  router.post('/sessions/:id/messages', async (ctx) => {
+    const id = parseInput(Id, ctx.params.id);
+    const body = parseInput(PostMessageBody, ctx.request.body);
+    const { messageId } = await deps.sessions.sendMessage(id, body.content, body.clientMessageId);
+    ctx.status = 202;
+    ctx.body = { messageId };
+  });
+
+  router.get('/sessions/:id/messages', async (ctx) => {
+    const id = parseInput(Id, ctx.params.id);
+    const page = parseInput(PageQuery, ctx.query);
+    await deps.sessions.require(id);
+    const rows = await listMessages(deps.pool, id, { limit: page.limit, offset: page.after });
+    ctx.body = { messages: rows.map(messageView), nextAfter: rows.length === page.limit ? page.after + rows.length : null };
+  });
+
+  router.get('/health', async (ctx) => {
+    const [temporal, postgres] = await Promise.all([
+      deps.sessions.checkTemporal(),
+      deps.pool.query(sql.unsafe`SELECT 1`).then(() => true, () => false),
+    ]);
+    const ok = temporal && postgres;
+    ctx.status = ok ? 200 : 503;
+    ctx.body = { status: ok ? 'ok' : 'degraded', checks: { temporal, postgres } };
+  });
+
+  return router;
+}

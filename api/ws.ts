@@ -1,0 +1,109 @@
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { checkClientFrame } from '../contracts/frames';
+import { KeelError, type ErrorCode } from '../contracts/errors';
+import { durableFrame, type ServerFrame } from '../contracts/events';
+import { ID_PATTERN } from '../contracts/ids';
+import { AfterSeqQuery } from '../contracts/rest';
+import { lastSeq } from '../db/events';
+import type { ApiDeps } from './deps';
+import { toKeelError } from './errors';
+import { openSessionStream } from './session-stream';
+
+const WS_PATH = /^\/api\/v1\/sessions\/([^/]+)\/ws$/;
+/** Frames above this are refused by ws itself (close 1009); below it our own limit answers with an error frame. */
+const HARD_FRAME_LIMIT = 1024 * 1024;
+/** A client this far behind is disconnected; it resumes with ?after=. */
+const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+
+function rejectUpgrade(socket: Duplex, status: number, code: ErrorCode, message: string) {
+  const body = JSON.stringify(new KeelError(code, message).toBody());
+  socket.end(`HTTP/1.1 ${status} ${status === 404 ? 'Not Found' : 'Bad Request'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/** The WebSocket bridge: client frames become signals, session events become server frames. */
+export function attachWebSocket(server: Server, deps: ApiDeps) {
+  const wss = new WebSocketServer({ noServer: true, maxPayload: HARD_FRAME_LIMIT });
+  const alive = new WeakMap<WebSocket, boolean>();
+
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    void (async () => {
+      const url = new URL(req.url ?? '/', 'http://localhost');
+      const match = WS_PATH.exec(url.pathname);
+      if (!match) return rejectUpgrade(socket, 404, 'NOT_FOUND', 'No such route');
+      const sessionId = decodeURIComponent(match[1]!);
+      const query = AfterSeqQuery.safeParse(Object.fromEntries(url.searchParams));
+      if (!ID_PATTERN.test(sessionId) || !query.success) return rejectUpgrade(socket, 400, 'VALIDATION_ERROR', 'Invalid session id or query');
+      try {
+        await deps.sessions.require(sessionId);
+      } catch (error) {
+        const e = toKeelError(error);
+        return rejectUpgrade(socket, e.status, e.code, e.message);
+      }
+      wss.handleUpgrade(req, socket, head, (ws) => void serve(ws, sessionId, query.data));
+    })().catch((error: unknown) => {
+      deps.log.error({ err: error }, 'websocket upgrade failed');
+      socket.destroy();
+    });
+  });
+
+  async function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }) {
+    alive.set(ws, true);
+    ws.on('pong', () => alive.set(ws, true));
+    const send = (frame: ServerFrame | { type: string; sessionId: string; data: unknown }) => {
+      if (ws.readyState !== WebSocket.OPEN) return;
+      if (ws.bufferedAmount > MAX_BUFFERED_BYTES) return ws.close(1013, 'client too slow; reconnect with ?after=');
+      ws.send(JSON.stringify(frame));
+    };
+    const sendError = (error: KeelError, extra: Record<string, unknown> = {}) => send({ type: 'error', sessionId, data: { ...error.toBody(), ...extra } });
+
+    const seq = await lastSeq(deps.pool, sessionId);
+    send({ type: 'connected', sessionId, lastSeq: seq, data: { lastSeq: seq } });
+    const stream = await openSessionStream(
+      deps.hub,
+      deps.pool,
+      { sessionId, after: query.after ?? seq, ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
+      { event: (e) => send(durableFrame(e)), delta: (d) => send({ type: 'stream.delta', sessionId, data: d }) },
+      (error) => {
+        deps.log.warn({ err: error, sessionId }, 'websocket stream failed');
+        ws.close(1011, 'stream failed; reconnect with ?after=');
+      },
+    );
+    ws.on('close', () => stream.close());
+    ws.on('error', () => stream.close());
+    ws.on('message', (raw: RawData, isBinary: boolean) => {
+      const text = isBinary ? '' : raw.toString();
+      const check = checkClientFrame(isBinary ? '\u0000' : text, deps.settings.api);
+      if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined));
+      const frame = check.frame;
+      if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
+      deps.sessions.sendMessage(sessionId, frame.content, frame.clientMessageId).catch((error: unknown) => {
+        const e = toKeelError(error);
+        if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId }, 'websocket message failed');
+        sendError(e, frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {});
+      });
+    });
+  }
+
+  const heartbeat = setInterval(() => {
+    for (const ws of wss.clients) {
+      if (alive.get(ws) === false) {
+        ws.terminate();
+        continue;
+      }
+      alive.set(ws, false);
+      ws.ping();
+    }
+  }, deps.settings.api.wsPingIntervalMs);
+  heartbeat.unref();
+
+  return {
+    wss,
+    close: async () => {
+      clearInterval(heartbeat);
+      for (const ws of wss.clients) ws.close(1001, 'server shutting down');
+      await new Promise<void>((resolve) => wss.close(() => resolve()));
+    },
+  };
+}

@@ -1,0 +1,115 @@
+import { z } from 'zod';
+import { MAX_CONTENT_CHARS, MAX_FRAME_BYTES } from '../contracts/limits';
+import type { SessionConfig } from '../contracts/session';
+
+/**
+ * Every setting, read once from the environment, defaulted and validated here.
+ * Nothing else in the project reads process.env. See docs/configuration.md.
+ */
+const int = (def: number) => z.coerce.number().int().nonnegative().default(def);
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v));
+
+const Env = z.object({
+  KEEL_DATA_DIR: z.string().default('.data'),
+  KEEL_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+  TEMPORAL_ADDRESS: optionalString,
+  TEMPORAL_NAMESPACE: z.string().default('default'),
+  KEEL_TASK_QUEUE: z.string().default('keel-sessions'),
+  KEEL_WORKFLOW_BUNDLE: optionalString,
+
+  DATABASE_URL: optionalString,
+  KEEL_DB_POOL_SIZE: int(10),
+
+  KEEL_API_HOST: z.string().default('0.0.0.0'),
+  KEEL_API_PORT: int(3000),
+  KEEL_WS_PING_INTERVAL_MS: int(30_000),
+  KEEL_MAX_FRAME_BYTES: int(MAX_FRAME_BYTES),
+  KEEL_MAX_CONTENT_CHARS: int(MAX_CONTENT_CHARS),
+  KEEL_REST_BODY_LIMIT: z.string().default('64kb'),
+  KEEL_CHAT_TIMEOUT_MS: int(120_000),
+
+  OPENAI_API_KEY: optionalString,
+  OPENAI_BASE_URL: optionalString,
+  KEEL_MODEL: z.string().default('gpt-4o-mini'),
+  KEEL_LLM_TIMEOUT_MS: int(60_000),
+  KEEL_LLM_HEARTBEAT_TIMEOUT_MS: int(10_000),
+  KEEL_LLM_MAX_ATTEMPTS: int(4),
+  KEEL_LLM_RETRY_INITIAL_MS: int(1_000),
+  KEEL_LLM_RETRY_MAX_MS: int(20_000),
+  KEEL_LLM_RETRY_BACKOFF: z.coerce.number().min(1).default(2),
+  KEEL_STREAM_COALESCE_MS: int(25),
+
+  KEEL_SESSION_IDLE_TTL_MS: int(30 * 60_000),
+  KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),
+
+  KEEL_LOCAL_MODEL_PORT: int(8787),
+});
+
+export type Settings = ReturnType<typeof loadSettings>;
+
+export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
+  const parsed = Env.safeParse(env);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+    throw new Error(`Invalid configuration: ${problems}`);
+  }
+  const e = parsed.data;
+  return {
+    dataDir: e.KEEL_DATA_DIR,
+    logLevel: e.KEEL_LOG_LEVEL,
+    temporal: {
+      address: e.TEMPORAL_ADDRESS,
+      namespace: e.TEMPORAL_NAMESPACE,
+      taskQueue: e.KEEL_TASK_QUEUE,
+      workflowBundlePath: e.KEEL_WORKFLOW_BUNDLE,
+    },
+    databaseUrl: e.DATABASE_URL,
+    dbPoolSize: e.KEEL_DB_POOL_SIZE,
+    api: {
+      host: e.KEEL_API_HOST,
+      port: e.KEEL_API_PORT,
+      wsPingIntervalMs: e.KEEL_WS_PING_INTERVAL_MS,
+      maxFrameBytes: Math.min(e.KEEL_MAX_FRAME_BYTES, MAX_FRAME_BYTES),
+      maxContentChars: Math.min(e.KEEL_MAX_CONTENT_CHARS, MAX_CONTENT_CHARS),
+      restBodyLimit: e.KEEL_REST_BODY_LIMIT,
+      chatTimeoutMs: e.KEEL_CHAT_TIMEOUT_MS,
+    },
+    llm: {
+      apiKey: e.OPENAI_API_KEY,
+      baseUrl: e.OPENAI_BASE_URL,
+      model: e.KEEL_MODEL,
+      timeoutMs: e.KEEL_LLM_TIMEOUT_MS,
+      streamCoalesceMs: e.KEEL_STREAM_COALESCE_MS,
+    },
+    localModelPort: e.KEEL_LOCAL_MODEL_PORT,
+    session: {
+      idleTtlMs: e.KEEL_SESSION_IDLE_TTL_MS,
+      continueAsNewAfterEvents: e.KEEL_CONTINUE_AS_NEW_EVENTS,
+      llm: {
+        model: e.KEEL_MODEL,
+        startToCloseTimeoutMs: e.KEEL_LLM_TIMEOUT_MS + 5_000,
+        heartbeatTimeoutMs: e.KEEL_LLM_HEARTBEAT_TIMEOUT_MS,
+        maxAttempts: e.KEEL_LLM_MAX_ATTEMPTS,
+        initialIntervalMs: e.KEEL_LLM_RETRY_INITIAL_MS,
+        maximumIntervalMs: e.KEEL_LLM_RETRY_MAX_MS,
+        backoffCoefficient: e.KEEL_LLM_RETRY_BACKOFF,
+      },
+    } satisfies SessionConfig,
+  };
+}
+
+/** Where `npm start` puts its embedded services; `npm run worker` / `npm run api` fall back to them. */
+export const EMBEDDED_TEMPORAL_ADDRESS = '127.0.0.1:7233';
+export const EMBEDDED_DATABASE_URL = 'postgres://keel:keel@127.0.0.1:5433/keel';
+
+export function temporalAddressOf(settings: Settings): string {
+  return settings.temporal.address ?? EMBEDDED_TEMPORAL_ADDRESS;
+}
+
+export function databaseUrlOf(settings: Settings): string {
+  return settings.databaseUrl ?? EMBEDDED_DATABASE_URL;
+}

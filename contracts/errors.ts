@@ -1,0 +1,108 @@
+import { z } from 'zod';
+
+/** Stable error codes. Clients branch on these; never rename one. */
+export const ErrorCode = z.enum([
+  'SESSION_NOT_FOUND',
+  'SESSION_NOT_ACTIVE',
+  'SESSION_EXPIRED',
+  'LLM_TIMEOUT',
+  'LLM_RATE_LIMIT',
+  'LLM_API_ERROR',
+  'LLM_CONTENT_FILTER',
+  'VALIDATION_ERROR',
+  'INVALID_JSON',
+  'PAYLOAD_TOO_LARGE',
+  'UNKNOWN_FRAME_TYPE',
+  'NOT_FOUND',
+  'SERVICE_UNAVAILABLE',
+  'INTERNAL_ERROR',
+]);
+export type ErrorCode = z.infer<typeof ErrorCode>;
+
+const httpStatusByCode: Record<ErrorCode, number> = {
+  SESSION_NOT_FOUND: 404,
+  SESSION_NOT_ACTIVE: 409,
+  SESSION_EXPIRED: 410,
+  LLM_TIMEOUT: 504,
+  LLM_RATE_LIMIT: 429,
+  LLM_API_ERROR: 502,
+  LLM_CONTENT_FILTER: 422,
+  VALIDATION_ERROR: 422,
+  INVALID_JSON: 400,
+  PAYLOAD_TOO_LARGE: 413,
+  UNKNOWN_FRAME_TYPE: 422,
+  NOT_FOUND: 404,
+  SERVICE_UNAVAILABLE: 503,
+  INTERNAL_ERROR: 500,
+};
+
+/** Whether retrying the same request later can succeed. */
+const recoverableByCode: Record<ErrorCode, boolean> = {
+  SESSION_NOT_FOUND: false,
+  SESSION_NOT_ACTIVE: true,
+  SESSION_EXPIRED: false,
+  LLM_TIMEOUT: true,
+  LLM_RATE_LIMIT: true,
+  LLM_API_ERROR: true,
+  LLM_CONTENT_FILTER: false,
+  VALIDATION_ERROR: false,
+  INVALID_JSON: false,
+  PAYLOAD_TOO_LARGE: false,
+  UNKNOWN_FRAME_TYPE: false,
+  NOT_FOUND: false,
+  SERVICE_UNAVAILABLE: true,
+  INTERNAL_ERROR: true,
+};
+
+export function httpStatusOf(code: ErrorCode): number {
+  return httpStatusByCode[code];
+}
+
+export function isRecoverable(code: ErrorCode): boolean {
+  return recoverableByCode[code];
+}
+
+export const ErrorBody = z.object({
+  code: ErrorCode,
+  message: z.string(),
+  details: z.unknown().optional(),
+  recoverable: z.boolean(),
+  requestId: z.string().optional(),
+});
+export type ErrorBody = z.infer<typeof ErrorBody>;
+
+/** The one error envelope used by REST, WebSocket `error` frames and SSE. */
+export const ErrorEnvelope = z.object({ error: ErrorBody });
+export type ErrorEnvelope = z.infer<typeof ErrorEnvelope>;
+
+/** A failure we expect and can describe to the caller. */
+export class KeelError extends Error {
+  override readonly name = 'KeelError';
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: unknown,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  get status(): number {
+    return httpStatusOf(this.code);
+  }
+
+  toBody(requestId?: string): ErrorBody {
+    return {
+      code: this.code,
+      message: this.message,
+      ...(this.details === undefined ? {} : { details: this.details }),
+      recoverable: isRecoverable(this.code),
+      ...(requestId ? { requestId } : {}),
+    };
+  }
+}
+
+/** Turns a zod error into details that name fields but never echo values. */
+export function describeIssues(error: z.ZodError): { field: string; problem: string }[] {
+  return error.issues.map((issue) => ({ field: issue.path.join('.') || '(root)', problem: issue.message }));
+}

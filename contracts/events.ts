@@ -1,0 +1,94 @@
+import { z } from 'zod';
+import { ErrorBody } from './errors';
+
+export const Usage = z.object({
+  inputTokens: z.number().int().nonnegative(),
+  outputTokens: z.number().int().nonnegative(),
+});
+export type Usage = z.infer<typeof Usage>;
+
+export const MessageAcceptedData = z.object({
+  messageId: z.string(),
+  clientMessageId: z.string().optional(),
+  turn: z.number().int().positive(),
+  content: z.string(),
+});
+
+export const StreamStartData = z.object({
+  streamId: z.string(),
+  turn: z.number().int().positive(),
+  replyTo: z.string(),
+  /** 1 on the first try; a larger number means the previous attempt's text must be discarded. */
+  attempt: z.number().int().positive(),
+});
+
+export const StreamDeltaData = z.object({
+  streamId: z.string(),
+  attempt: z.number().int().positive(),
+  /** Character offset of `text` within this attempt's reply. */
+  offset: z.number().int().nonnegative(),
+  text: z.string(),
+});
+export type StreamDeltaData = z.infer<typeof StreamDeltaData>;
+
+export const StreamEndData = z.object({
+  streamId: z.string(),
+  attempt: z.number().int().positive(),
+  messageId: z.string(),
+  content: z.string(),
+  finishReason: z.string(),
+  usage: Usage,
+});
+
+export const TurnDoneData = z.object({
+  turn: z.number().int().positive(),
+  replyTo: z.string(),
+  status: z.enum(['completed', 'failed']),
+  messageId: z.string().nullable(),
+  content: z.string().nullable(),
+  usage: Usage.nullable(),
+});
+
+export const ErrorEventData = ErrorBody.extend({
+  turn: z.number().int().positive().optional(),
+  replyTo: z.string().optional(),
+});
+
+export const SessionExpiredData = z.object({ idleMs: z.number().int().nonnegative() });
+
+/** Events written to the session's log, each with a gap-free `seq`. */
+export const durableEventSchemas = {
+  'message.accepted': MessageAcceptedData,
+  'stream.start': StreamStartData,
+  'stream.end': StreamEndData,
+  'turn.done': TurnDoneData,
+  error: ErrorEventData,
+  'session.expired': SessionExpiredData,
+} as const;
+
+export type DurableEventType = keyof typeof durableEventSchemas;
+export type DurableEventData<T extends DurableEventType> = z.infer<(typeof durableEventSchemas)[T]>;
+export const DurableEventType = z.enum(Object.keys(durableEventSchemas) as [DurableEventType, ...DurableEventType[]]);
+
+export interface DurableEvent<T extends DurableEventType = DurableEventType> {
+  sessionId: string;
+  seq: number;
+  type: T;
+  data: DurableEventData<T>;
+  createdAt: string;
+}
+
+/** Stored payloads carry a version so later readers can upgrade old rows. */
+export const EVENT_PAYLOAD_VERSION = 1;
+
+/** What the API sends over WebSocket and SSE. `seq` is present on durable events only. */
+export type ServerFrame =
+  | { type: 'connected'; sessionId: string; data: { lastSeq: number } ; lastSeq: number }
+  | { type: 'pong'; sessionId: string; data: Record<string, never> }
+  | { type: 'stream.delta'; sessionId: string; data: StreamDeltaData }
+  | { type: 'error'; sessionId: string; seq?: number; data: z.infer<typeof ErrorEventData> }
+  | { type: DurableEventType; sessionId: string; seq: number; data: unknown };
+
+export function durableFrame(event: DurableEvent): ServerFrame {
+  return { type: event.type, sessionId: event.sessionId, seq: event.seq, data: event.data };
+}

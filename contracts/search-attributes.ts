@@ -1,0 +1,5 @@
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+
+/** Custom search attributes; the dev server registers them at start (scripts/services.ts). */
+export const SessionStatusKey = defineSearchAttributeKey('KeelSessionStatus', SearchAttributeType.KEYWORD);
+export const AgentIdKey = defineSearchAttributeKey('KeelAgentId', SearchAttributeType.KEYWORD);

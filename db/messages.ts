@@ -1,0 +1,54 @@
+import { sql, type CommonQueryMethods } from 'slonik';
+import { z } from 'zod';
+
+export const MessageRow = z.object({
+  id: z.string(),
+  session_id: z.string(),
+  turn: z.number(),
+  position: z.number(),
+  role: z.enum(['user', 'assistant', 'tool', 'system']),
+  content: z.string(),
+  client_message_id: z.string().nullable(),
+  input_tokens: z.number().nullable(),
+  output_tokens: z.number().nullable(),
+  created_at: z.number(),
+});
+export type MessageRow = z.infer<typeof MessageRow>;
+
+export interface NewMessage {
+  id: string;
+  sessionId: string;
+  turn: number;
+  position: number;
+  role: MessageRow['role'];
+  content: string;
+  clientMessageId?: string;
+  inputTokens?: number;
+  outputTokens?: number;
+}
+
+/** Inserts once: a retried activity that writes the same message changes nothing. */
+export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Promise<void> {
+  await db.query(sql.unsafe`
+    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens)
+    VALUES (${m.id}, ${m.sessionId}, ${m.turn}, ${m.position}, ${m.role}, ${m.content},
+            ${m.clientMessageId ?? null}, ${m.inputTokens ?? null}, ${m.outputTokens ?? null})
+    ON CONFLICT DO NOTHING`);
+}
+
+/** The conversation as the model sees it for `turn`: every message of that turn and before. */
+export async function conversationUpTo(db: CommonQueryMethods, sessionId: string, turn: number): Promise<MessageRow[]> {
+  const rows = await db.any(sql.type(MessageRow)`
+    SELECT id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, created_at
+    FROM messages WHERE session_id = ${sessionId} AND turn <= ${turn}
+    ORDER BY turn, position`);
+  return [...rows];
+}
+
+export async function listMessages(db: CommonQueryMethods, sessionId: string, page: { limit: number; offset: number }): Promise<MessageRow[]> {
+  const rows = await db.any(sql.type(MessageRow)`
+    SELECT id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, created_at
+    FROM messages WHERE session_id = ${sessionId}
+    ORDER BY turn, position LIMIT ${page.limit} OFFSET ${page.offset}`);
+  return [...rows];
+}

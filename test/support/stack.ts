@@ -1,0 +1,131 @@
+import { Client, Pool } from 'pg';
+import { bundleWorkflows } from '../../scripts/bundle-workflows';
+import { LocalModelServer } from '../../model-server/server';
+import { spawnEntry, type Spawned } from './processes';
+import { WsClient } from './ws-client';
+
+export interface StackOptions {
+  /** Extra settings for the worker and the API (see config/settings.ts). */
+  env?: Record<string, string>;
+}
+
+function requiredEnv(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run the tests through jest's global setup (npm test)`);
+  return value;
+}
+
+async function createDatabase(name: string): Promise<string> {
+  const adminUrl = requiredEnv('KEEL_TEST_ADMIN_DATABASE_URL');
+  const admin = new Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+let stackCounter = 0;
+
+/**
+ * A whole Keel deployment for one test file: its own database and task queue on the shared
+ * Temporal dev server and Postgres, the local model server in-process, and the worker and
+ * API as real child processes.
+ */
+export async function startStack(opts: StackOptions = {}) {
+  const name = `keel_t${process.pid}_${++stackCounter}`;
+  const databaseUrl = await createDatabase(name);
+  const model = new LocalModelServer();
+  const { url: modelUrl } = await model.start();
+  const env: Record<string, string> = {
+    TEMPORAL_ADDRESS: requiredEnv('KEEL_TEST_TEMPORAL_ADDRESS'),
+    DATABASE_URL: databaseUrl,
+    KEEL_TASK_QUEUE: `tq-${name}`,
+    KEEL_WORKFLOW_BUNDLE: process.env.KEEL_TEST_WORKFLOW_BUNDLE ?? (await bundleWorkflows()),
+    OPENAI_BASE_URL: modelUrl,
+    OPENAI_API_KEY: 'test-key',
+    KEEL_MODEL: 'keel-local',
+    KEEL_API_HOST: '127.0.0.1',
+    KEEL_API_PORT: '0',
+    KEEL_DB_POOL_SIZE: '5',
+    KEEL_LLM_HEARTBEAT_TIMEOUT_MS: '2000',
+    KEEL_LLM_RETRY_INITIAL_MS: '200',
+    KEEL_LLM_RETRY_MAX_MS: '1000',
+    ...opts.env,
+  };
+  const startWorker = async () => {
+    const w = spawnEntry('worker/main.ts', env);
+    await w.waitForLine(/worker started/);
+    return w;
+  };
+  let worker: Spawned = await startWorker();
+  const api = spawnEntry('api/main.ts', env);
+  const port = Number((await api.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
+  const db = new Pool({ connectionString: databaseUrl, max: 3 });
+  const base = `http://127.0.0.1:${port}`;
+  const sockets: WsClient[] = [];
+
+  async function request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
+    const res = await fetch(`${base}${path}`, {
+      method,
+      headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+      ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+    });
+    const text = await res.text();
+    let json: any = null;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = null;
+    }
+    return { status: res.status, body: json, text, headers: res.headers };
+  }
+
+  return {
+    env,
+    model,
+    db,
+    base,
+    get worker() {
+      return worker;
+    },
+    api,
+    request,
+    async createSession(body: Record<string, unknown> = {}): Promise<string> {
+      const res = await request('POST', '/api/v1/sessions', body);
+      if (res.status !== 201) throw new Error(`create session: ${res.status} ${res.text}`);
+      return res.body.id as string;
+    },
+    async ws(sessionId: string, query = ''): Promise<WsClient> {
+      const client = await WsClient.connect(`ws://127.0.0.1:${port}/api/v1/sessions/${sessionId}/ws${query}`);
+      sockets.push(client);
+      return client;
+    },
+    async killWorker(signal: NodeJS.Signals = 'SIGKILL') {
+      await worker.kill(signal);
+    },
+    async startWorker() {
+      worker = await startWorker();
+    },
+    async stop() {
+      await Promise.all(sockets.map((s) => s.close().catch(() => undefined)));
+      await Promise.all([worker.kill(), api.kill()]);
+      await db.end();
+      await model.stop();
+    },
+  };
+}
+
+export type Stack = Awaited<ReturnType<typeof startStack>>;
+
+export async function eventually<T>(fn: () => Promise<T | undefined | null | false>, timeoutMs = 20_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

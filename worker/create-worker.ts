@@ -1,0 +1,33 @@
+import { NativeConnection, Worker } from '@temporalio/worker';
+import OpenAI from 'openai';
+import type { DatabasePool } from 'slonik';
+import { createSessionActivities } from '../activities';
+import { temporalAddressOf, type Settings } from '../config/settings';
+
+export async function createWorker(settings: Settings, pool: DatabasePool) {
+  const connection = await NativeConnection.connect({ address: temporalAddressOf(settings) });
+  // maxRetries 0: Temporal's retry policy owns retrying, with backoff and attempt numbers clients can see.
+  const openai = new OpenAI({
+    apiKey: settings.llm.apiKey ?? 'no-key-configured',
+    ...(settings.llm.baseUrl ? { baseURL: settings.llm.baseUrl } : {}),
+    maxRetries: 0,
+    timeout: settings.llm.timeoutMs,
+  });
+  const activities = createSessionActivities({
+    pool,
+    openai,
+    streamCoalesceMs: settings.llm.streamCoalesceMs,
+    llmTimeoutMs: settings.llm.timeoutMs,
+  });
+  const workflowSource = settings.temporal.workflowBundlePath
+    ? { workflowBundle: { codePath: settings.temporal.workflowBundlePath } }
+    : { workflowsPath: require.resolve('../workflows') };
+  const worker = await Worker.create({
+    connection,
+    namespace: settings.temporal.namespace,
+    taskQueue: settings.temporal.taskQueue,
+    activities,
+    ...workflowSource,
+  });
+  return { worker, connection };
+}

@@ -1,0 +1,33 @@
+import { proxyActivities } from '@temporalio/workflow';
+import type { SessionActivities } from '../activities';
+import type { SessionConfig } from '../contracts/session';
+
+/** Every activity's timeouts and retries, set on purpose from the session's config. */
+export function sessionActivities(config: SessionConfig) {
+  // Persistence must never give up: a message that was accepted is not lost while the database is down.
+  const persistence = proxyActivities<Pick<SessionActivities, 'recordUserMessages' | 'recordTurnFailure' | 'expireSession' | 'rejectLateMessages'>>({
+    startToCloseTimeout: '30 seconds',
+    retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+  });
+  const llm = proxyActivities<Pick<SessionActivities, 'streamReply'>>({
+    startToCloseTimeout: config.llm.startToCloseTimeoutMs,
+    heartbeatTimeout: config.llm.heartbeatTimeoutMs,
+    retry: {
+      maximumAttempts: config.llm.maxAttempts,
+      initialInterval: config.llm.initialIntervalMs,
+      maximumInterval: config.llm.maximumIntervalMs,
+      backoffCoefficient: config.llm.backoffCoefficient,
+      nonRetryableErrorTypes: ['LLM_CONTENT_FILTER'],
+    },
+  });
+  // proxyActivities returns a Proxy, which object spread cannot copy.
+  return {
+    recordUserMessages: persistence.recordUserMessages,
+    recordTurnFailure: persistence.recordTurnFailure,
+    expireSession: persistence.expireSession,
+    rejectLateMessages: persistence.rejectLateMessages,
+    streamReply: llm.streamReply,
+  };
+}
+
+export type SessionActivityProxies = ReturnType<typeof sessionActivities>;

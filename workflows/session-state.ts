@@ -1,0 +1,126 @@
+import type { Usage } from '../contracts/events';
+import {
+  RECENT_CLIENT_ID_LIMIT,
+  type PendingMessage,
+  type SessionSnapshot,
+  type SessionStateView,
+  type SessionWorkflowInput,
+  type UserMessageSignal,
+} from '../contracts/session';
+
+/** The session's state and the rules that change it; no I/O, so it is safe in workflow code. */
+export class SessionState {
+  private current: PendingMessage | null = null;
+  /** Messages that arrived after the session expired: each is answered with SESSION_EXPIRED. */
+  private lateArrivals: UserMessageSignal[] = [];
+
+  constructor(private readonly s: SessionSnapshot) {}
+
+  static fromInput(input: SessionWorkflowInput): SessionState {
+    if (input.resume) return new SessionState({ ...input.resume, generation: input.resume.generation + 1 });
+    return new SessionState({
+      sessionId: input.sessionId,
+      config: input.config,
+      status: 'active',
+      queue: [],
+      unrecorded: [],
+      nextTurn: 1,
+      messageCount: 0,
+      usage: { inputTokens: 0, outputTokens: 0 },
+      recentClientIds: [],
+      generation: 0,
+    });
+  }
+
+  get sessionId() {
+    return this.s.sessionId;
+  }
+  get config() {
+    return this.s.config;
+  }
+
+  /** Accepts a user message once per client message ID; returns false for a repeat. */
+  accept(m: UserMessageSignal): boolean {
+    if (this.s.status !== 'active') {
+      this.lateArrivals.push(m);
+      return false;
+    }
+    if (m.clientMessageId) {
+      if (this.s.recentClientIds.includes(m.clientMessageId)) return false;
+      this.s.recentClientIds.push(m.clientMessageId);
+      if (this.s.recentClientIds.length > RECENT_CLIENT_ID_LIMIT) this.s.recentClientIds.shift();
+    }
+    if (this.knows(m.messageId)) return false;
+    this.s.unrecorded.push({ ...m, turn: this.s.nextTurn++ });
+    this.s.messageCount += 1;
+    return true;
+  }
+
+  private knows(messageId: string): boolean {
+    return [...this.s.unrecorded, ...this.s.queue].some((p) => p.messageId === messageId) || this.current?.messageId === messageId;
+  }
+
+  hasUnrecorded(): boolean {
+    return this.s.unrecorded.length > 0;
+  }
+  hasQueued(): boolean {
+    return this.s.queue.length > 0;
+  }
+  isIdle(): boolean {
+    return !this.hasUnrecorded() && !this.hasQueued() && this.current === null;
+  }
+
+  takeUnrecorded(): PendingMessage[] {
+    return [...this.s.unrecorded];
+  }
+
+  /** Recorded messages become answerable, in turn order. */
+  markRecorded(batch: PendingMessage[]): void {
+    const ids = new Set(batch.map((m) => m.messageId));
+    this.s.unrecorded = this.s.unrecorded.filter((m) => !ids.has(m.messageId));
+    this.s.queue.push(...batch);
+    this.s.queue.sort((a, b) => a.turn - b.turn);
+  }
+
+  beginNextTurn(): PendingMessage | null {
+    this.current = this.s.queue.shift() ?? null;
+    return this.current;
+  }
+
+  recordReply(usage: Usage): void {
+    this.s.messageCount += 1;
+    this.s.usage = {
+      inputTokens: this.s.usage.inputTokens + usage.inputTokens,
+      outputTokens: this.s.usage.outputTokens + usage.outputTokens,
+    };
+  }
+
+  endTurn(): void {
+    this.current = null;
+  }
+
+  expire(): void {
+    this.s.status = 'expired';
+  }
+
+  takeLateArrivals(): UserMessageSignal[] {
+    return this.lateArrivals.splice(0);
+  }
+
+  snapshot(): SessionSnapshot {
+    // A turn interrupted by continue-as-new never happens: the loop only continues between turns.
+    return JSON.parse(JSON.stringify(this.s)) as SessionSnapshot;
+  }
+
+  view(): SessionStateView {
+    return {
+      sessionId: this.s.sessionId,
+      status: this.s.status,
+      turnInProgress: this.current ? { turn: this.current.turn, replyTo: this.current.messageId } : null,
+      queued: [...this.s.unrecorded, ...this.s.queue].map((m) => ({ messageId: m.messageId, turn: m.turn })),
+      messageCount: this.s.messageCount,
+      usage: { ...this.s.usage },
+      generation: this.s.generation,
+    };
+  }
+}
