@@ -1,13 +1,20 @@
-import { proxyActivities } from '@temporalio/workflow';
+import { proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
 import type { SessionActivities } from '../activities';
 import type { SessionConfig } from '../contracts/session';
 
 /** Every activity's timeouts and retries, set on purpose from the session's config. */
 export function sessionActivities(config: SessionConfig) {
   // Persistence must never give up: a message that was accepted is not lost while the database is down.
-  const persistence = proxyActivities<Pick<SessionActivities, 'recordUserMessages' | 'recordTurnFailure' | 'expireSession' | 'rejectLateMessages'>>({
+  const retry = { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' } as const;
+  const persistence = proxyActivities<Pick<SessionActivities, 'recordTurnFailure' | 'expireSession' | 'rejectLateMessages'>>({
     startToCloseTimeout: '30 seconds',
-    retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' },
+    retry,
+  });
+  // A local activity: acknowledging a message is one short transaction on the hot path of
+  // every turn, and skipping the task queue round trip cuts time to first token.
+  const acknowledge = proxyLocalActivities<Pick<SessionActivities, 'recordUserMessages'>>({
+    startToCloseTimeout: '10 seconds',
+    retry,
   });
   const llm = proxyActivities<Pick<SessionActivities, 'streamReply'>>({
     startToCloseTimeout: config.llm.startToCloseTimeoutMs,
@@ -22,7 +29,7 @@ export function sessionActivities(config: SessionConfig) {
   });
   // proxyActivities returns a Proxy, which object spread cannot copy.
   return {
-    recordUserMessages: persistence.recordUserMessages,
+    recordUserMessages: acknowledge.recordUserMessages,
     recordTurnFailure: persistence.recordTurnFailure,
     expireSession: persistence.expireSession,
     rejectLateMessages: persistence.rejectLateMessages,
