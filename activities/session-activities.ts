@@ -3,7 +3,7 @@ import type OpenAI from 'openai';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import type { ErrorBody } from '../contracts/errors';
-import type { Usage } from '../contracts/events';
+import type { StreamDeltaData, Usage } from '../contracts/events';
 import type { PendingMessage } from '../contracts/session';
 import { appendEvent, notify } from '../db/events';
 import { conversationUpTo, insertMessage, type MessageRow } from '../db/messages';
@@ -46,6 +46,18 @@ export const streamIdOf = (turn: number, step: number) => `t${turn}-s${step}`;
 export const replyMessageIdOf = (sessionId: string, turn: number, step: number) => `${sessionId}-t${turn}-r${step}`;
 
 const StreamEndRow = z.object({ data: z.unknown() });
+
+/** NOTIFY payloads are limited to 8000 bytes; 1,000 UTF-16 units stay under it even when every one is a 6-byte JSON escape. */
+const MAX_DELTA_CHARS = 1_000;
+
+function splitDelta(delta: StreamDeltaData): StreamDeltaData[] {
+  if (delta.text.length <= MAX_DELTA_CHARS) return [delta];
+  const pieces: StreamDeltaData[] = [];
+  for (let at = 0; at < delta.text.length; at += MAX_DELTA_CHARS) {
+    pieces.push({ ...delta, offset: delta.offset + at, text: delta.text.slice(at, at + MAX_DELTA_CHARS) });
+  }
+  return pieces;
+}
 
 function toChatMessages(rows: MessageRow[]): OpenAI.ChatCompletionMessageParam[] {
   return rows.map((m) =>
@@ -108,7 +120,7 @@ export function createSessionActivities(deps: ActivityDeps) {
     started.catch(() => undefined);
     const coalescer = new DeltaCoalescer(streamId, attempt, deps.streamCoalesceMs, async (delta) => {
       await started;
-      await notify(pool, { k: 'd', sessionId: input.sessionId, ...delta });
+      for (const piece of splitDelta(delta)) await notify(pool, { k: 'd', sessionId: input.sessionId, ...piece });
     });
     // The model may be slow to start; keep the attempt alive while the request is pending.
     const beat = setInterval(() => ctx.heartbeat(), Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));

@@ -10,6 +10,7 @@ import { lastSeq } from '../db/events';
 import type { ApiDeps } from './deps';
 import { toKeelError } from './errors';
 import { openSessionStream } from './session-stream';
+import { SerialQueue } from './serial-queue';
 
 const WS_PATH = /^\/api\/v1\/sessions\/([^/]+)\/ws$/;
 /** Frames above this are refused by ws itself (close 1009); below it our own limit answers with an error frame. */
@@ -41,14 +42,14 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         const e = toKeelError(error);
         return rejectUpgrade(socket, e.status, e.code, e.message);
       }
-      wss.handleUpgrade(req, socket, head, (ws) => void serve(ws, sessionId, query.data));
+      wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data));
     })().catch((error: unknown) => {
       deps.log.error({ err: error }, 'websocket upgrade failed');
       socket.destroy();
     });
   });
 
-  async function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }) {
+  function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }) {
     alive.set(ws, true);
     ws.on('pong', () => alive.set(ws, true));
     const send = (frame: ServerFrame | { type: string; sessionId: string; data: unknown }) => {
@@ -58,30 +59,45 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
     };
     const sendError = (error: KeelError, extra: Record<string, unknown> = {}) => send({ type: 'error', sessionId, data: { ...error.toBody(), ...extra } });
 
-    const seq = await lastSeq(deps.pool, sessionId);
-    send({ type: 'connected', sessionId, lastSeq: seq, data: { lastSeq: seq } });
-    const stream = await openSessionStream(
-      deps.hub,
-      deps.pool,
-      { sessionId, after: query.after ?? seq, ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
-      { event: (e) => send(durableFrame(e)), delta: (d) => send({ type: 'stream.delta', sessionId, data: d }) },
-      (error) => {
-        deps.log.warn({ err: error, sessionId }, 'websocket stream failed');
-        ws.close(1011, 'stream failed; reconnect with ?after=');
-      },
-    );
-    ws.on('close', () => stream.close());
-    ws.on('error', () => stream.close());
+    // Handlers are attached at once and work runs through one queue: frames that arrive while
+    // the replay is being set up are neither lost nor reordered.
+    const inbound = new SerialQueue((error) => deps.log.error({ err: error, sessionId }, 'websocket queue failed'));
+    let stream: { close(): void } | undefined;
+    let closed = false;
+    const closeStream = () => {
+      closed = true;
+      stream?.close();
+    };
+    ws.on('close', closeStream);
+    ws.on('error', closeStream);
+    inbound.push(async () => {
+      const seq = await lastSeq(deps.pool, sessionId);
+      send({ type: 'connected', sessionId, lastSeq: seq, data: { lastSeq: seq } });
+      stream = await openSessionStream(
+        deps.hub,
+        deps.pool,
+        { sessionId, after: query.after ?? seq, ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
+        { event: (e) => send(durableFrame(e)), delta: (d) => send({ type: 'stream.delta', sessionId, data: d }) },
+        (error) => {
+          deps.log.warn({ err: error, sessionId }, 'websocket stream failed');
+          ws.close(1011, 'stream failed; reconnect with ?after=');
+        },
+      );
+      if (closed) stream.close();
+    });
     ws.on('message', (raw: RawData, isBinary: boolean) => {
-      const text = isBinary ? '' : raw.toString();
-      const check = checkClientFrame(isBinary ? '\u0000' : text, deps.settings.api);
-      if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined));
-      const frame = check.frame;
-      if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
-      deps.sessions.sendMessage(sessionId, frame.content, frame.clientMessageId).catch((error: unknown) => {
-        const e = toKeelError(error);
-        if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId }, 'websocket message failed');
-        sendError(e, frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {});
+      inbound.push(async () => {
+        const check = checkClientFrame(isBinary ? '\u0000' : raw.toString(), deps.settings.api);
+        if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined));
+        const frame = check.frame;
+        if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
+        try {
+          await deps.sessions.sendMessage(sessionId, frame.content, frame.clientMessageId);
+        } catch (error) {
+          const e = toKeelError(error);
+          if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId }, 'websocket message failed');
+          sendError(e, frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {});
+        }
       });
     });
   }

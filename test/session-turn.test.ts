@@ -75,6 +75,7 @@ test('three messages at once are answered in order; a repeated client message ID
   ws.send({ type: 'message', content: 'two', clientMessageId: 'b' });
   ws.send({ type: 'message', content: 'three', clientMessageId: 'c' });
   ws.send({ type: 'message', content: 'one again', clientMessageId: 'a' });
+  await ws.waitForCount((f) => f.type === 'message.accepted', 3);
   const rest = await stack.request('POST', `/api/v1/sessions/${sessionId}/messages`, { content: 'two via rest', clientMessageId: 'b' });
   expect(rest.status).toBe(202);
 
