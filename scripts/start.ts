@@ -278,15 +278,15 @@ async function main(): Promise<void> {
   const settings = loadSettings();
   const lifecycle = new Lifecycle();
   const abort = new AbortController();
-  let startup: Promise<Ready> | undefined;
   let exiting = false;
 
+  // Only ever called from the event loop, so after `startup` below has been assigned.
   const exit = async (code: number) => {
     if (exiting) return;
     exiting = true;
     abort.abort();
     // Let an in-flight start finish registering what it started, so that gets stopped too.
-    await startup?.catch(() => undefined);
+    await startup.catch(() => undefined);
     await lifecycle.stopAll();
     say(code === 0 ? 'stopped' : 'stopped after a failure');
     process.exit(code);
@@ -314,7 +314,7 @@ async function main(): Promise<void> {
     signal: abort.signal,
     onUnexpectedExit: (name, how) => fail(`${name} ${how}; shutting everything down`),
   };
-  startup = startEverything(ctx);
+  const startup = startEverything(ctx);
   try {
     printBanner(settings, await startup);
   } catch (error) {
