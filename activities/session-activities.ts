@@ -1,6 +1,6 @@
 import { Context } from '@temporalio/activity';
 import type OpenAI from 'openai';
-import { sql, type DatabasePool } from 'slonik';
+import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import type { ErrorBody } from '../contracts/errors';
 import type { StreamDeltaData, Usage } from '../contracts/events';
@@ -23,6 +23,10 @@ export interface StreamReplyInput {
   turn: number;
   step: number;
   replyTo: string;
+  /** The user message this turn answers. */
+  content: string;
+  /** Accepted messages not yet stored: written, with message.accepted, before stream.start. */
+  record: PendingMessage[];
   model: string;
   /** Write turn.done with the reply when the model finishes without asking for tools. */
   completesTurn: boolean;
@@ -65,30 +69,41 @@ function toChatMessages(rows: MessageRow[]): OpenAI.ChatCompletionMessageParam[]
   );
 }
 
+function pendingUserRow(input: StreamReplyInput): MessageRow {
+  return {
+    id: input.replyTo,
+    session_id: input.sessionId,
+    turn: input.turn,
+    position: 0,
+    role: 'user',
+    content: input.content,
+    client_message_id: null,
+    input_tokens: null,
+    output_tokens: null,
+    created_at: 0,
+  };
+}
+
+/** Stores accepted user messages with their message.accepted events; a repeat is a no-op. */
+async function recordMessagesIn(tx: CommonQueryMethods, sessionId: string, messages: PendingMessage[]): Promise<void> {
+  for (const m of messages) {
+    const clientId = m.clientMessageId ? { clientMessageId: m.clientMessageId } : {};
+    await insertMessage(tx, { id: m.messageId, sessionId, turn: m.turn, position: 0, role: 'user', content: m.content, ...clientId });
+    await appendEvent(tx, {
+      sessionId,
+      key: `accepted:${m.messageId}`,
+      type: 'message.accepted',
+      data: { messageId: m.messageId, turn: m.turn, content: m.content, ...clientId },
+    });
+  }
+}
+
 /** Built by the worker with its dependencies; every activity is idempotent under retry. */
 export function createSessionActivities(deps: ActivityDeps) {
   const { pool } = deps;
 
   async function recordUserMessages(input: { sessionId: string; messages: PendingMessage[] }): Promise<void> {
-    await pool.transaction(async (tx) => {
-      for (const m of input.messages) {
-        await insertMessage(tx, {
-          id: m.messageId,
-          sessionId: input.sessionId,
-          turn: m.turn,
-          position: 0,
-          role: 'user',
-          content: m.content,
-          ...(m.clientMessageId ? { clientMessageId: m.clientMessageId } : {}),
-        });
-        await appendEvent(tx, {
-          sessionId: input.sessionId,
-          key: `accepted:${m.messageId}`,
-          type: 'message.accepted',
-          data: { messageId: m.messageId, turn: m.turn, content: m.content, ...(m.clientMessageId ? { clientMessageId: m.clientMessageId } : {}) },
-        });
-      }
-    });
+    await pool.transaction((tx) => recordMessagesIn(tx, input.sessionId, input.messages));
   }
 
   async function completedReply(sessionId: string, streamId: string): Promise<StreamReplyResult | null> {
@@ -104,20 +119,23 @@ export function createSessionActivities(deps: ActivityDeps) {
     const attempt = ctx.info.attempt;
     const streamId = streamIdOf(input.turn, input.step);
     // An earlier attempt may have committed its reply and died before reporting completion.
-    const done = await completedReply(input.sessionId, streamId);
+    const done = attempt > 1 ? await completedReply(input.sessionId, streamId) : null;
     if (done) return done;
 
-    const history = await conversationUpTo(pool, input.sessionId, input.turn);
     // Written while the model request is in flight: it only has to land before the first delta.
-    const started = pool.transaction((tx) =>
-      appendEvent(tx, {
+    const started = pool.transaction(async (tx) => {
+      await recordMessagesIn(tx, input.sessionId, input.record);
+      await appendEvent(tx, {
         sessionId: input.sessionId,
         key: `${streamId}:start:${attempt}`,
         type: 'stream.start',
         data: { streamId, turn: input.turn, replyTo: input.replyTo, attempt },
-      }),
-    );
+      });
+    });
     started.catch(() => undefined);
+    const history = await conversationUpTo(pool, input.sessionId, input.turn);
+    // The user message may still be on its way into the table; the model sees it either way.
+    if (!history.some((m) => m.id === input.replyTo)) history.push(pendingUserRow(input));
     const coalescer = new DeltaCoalescer(streamId, attempt, deps.streamCoalesceMs, async (delta) => {
       await started;
       for (const piece of splitDelta(delta)) await notify(pool, { k: 'd', sessionId: input.sessionId, ...piece });

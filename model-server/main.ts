@@ -6,14 +6,20 @@ async function main() {
   const server = new LocalModelServer({ port: settings.localModelPort, host: '127.0.0.1' });
   const { url } = await server.start();
   console.log(`offline demo model (Keel local model server) listening on ${url} — set OPENAI_API_KEY to use a real model`);
-  const stop = () => {
-    void server.stop().then(() => process.exit(0));
+  const stop = (signal: NodeJS.Signals) => {
+    server.stop().then(
+      () => console.log(`offline demo model stopped (${signal})`),
+      (error: unknown) => {
+        console.error('offline demo model failed to stop:', error);
+        process.exitCode = 1;
+      },
+    );
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
 }
 
 main().catch((error: unknown) => {
-  console.error('model server failed:', error);
+  console.error('offline demo model failed to start:', error);
   process.exit(1);
 });

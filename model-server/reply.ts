@@ -1,83 +1,167 @@
-/** The local model's deterministic "brain": what it answers depends only on the conversation. */
-
-export interface ChatMessage {
-  role: string;
-  content?: string | null | { type: string; text?: string }[];
-  tool_calls?: { id: string; type?: string; function: { name: string; arguments: string } }[];
-  tool_call_id?: string;
-}
+import { z } from 'zod';
 
 export interface ToolCallSpec {
   id?: string;
   name: string;
+  /** JSON text, as OpenAI sends it. */
   arguments: string;
 }
 
-export type Answer = { kind: 'text'; text: string } | { kind: 'tools'; calls: ToolCallSpec[] };
+const TextPart = z.object({ type: z.string(), text: z.string().optional() }).passthrough();
+const Content = z.union([z.string(), z.array(TextPart)]);
+const ToolCall = z
+  .object({ id: z.string().min(1), type: z.string().optional(), function: z.object({ name: z.string(), arguments: z.string() }).passthrough() })
+  .passthrough();
+
+const Message = z.discriminatedUnion('role', [
+  z.object({ role: z.enum(['system', 'developer', 'user']), content: Content }).passthrough(),
+  z.object({ role: z.literal('assistant'), content: Content.nullish(), tool_calls: z.array(ToolCall).nullish() }).passthrough(),
+  z.object({ role: z.literal('tool'), content: Content, tool_call_id: z.string().min(1) }).passthrough(),
+]);
+export type ChatMessage = z.infer<typeof Message>;
+
+const Tool = z.object({ type: z.string(), function: z.object({ name: z.string() }).passthrough().optional() }).passthrough();
+
+/** The part of a chat completion request the local model reads; everything else is accepted and ignored. */
+export const ChatRequest = z
+  .object({
+    model: z.string().min(1),
+    messages: z.array(Message).min(1),
+    stream: z.boolean().nullish(),
+    stream_options: z.object({ include_usage: z.boolean().nullish() }).passthrough().nullish(),
+    user: z.string().optional(),
+    tools: z.array(Tool).nullish(),
+    tool_choice: z.unknown().optional(),
+  })
+  .passthrough();
+export type ChatRequest = z.infer<typeof ChatRequest>;
+
+export type Reply = { kind: 'text'; text: string } | { kind: 'tool_calls'; calls: ToolCallSpec[] };
+
+export interface ConversationProblem {
+  message: string;
+  param: string;
+}
 
 export function textOf(content: ChatMessage['content']): string {
   if (typeof content === 'string') return content;
-  if (Array.isArray(content)) return content.map((p) => p.text ?? '').join('');
-  return '';
-}
-
-const ARITHMETIC = /(-?\d+(?:\.\d+)?)\s*([+\-*/x×])\s*(-?\d+(?:\.\d+)?)/;
-
-/** OpenAI rejects a conversation in which a tool call has no answer; so does this server. */
-export function unansweredToolCall(messages: ChatMessage[]): string | null {
-  for (let i = 0; i < messages.length; i++) {
-    const calls = messages[i]!.tool_calls ?? [];
-    if (messages[i]!.role !== 'assistant' || calls.length === 0) continue;
-    const answered = new Set<string>();
-    for (let j = i + 1; j < messages.length && messages[j]!.role === 'tool'; j++) answered.add(messages[j]!.tool_call_id ?? '');
-    const missing = calls.find((c) => !answered.has(c.id));
-    if (missing) return missing.id;
-  }
-  return null;
-}
-
-function toolResultReply(results: ChatMessage[]): string {
-  const texts = results.map((m) => textOf(m.content));
-  if (texts.some((t) => /rejected|expired|cancelled|canceled|declined/i.test(t))) {
-    return `The action was not performed: ${texts.join('; ')}`;
-  }
-  const values = texts.map((t) => {
-    try {
-      const parsed = JSON.parse(t) as unknown;
-      if (parsed && typeof parsed === 'object' && 'result' in parsed) return String((parsed as { result: unknown }).result);
-      return typeof parsed === 'object' ? JSON.stringify(parsed) : String(parsed);
-    } catch {
-      return t;
-    }
-  });
-  if (values.length === 1 && /^-?\d+(\.\d+)?$/.test(values[0]!)) return `The result is ${values[0]}.`;
-  return `Tool results: ${values.join('; ')}`;
-}
-
-export function answer(messages: ChatMessage[], tools: { function?: { name?: string } }[] | undefined): Answer {
-  const trailingTools: ChatMessage[] = [];
-  for (let i = messages.length - 1; i >= 0 && messages[i]!.role === 'tool'; i--) trailingTools.unshift(messages[i]!);
-  if (trailingTools.length > 0) return { kind: 'text', text: toolResultReply(trailingTools) };
-
-  const users = messages.filter((m) => m.role === 'user').map((m) => textOf(m.content));
-  const last = users[users.length - 1] ?? '';
-  const offersCalculator = (tools ?? []).some((t) => t.function?.name === 'calculator');
-  const arithmetic = ARITHMETIC.exec(last);
-  if (offersCalculator && arithmetic) {
-    const expression = `${arithmetic[1]} ${arithmetic[2] === 'x' || arithmetic[2] === '×' ? '*' : arithmetic[2]} ${arithmetic[3]}`;
-    return { kind: 'tools', calls: [{ name: 'calculator', arguments: JSON.stringify({ expression }) }] };
-  }
-  let text = `You said: ${last}.`;
-  if (users.length > 1) text += ` Earlier you said: "${users[0]}". This is turn ${users.length}.`;
-  return { kind: 'text', text };
-}
-
-/** Word-sized tokens whose concatenation is exactly `text`. */
-export function tokenize(text: string): string[] {
-  return text.match(/\S+\s*|\s+/g) ?? [];
+  return (content ?? []).map((part) => part.text ?? '').join('');
 }
 
 export function promptTokens(messages: ChatMessage[]): number {
-  const chars = messages.reduce((n, m) => n + textOf(m.content).length + JSON.stringify(m.tool_calls ?? '').length, 0);
+  const chars = messages.reduce((sum, m) => sum + textOf(m.content).length, 0);
   return Math.ceil(chars / 4);
+}
+
+/** Word-sized tokens that keep their whitespace, so joining them gives back `text` exactly. */
+export function tokenize(text: string): string[] {
+  return text.match(/\s*\S+\s*/g) ?? (text ? [text] : []);
+}
+
+/** Splits tool call arguments into several deltas, as OpenAI streams them. */
+export function splitArguments(args: string, size = 6): string[] {
+  const pieces: string[] = [];
+  for (let i = 0; i < args.length; i += size) pieces.push(args.slice(i, i + size));
+  return pieces.length ? pieces : [''];
+}
+
+function unansweredProblem(index: number, ids: Iterable<string>): ConversationProblem {
+  return {
+    message: `An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: ${[...ids].join(', ')}`,
+    param: `messages.[${index}].role`,
+  };
+}
+
+function orphanToolProblem(index: number): ConversationProblem {
+  return {
+    message: "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+    param: `messages.[${index}].role`,
+  };
+}
+
+/** The checks OpenAI makes on tool call pairing, with its wording. */
+export function conversationProblem(messages: ChatMessage[]): ConversationProblem | null {
+  let answerable = new Set<string>();
+  let unanswered = new Set<string>();
+  let openedAt = -1;
+  for (const [index, message] of messages.entries()) {
+    if (message.role === 'tool') {
+      if (!answerable.has(message.tool_call_id)) return orphanToolProblem(index);
+      unanswered.delete(message.tool_call_id);
+      continue;
+    }
+    if (unanswered.size) return unansweredProblem(openedAt, unanswered);
+    const ids = message.role === 'assistant' ? (message.tool_calls ?? []).map((call) => call.id) : [];
+    answerable = new Set(ids);
+    unanswered = new Set(ids);
+    openedAt = index;
+  }
+  return unanswered.size ? unansweredProblem(openedAt, unanswered) : null;
+}
+
+function sentence(text: string): string {
+  return /[.!?]$/.test(text.trimEnd()) ? text : `${text}.`;
+}
+
+function isRefusal(content: string): boolean {
+  return /\b(rejected|expired|cancell?ed)\b/i.test(content);
+}
+
+function numericResult(content: string): number | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(content);
+  } catch {
+    return undefined;
+  }
+  if (typeof value === 'number') return value;
+  const result = typeof value === 'object' && value !== null ? (value as { result?: unknown }).result : undefined;
+  return typeof result === 'number' ? result : undefined;
+}
+
+function toolResultsReply(contents: string[]): string {
+  const refused = contents.filter(isRefusal);
+  if (refused.length) return `The action was not performed: ${sentence(refused.join('; '))}`;
+  const only = contents.length === 1 ? numericResult(contents[0] ?? '') : undefined;
+  if (only !== undefined) return `The result is ${only}.`;
+  return `Tool results: ${sentence(contents.join('; '))}`;
+}
+
+function echoReply(userTexts: string[]): string {
+  const last = userTexts.at(-1);
+  if (last === undefined) return 'Hello from the Keel local model.';
+  const reply = `You said: ${last}.`;
+  if (userTexts.length === 1) return reply;
+  return `${reply} Earlier you said: "${userTexts[0]}". This is turn ${userTexts.length}.`;
+}
+
+function offersCalculator(request: ChatRequest): boolean {
+  if (request.tool_choice === 'none') return false;
+  return (request.tools ?? []).some((tool) => tool.function?.name === 'calculator');
+}
+
+function arithmeticIn(text: string): string | undefined {
+  const match = /(-?\d+(?:\.\d+)?)\s*([-+*/])\s*(-?\d+(?:\.\d+)?)/.exec(text);
+  return match ? `${match[1]} ${match[2]} ${match[3]}` : undefined;
+}
+
+function trailingToolMessages(messages: ChatMessage[]): ChatMessage[] {
+  let start = messages.length;
+  while (start > 0 && messages[start - 1]?.role === 'tool') start--;
+  return messages.slice(start);
+}
+
+/**
+ * The default brain: a pure function of the conversation, so tests can predict every reply
+ * and see from it which context the runtime sent.
+ */
+export function brainReply(request: ChatRequest): Reply {
+  const { messages } = request;
+  const toolResults = trailingToolMessages(messages);
+  if (toolResults.length) return { kind: 'text', text: toolResultsReply(toolResults.map((m) => textOf(m.content))) };
+  const last = messages.at(-1);
+  const expression = last?.role === 'user' && offersCalculator(request) ? arithmeticIn(textOf(last.content)) : undefined;
+  if (expression) return { kind: 'tool_calls', calls: [{ name: 'calculator', arguments: JSON.stringify({ expression }) }] };
+  const userTexts = messages.filter((m) => m.role === 'user').map((m) => textOf(m.content));
+  return { kind: 'text', text: echoReply(userTexts) };
 }

@@ -1,7 +1,8 @@
-import { randomUUID } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { answer, promptTokens, tokenize, unansweredToolCall, type Answer, type ChatMessage, type ToolCallSpec } from './reply';
+import { setTimeout as delay } from 'node:timers/promises';
+import { z } from 'zod';
+import { brainReply, ChatRequest, conversationProblem, promptTokens, splitArguments, tokenize, type Reply, type ToolCallSpec } from './reply';
 
 export type { ToolCallSpec } from './reply';
 
@@ -22,235 +23,411 @@ export interface RecordedRequest {
   at: number;
 }
 
-interface ChatRequest {
-  model?: string;
-  messages?: ChatMessage[];
-  stream?: boolean;
-  stream_options?: { include_usage?: boolean };
-  tools?: { function?: { name?: string } }[];
-  user?: string;
+const MODEL_ID = 'keel-local';
+const ALL = '*';
+const MAX_BODY_BYTES = 8 * 1024 * 1024;
+const CHUNKS_BEFORE_MID_STREAM_FAILURE = 3;
+
+type FailSpec = NonNullable<ModelScript['failNext']>;
+type Delta = Record<string, unknown>;
+
+interface Completion {
+  message: Record<string, unknown>;
+  deltas: Delta[];
+  finishReason: 'stop' | 'tool_calls';
 }
 
-const MODEL_ID = 'keel-local';
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string,
+    readonly code: string | null = null,
+    readonly param: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+
+  body() {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+const invalidRequest = (message: string, param: string | null = null, code: string | null = null) => new HttpError(400, message, 'invalid_request_error', code, param);
+
+const count = z.number().int().nonnegative();
+const ControlScript = z
+  .object({
+    scope: z.string().min(1).default(ALL),
+    reply: z.string().nullish(),
+    firstTokenDelayMs: count.nullish(),
+    tokenDelayMs: count.nullish(),
+    failNext: z
+      .object({ count, status: z.number().int().min(400).max(599), message: z.string().optional(), code: z.string().optional(), retryAfterSeconds: z.number().nonnegative().optional() })
+      .nullish(),
+    hangNext: count.nullish(),
+    contentFilter: z.boolean().nullish(),
+    toolCalls: z.array(z.object({ id: z.string().min(1).optional(), name: z.string().min(1), arguments: z.string() })).nullish(),
+    failMidStreamNext: count.nullish(),
+  })
+  .strict();
+
+function copyScript(s: ModelScript): ModelScript {
+  return { ...s, ...(s.failNext ? { failNext: { ...s.failNext } } : {}), ...(s.toolCalls ? { toolCalls: s.toolCalls.map((c) => ({ ...c })) } : {}) };
+}
+
+/** Over HTTP, `null` clears a field, as `undefined` does in code. */
+function withoutNulls(fields: Record<string, unknown>): ModelScript {
+  return Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, v ?? undefined])) as ModelScript;
+}
+
+function describeZodError(error: z.ZodError): HttpError {
+  const issue = error.issues[0];
+  const param = issue?.path.map((p) => (typeof p === 'number' ? `[${p}]` : p)).join('.') || null;
+  return invalidRequest(`Invalid value${param ? ` for '${param}'` : ''}: ${issue?.message ?? 'invalid request'}`, param);
+}
+
+function defaultFailure(status: number): { type: string; code: string | null; message: string } {
+  if (status === 429) return { type: 'requests', code: 'rate_limit_exceeded', message: 'Rate limit reached for keel-local (scripted).' };
+  if (status === 401) return { type: 'invalid_request_error', code: 'invalid_api_key', message: 'Incorrect API key provided (scripted).' };
+  if (status >= 500) return { type: 'server_error', code: null, message: `The server had an error while processing your request (scripted ${status}).` };
+  return { type: 'invalid_request_error', code: null, message: `Scripted failure (HTTP ${status}).` };
+}
+
+function scriptedFailure(f: FailSpec): HttpError {
+  const base = defaultFailure(f.status);
+  const headers: Record<string, string> = f.retryAfterSeconds === undefined ? {} : { 'retry-after': String(f.retryAfterSeconds) };
+  return new HttpError(f.status, f.message ?? base.message, base.type, f.code ?? base.code, null, headers);
+}
+
+const contentFiltered = () =>
+  invalidRequest("The response was filtered due to the prompt triggering OpenAI's content management policy.", 'prompt', 'content_filter');
 
 /**
- * An OpenAI-compatible chat completions server with deterministic replies, scriptable per
- * scope (the request's `user` field; callers put the session ID there): delays, failures,
- * hangs, content filtering and tool calls. Used by the offline demo and every test.
+ * Scripts by scope, plus the constructor defaults. A request sees the most specific value of
+ * each field: its own scope, then '*', then the defaults. Counted fields are consumed from
+ * the scope that supplied them.
  */
-export class LocalModelServer {
-  private server: http.Server | null = null;
-  private readonly scripts = new Map<string, ModelScript>();
-  private recorded: RecordedRequest[] = [];
-  private readonly timers = new Set<NodeJS.Timeout>();
-  private readonly hanging = new Set<ServerResponse>();
+class ScriptBook {
+  private readonly scopes = new Map<string, ModelScript>();
+  private base: ModelScript;
 
-  constructor(private readonly opts: { port?: number; host?: string; defaults?: ModelScript } = {}) {}
-
-  async start(): Promise<{ url: string; port: number }> {
-    const server = http.createServer((req, res) => {
-      this.handle(req, res).catch(() => {
-        if (!res.headersSent) this.sendError(res, 500, 'internal error', 'server_error');
-        else res.destroy();
-      });
-    });
-    server.keepAliveTimeout = 60_000;
-    const host = this.opts.host ?? '127.0.0.1';
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.opts.port ?? 0, host, () => resolve());
-    });
-    this.server = server;
-    const port = (server.address() as AddressInfo).port;
-    return { url: `http://${host}:${port}/v1`, port };
+  constructor(private readonly defaults: ModelScript) {
+    this.base = copyScript(defaults);
   }
 
-  async stop(): Promise<void> {
-    for (const t of this.timers) clearTimeout(t);
-    this.timers.clear();
-    for (const res of this.hanging) res.destroy();
-    this.hanging.clear();
-    const server = this.server;
-    this.server = null;
-    if (!server) return;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    });
-  }
-
-  script(scope: string, s: ModelScript): void {
-    this.scripts.set(scope, { ...this.scripts.get(scope), ...s });
-  }
-
-  requests(scope?: string): RecordedRequest[] {
-    return scope === undefined ? [...this.recorded] : this.recorded.filter((r) => r.scope === scope);
+  set(scope: string, script: ModelScript): void {
+    this.scopes.set(scope, { ...this.scopes.get(scope), ...copyScript(script) });
   }
 
   reset(): void {
-    this.scripts.clear();
-    this.recorded = [];
+    this.scopes.clear();
+    this.base = copyScript(this.defaults);
   }
 
-  private scriptFor(scope: string): ModelScript {
-    return { ...this.opts.defaults, ...this.scripts.get('*'), ...this.scripts.get(scope) };
+  private layers(scope: string): ModelScript[] {
+    const own = scope === ALL ? undefined : this.scopes.get(scope);
+    return [own, this.scopes.get(ALL), this.base].filter((s): s is ModelScript => s !== undefined);
   }
 
-  /** Consumes one use of a counted script entry in the most specific scope that has it. */
-  private consume(scope: string, key: 'failNext' | 'hangNext' | 'failMidStreamNext' | 'toolCalls'): void {
-    const target = this.scripts.get(scope)?.[key] !== undefined ? scope : '*';
-    const s = this.scripts.get(target);
-    if (!s) return;
-    if (key === 'failNext' && s.failNext) s.failNext = s.failNext.count > 1 ? { ...s.failNext, count: s.failNext.count - 1 } : undefined;
-    else if (key === 'hangNext' || key === 'failMidStreamNext') s[key] = Math.max(0, (s[key] ?? 0) - 1);
-    else if (key === 'toolCalls') s.toolCalls = undefined;
+  value<K extends 'reply' | 'firstTokenDelayMs' | 'tokenDelayMs' | 'contentFilter'>(scope: string, key: K): ModelScript[K] {
+    return this.layers(scope).find((s) => s[key] !== undefined)?.[key];
   }
 
-  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const body = req.method === 'POST' ? await readBody(req) : '';
-    if (req.method === 'GET' && url.pathname === '/v1/models') {
-      return sendJson(res, 200, { object: 'list', data: [{ id: MODEL_ID, object: 'model', created: 0, owned_by: 'keel' }] });
-    }
-    if (req.method === 'POST' && url.pathname === '/v1/chat/completions') return this.chat(body, res);
-    if (url.pathname.startsWith('/_control/')) return this.control(req.method ?? 'GET', url, body, res);
-    this.sendError(res, 404, `no route ${req.method} ${url.pathname}`, 'invalid_request_error');
+  takeCount(scope: string, key: 'hangNext' | 'failMidStreamNext'): boolean {
+    const layer = this.layers(scope).find((s) => (s[key] ?? 0) > 0);
+    if (layer) layer[key] = (layer[key] ?? 1) - 1;
+    return layer !== undefined;
   }
 
-  private control(method: string, url: URL, body: string, res: ServerResponse): void {
-    if (method === 'POST' && url.pathname === '/_control/script') {
-      const parsed = parseJson(body) as (ModelScript & { scope?: string }) | null;
-      if (!parsed || typeof parsed !== 'object') return this.sendError(res, 400, 'invalid JSON', 'invalid_request_error');
-      const { scope = '*', ...script } = parsed;
-      this.script(scope, script);
-      return sendJson(res, 200, { ok: true });
-    }
-    if (method === 'GET' && url.pathname === '/_control/requests') return sendJson(res, 200, { requests: this.requests(url.searchParams.get('scope') ?? undefined) });
-    if (method === 'POST' && url.pathname === '/_control/reset') {
-      this.reset();
-      return sendJson(res, 200, { ok: true });
-    }
-    this.sendError(res, 404, 'no such control route', 'invalid_request_error');
+  takeFailure(scope: string): FailSpec | undefined {
+    const layer = this.layers(scope).find((s) => (s.failNext?.count ?? 0) > 0);
+    const failure = layer?.failNext;
+    if (layer && failure) layer.failNext = { ...failure, count: failure.count - 1 };
+    return failure;
   }
 
-  private async chat(raw: string, res: ServerResponse): Promise<void> {
-    const body = parseJson(raw) as ChatRequest | null;
-    if (!body || typeof body !== 'object' || !Array.isArray(body.messages)) {
-      return this.sendError(res, 400, 'The request body must be JSON with a messages array', 'invalid_request_error');
-    }
-    const scope = typeof body.user === 'string' ? body.user : '*';
-    this.recorded.push({ scope, body, at: Date.now() });
-    const script = this.scriptFor(scope);
-
-    if (script.hangNext) {
-      this.consume(scope, 'hangNext');
-      this.hanging.add(res);
-      res.on('close', () => this.hanging.delete(res));
-      return;
-    }
-    if (script.failNext && script.failNext.count > 0) {
-      const f = script.failNext;
-      this.consume(scope, 'failNext');
-      if (f.retryAfterSeconds !== undefined) res.setHeader('retry-after', String(f.retryAfterSeconds));
-      return this.sendError(res, f.status, f.message ?? `scripted failure ${f.status}`, f.status === 429 ? 'rate_limit_exceeded' : 'server_error', f.code);
-    }
-    if (script.contentFilter) return this.sendError(res, 400, 'The response was filtered due to the content management policy', 'invalid_request_error', 'content_filter');
-    const missing = unansweredToolCall(body.messages);
-    if (missing) {
-      return this.sendError(res, 400, `An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: ${missing}`, 'invalid_request_error');
-    }
-
-    let reply: Answer;
-    if (script.toolCalls?.length) {
-      reply = { kind: 'tools', calls: script.toolCalls };
-      this.consume(scope, 'toolCalls');
-    } else if (script.reply !== undefined) reply = { kind: 'text', text: script.reply };
-    else reply = answer(body.messages, body.tools);
-    const calls = reply.kind === 'tools' ? reply.calls.map((c) => ({ ...c, id: c.id ?? `call_${randomUUID().replace(/-/g, '').slice(0, 24)}` })) : [];
-    const tokens = reply.kind === 'text' ? tokenize(reply.text) : [];
-    const usage = { prompt_tokens: promptTokens(body.messages), completion_tokens: reply.kind === 'text' ? tokens.length : calls.length * 8, total_tokens: 0 };
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-    const id = `chatcmpl-${randomUUID()}`;
-    const created = Math.floor(Date.now() / 1000);
-    const model = body.model ?? MODEL_ID;
-    const finish = reply.kind === 'tools' ? 'tool_calls' : 'stop';
-
-    await this.sleep(script.firstTokenDelayMs ?? 0);
-    if (res.destroyed) return;
-    if (!body.stream) {
-      const message =
-        reply.kind === 'text'
-          ? { role: 'assistant', content: reply.text }
-          : { role: 'assistant', content: null, tool_calls: calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.arguments } })) };
-      return sendJson(res, 200, { id, object: 'chat.completion', created, model, choices: [{ index: 0, message, finish_reason: finish, logprobs: null }], usage });
-    }
-
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
-    const chunk = (delta: object, finishReason: string | null = null) =>
-      res.write(`data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason: finishReason, logprobs: null }] })}\n\n`);
-    const failMidStream = (script.failMidStreamNext ?? 0) > 0;
-    if (failMidStream) this.consume(scope, 'failMidStreamNext');
-    chunk({ role: 'assistant', content: '' });
-    const pieces: object[] =
-      reply.kind === 'text'
-        ? tokens.map((t) => ({ content: t }))
-        : calls.flatMap((c, index) => {
-            const half = Math.ceil(c.arguments.length / 2);
-            return [
-              { tool_calls: [{ index, id: c.id, type: 'function', function: { name: c.name, arguments: '' } }] },
-              { tool_calls: [{ index, function: { arguments: c.arguments.slice(0, half) } }] },
-              { tool_calls: [{ index, function: { arguments: c.arguments.slice(half) } }] },
-            ];
-          });
-    for (let i = 0; i < pieces.length; i++) {
-      if (res.destroyed) return;
-      if (i > 0) await this.sleep(script.tokenDelayMs ?? 0);
-      if (failMidStream && i >= Math.min(3, pieces.length - 1)) {
-        res.destroy();
-        return;
-      }
-      chunk(pieces[i]!);
-    }
-    chunk({}, finish);
-    if (body.stream_options?.include_usage) res.write(`data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices: [], usage })}\n\n`);
-    res.end('data: [DONE]\n\n');
-  }
-
-  private sleep(ms: number): Promise<void> {
-    if (ms <= 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const t = setTimeout(() => {
-        this.timers.delete(t);
-        resolve();
-      }, ms);
-      this.timers.add(t);
-    });
-  }
-
-  private sendError(res: ServerResponse, status: number, message: string, type: string, code?: string): void {
-    sendJson(res, status, { error: { message, type, param: null, code: code ?? null } });
+  takeToolCalls(scope: string): ToolCallSpec[] | undefined {
+    const layer = this.layers(scope).find((s) => s.toolCalls?.length);
+    const calls = layer?.toolCalls;
+    if (layer) layer.toolCalls = undefined;
+    return calls;
   }
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  if (res.destroyed) return;
-  res.writeHead(status, { 'content-type': 'application/json' });
+function textCompletion(text: string): Completion {
+  return {
+    message: { role: 'assistant', content: text, refusal: null },
+    deltas: tokenize(text).map((content) => ({ content })),
+    finishReason: 'stop',
+  };
+}
+
+function toolCallDeltas(call: Required<ToolCallSpec>, index: number): Delta[] {
+  const opening = { tool_calls: [{ index, id: call.id, type: 'function', function: { name: call.name, arguments: '' } }] };
+  const pieces = splitArguments(call.arguments).map((piece) => ({ tool_calls: [{ index, function: { arguments: piece } }] }));
+  return [opening, ...pieces];
+}
+
+function toolCallCompletion(calls: Required<ToolCallSpec>[]): Completion {
+  return {
+    message: {
+      role: 'assistant',
+      content: null,
+      refusal: null,
+      tool_calls: calls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: c.arguments } })),
+    },
+    deltas: calls.flatMap(toolCallDeltas),
+    finishReason: 'tool_calls',
+  };
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  if (res.headersSent || res.destroyed) return;
+  res.writeHead(status, { 'content-type': 'application/json', ...headers });
   res.end(JSON.stringify(body));
+}
+
+async function readBody(req: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw new HttpError(413, `Request body exceeds ${MAX_BODY_BYTES} bytes`, 'invalid_request_error', null, null, { connection: 'close' });
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);
   } catch {
-    return null;
+    throw invalidRequest('We could not parse the JSON body of your request. The body must be valid JSON.');
   }
 }
 
-function readBody(req: IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
-  });
+function scopeOf(body: unknown): string {
+  const user = typeof body === 'object' && body !== null ? (body as { user?: unknown }).user : undefined;
+  return typeof user === 'string' && user !== '' ? user : ALL;
+}
+
+/** One chat completion exchange: aborted when the client goes away or the server stops. */
+interface Exchange {
+  res: ServerResponse;
+  signal: AbortSignal;
+  serial: number;
+}
+
+/**
+ * An OpenAI-compatible chat completions server with deterministic replies, scriptable per
+ * scope (the request's `user` field, where callers put the session ID): delays, failures,
+ * hangs, content filtering, tool calls and broken streams. Used by the offline demo and tests.
+ */
+export class LocalModelServer {
+  private server: http.Server | undefined;
+  private readonly scripts: ScriptBook;
+  private recorded: RecordedRequest[] = [];
+  private readonly inflight = new Set<AbortController>();
+  private sequence = 0;
+
+  constructor(private readonly opts: { port?: number; host?: string; defaults?: ModelScript } = {}) {
+    this.scripts = new ScriptBook(opts.defaults ?? {});
+  }
+
+  async start(): Promise<{ url: string; port: number }> {
+    if (this.server) throw new Error('LocalModelServer is already started');
+    const host = this.opts.host ?? '127.0.0.1';
+    const server = http.createServer((req, res) => void this.handle(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.opts.port ?? 0, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    const { port } = server.address() as AddressInfo;
+    return { url: `http://${host}:${port}/v1`, port };
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    for (const controller of this.inflight) controller.abort();
+    this.inflight.clear();
+    if (!server) return;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeAllConnections();
+    await closed;
+  }
+
+  script(scope: string, s: ModelScript): void {
+    this.scripts.set(scope, s);
+  }
+
+  requests(scope?: string): RecordedRequest[] {
+    if (scope === undefined || scope === ALL) return [...this.recorded];
+    return this.recorded.filter((r) => r.scope === scope);
+  }
+
+  reset(): void {
+    this.scripts.reset();
+    this.recorded = [];
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const controller = new AbortController();
+    this.inflight.add(controller);
+    res.once('close', () => {
+      controller.abort();
+      this.inflight.delete(controller);
+    });
+    try {
+      await this.route(req, res, controller.signal);
+    } catch (error) {
+      this.fail(res, error, controller.signal);
+    }
+  }
+
+  private fail(res: ServerResponse, error: unknown, signal: AbortSignal): void {
+    if (signal.aborted || res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const failure = error instanceof HttpError ? error : new HttpError(500, 'The local model server failed on this request.', 'server_error');
+    sendJson(res, failure.status, failure.body(), failure.headers);
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://local');
+    const route = `${req.method} ${url.pathname.replace(/\/+$/, '')}`;
+    switch (route) {
+      case 'GET /v1/models':
+        return sendJson(res, 200, { object: 'list', data: [{ id: MODEL_ID, object: 'model', created: 0, owned_by: 'keel' }] });
+      case 'POST /v1/chat/completions':
+        return this.chatCompletion(parseJson(await readBody(req)), { res, signal, serial: ++this.sequence });
+      case 'POST /_control/script':
+        return this.controlScript(parseJson(await readBody(req)), res);
+      case 'GET /_control/requests':
+        return sendJson(res, 200, { requests: this.requests(url.searchParams.get('scope') || undefined) });
+      case 'POST /_control/reset':
+        this.reset();
+        return sendJson(res, 200, { ok: true });
+      default:
+        throw new HttpError(404, `Unknown request URL: ${req.method} ${url.pathname}.`, 'invalid_request_error', 'unknown_url');
+    }
+  }
+
+  private controlScript(body: unknown, res: ServerResponse): void {
+    const parsed = ControlScript.safeParse(body);
+    if (!parsed.success) throw describeZodError(parsed.error);
+    const { scope, ...fields } = parsed.data;
+    this.script(scope, withoutNulls(fields));
+    sendJson(res, 200, { ok: true, scope });
+  }
+
+  private async chatCompletion(body: unknown, exchange: Exchange): Promise<void> {
+    const scope = scopeOf(body);
+    this.recorded.push({ scope, body, at: Date.now() });
+    const request = this.validate(body);
+    if (this.scripts.takeCount(scope, 'hangNext')) return this.hang(exchange);
+    const failure = this.scripts.takeFailure(scope);
+    if (failure) throw scriptedFailure(failure);
+    if (this.scripts.value(scope, 'contentFilter')) throw contentFiltered();
+    const completion = this.complete(scope, request, exchange.serial);
+    const usage = this.usage(request, completion);
+    if (request.stream) {
+      const breakAfter = this.scripts.takeCount(scope, 'failMidStreamNext') ? CHUNKS_BEFORE_MID_STREAM_FAILURE : undefined;
+      return this.stream(exchange, request, completion, usage, scope, breakAfter);
+    }
+    await this.pause(this.generationTime(scope, completion.deltas.length), exchange.signal);
+    sendJson(exchange.res, 200, this.completionBody(exchange, request, completion, usage), { 'x-request-id': `req_keel${exchange.serial}` });
+  }
+
+  private validate(body: unknown): ChatRequest {
+    const parsed = ChatRequest.safeParse(body);
+    if (!parsed.success) throw describeZodError(parsed.error);
+    const problem = conversationProblem(parsed.data.messages);
+    if (problem) throw invalidRequest(problem.message, problem.param);
+    return parsed.data;
+  }
+
+  private complete(scope: string, request: ChatRequest, serial: number): Completion {
+    const reply: Reply = this.scriptedReply(scope) ?? brainReply(request);
+    if (reply.kind === 'text') return textCompletion(reply.text);
+    return toolCallCompletion(reply.calls.map((c, i) => ({ ...c, id: c.id ?? `call_keel${serial}_${i}` })));
+  }
+
+  private scriptedReply(scope: string): Reply | undefined {
+    const calls = this.scripts.takeToolCalls(scope);
+    if (calls) return { kind: 'tool_calls', calls };
+    const text = this.scripts.value(scope, 'reply');
+    return text === undefined ? undefined : { kind: 'text', text };
+  }
+
+  private usage(request: ChatRequest, completion: Completion) {
+    const prompt = promptTokens(request.messages);
+    const completionTokens = completion.deltas.length;
+    return { prompt_tokens: prompt, completion_tokens: completionTokens, total_tokens: prompt + completionTokens };
+  }
+
+  private generationTime(scope: string, tokens: number): number {
+    const first = this.scripts.value(scope, 'firstTokenDelayMs') ?? 0;
+    const between = this.scripts.value(scope, 'tokenDelayMs') ?? 0;
+    return first + between * Math.max(0, tokens - 1);
+  }
+
+  private completionBody(exchange: Exchange, request: ChatRequest, completion: Completion, usage: object) {
+    return {
+      id: `chatcmpl-keel${exchange.serial}`,
+      object: 'chat.completion',
+      created: Math.floor(Date.now() / 1000),
+      model: request.model,
+      choices: [{ index: 0, message: completion.message, logprobs: null, finish_reason: completion.finishReason }],
+      usage,
+    };
+  }
+
+  private async stream(exchange: Exchange, request: ChatRequest, completion: Completion, usage: object, scope: string, breakAfter?: number): Promise<void> {
+    const { res: response, signal } = exchange;
+    const includeUsage = request.stream_options?.include_usage === true;
+    const base = { id: `chatcmpl-keel${exchange.serial}`, object: 'chat.completion.chunk', created: Math.floor(Date.now() / 1000), model: request.model };
+    const send = (choices: object[], extra: object = includeUsage ? { usage: null } : {}) => {
+      response.write(`data: ${JSON.stringify({ ...base, choices, ...extra })}\n\n`);
+    };
+    const choice = (delta: Delta, finishReason: string | null = null) => ({ index: 0, delta, logprobs: null, finish_reason: finishReason });
+
+    response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': `req_keel${exchange.serial}` });
+    response.flushHeaders();
+    await this.pause(this.scripts.value(scope, 'firstTokenDelayMs') ?? 0, signal);
+    const opening = completion.finishReason === 'tool_calls' ? { role: 'assistant', content: null, refusal: null } : { role: 'assistant', content: '', refusal: null };
+    send([choice(opening)]);
+    for (const [i, delta] of completion.deltas.entries()) {
+      if (i > 0) await this.pause(this.scripts.value(scope, 'tokenDelayMs') ?? 0, signal);
+      if (breakAfter !== undefined && i >= Math.min(breakAfter, Math.max(1, completion.deltas.length - 1))) return this.breakStream(response);
+      send([choice(delta)]);
+    }
+    if (breakAfter !== undefined) return this.breakStream(response);
+    send([choice({}, completion.finishReason)]);
+    if (includeUsage) send([], { usage });
+    response.end('data: [DONE]\n\n');
+  }
+
+  /** Destroys the socket only once the chunks already written have been flushed to it. */
+  private breakStream(response: ServerResponse): void {
+    response.write('', () => response.socket?.destroy());
+  }
+
+  private async pause(ms: number, signal: AbortSignal): Promise<void> {
+    if (ms > 0) await delay(ms, undefined, { signal });
+    signal.throwIfAborted();
+  }
+
+  /** Answers nothing until the client gives up or the server stops. */
+  private async hang({ res, signal }: Exchange): Promise<void> {
+    if (!signal.aborted) await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+    res.destroy();
+  }
 }

@@ -183,7 +183,8 @@ export interface TemporalDevServer {
 
 // One task-queue partition: with the default four, a task can sit on a partition nobody polls
 // until it is forwarded, which adds latency to every turn on a single-worker dev setup.
-const DEV_DYNAMIC_CONFIG = ['matching.numTaskqueueReadPartitions=1', 'matching.numTaskqueueWritePartitions=1'];
+// Eager activity dispatch hands an activity to the worker that scheduled it in the same round trip.
+const DEV_DYNAMIC_CONFIG = ['matching.numTaskqueueReadPartitions=1', 'matching.numTaskqueueWritePartitions=1', 'system.enableActivityEagerExecution=true'];
 
 function devServerArgs(port: number, uiPort: number | undefined, dbFile: string | undefined): string[] {
   return [

@@ -74,12 +74,17 @@ export class SessionState {
     return [...this.s.unrecorded];
   }
 
-  /** Recorded messages become answerable, in turn order. */
+  /** Recorded messages become answerable, in turn order. Marking a message twice is harmless. */
   markRecorded(batch: PendingMessage[]): void {
     const ids = new Set(batch.map((m) => m.messageId));
+    const moving = this.s.unrecorded.filter((m) => ids.has(m.messageId));
     this.s.unrecorded = this.s.unrecorded.filter((m) => !ids.has(m.messageId));
-    this.s.queue.push(...batch);
+    this.s.queue.push(...moving);
     this.s.queue.sort((a, b) => a.turn - b.turn);
+  }
+
+  inTurn(): boolean {
+    return this.current !== null;
   }
 
   beginNextTurn(): PendingMessage | null {

@@ -7,7 +7,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { SessionStatusKey } from '../contracts/search-attributes';
-import { sessionStateQuery, userMessageSignal, type SessionWorkflowInput } from '../contracts/session';
+import { sessionStateQuery, userMessageSignal, type PendingMessage, type SessionWorkflowInput } from '../contracts/session';
 import { sessionActivities, type SessionActivityProxies } from './activities';
 import { SessionState } from './session-state';
 import { turnErrorOf } from './turn-errors';
@@ -26,11 +26,13 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   setHandler(userMessageSignal, (m) => void state.accept(m));
   setHandler(sessionStateQuery, () => state.view());
 
+  // Messages that arrive during a turn are acknowledged at once by this loop; a message that
+  // arrives while the session is idle is recorded by the turn that answers it, saving a hop.
   let recording = false;
   let stopRecording = false;
   const recorder = (async () => {
     for (;;) {
-      await condition(() => state.hasUnrecorded() || stopRecording);
+      await condition(() => (state.hasUnrecorded() && state.inTurn()) || stopRecording);
       if (stopRecording) return;
       recording = true;
       const batch = state.takeUnrecorded();
@@ -43,9 +45,10 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   for (;;) {
     const woke = await condition(() => !state.isIdle(), state.config.idleTtlMs);
     if (!woke) break;
-    await condition(() => state.hasQueued());
+    const unrecorded = state.takeUnrecorded();
+    state.markRecorded(unrecorded);
     const message = state.beginNextTurn();
-    if (message) await runTurn(state, acts, message);
+    if (message) await runTurn(state, acts, message, unrecorded);
     state.endTurn();
     if (shouldContinueAsNew(state)) {
       stopRecording = true;
@@ -68,12 +71,14 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   return { status: 'expired' };
 }
 
-async function runTurn(state: SessionState, acts: SessionActivityProxies, message: { turn: number; messageId: string }) {
+async function runTurn(state: SessionState, acts: SessionActivityProxies, message: PendingMessage, unrecorded: PendingMessage[]) {
   const base = { sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId };
   try {
-    const reply = await acts.streamReply({ ...base, step: 1, model: state.config.llm.model, completesTurn: true });
+    const reply = await acts.streamReply({ ...base, step: 1, content: message.content, record: unrecorded, model: state.config.llm.model, completesTurn: true });
     state.recordReply(reply.usage);
   } catch (error) {
+    // The reply failed, perhaps before it recorded the messages it carried: record them now.
+    if (unrecorded.length > 0) await acts.recordUserMessages({ sessionId: state.sessionId, messages: unrecorded });
     await acts.recordTurnFailure({ ...base, error: turnErrorOf(error) });
   }
 }
