@@ -1,6 +1,6 @@
 import { Context } from '@temporalio/activity';
 import type OpenAI from 'openai';
-import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
+import { sql, type DatabasePool, type DatabaseTransactionConnection } from 'slonik';
 import { z } from 'zod';
 import type { ErrorBody } from '../contracts/errors';
 import type { StreamDeltaData, Usage } from '../contracts/events';
@@ -85,7 +85,7 @@ function pendingUserRow(input: StreamReplyInput): MessageRow {
 }
 
 /** Stores accepted user messages with their message.accepted events; a repeat is a no-op. */
-async function recordMessagesIn(tx: CommonQueryMethods, sessionId: string, messages: PendingMessage[]): Promise<void> {
+async function recordMessagesIn(tx: DatabaseTransactionConnection, sessionId: string, messages: PendingMessage[]): Promise<void> {
   for (const m of messages) {
     const clientId = m.clientMessageId ? { clientMessageId: m.clientMessageId } : {};
     await insertMessage(tx, { id: m.messageId, sessionId, turn: m.turn, position: 0, role: 'user', content: m.content, ...clientId });
@@ -141,7 +141,16 @@ export function createSessionActivities(deps: ActivityDeps) {
       for (const piece of splitDelta(delta)) await notify(pool, { k: 'd', sessionId: input.sessionId, ...piece });
     });
     // The model may be slow to start; keep the attempt alive while the request is pending.
-    const beat = setInterval(() => ctx.heartbeat(), Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));
+    // Heartbeats go out on a timer, not per chunk (each one crosses into the native bridge), and
+    // only while the model shows life: before its first chunk, or with a chunk since the last beat.
+    // A stream that stalls stops heartbeating, and Temporal retries the attempt.
+    let chunkSinceBeat = true;
+    let awaitingFirstChunk = true;
+    const beat = setInterval(() => {
+      if (!awaitingFirstChunk && !chunkSinceBeat) return;
+      chunkSinceBeat = false;
+      ctx.heartbeat();
+    }, Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));
     let content = '';
     let finishReason = 'stop';
     let usage: Usage = { inputTokens: 0, outputTokens: 0 };
@@ -151,7 +160,8 @@ export function createSessionActivities(deps: ActivityDeps) {
         { signal: ctx.cancellationSignal, timeout: deps.llmTimeoutMs },
       );
       for await (const chunk of stream) {
-        ctx.heartbeat();
+        awaitingFirstChunk = false;
+        chunkSinceBeat = true;
         const choice = chunk.choices[0];
         const text = choice?.delta?.content ?? '';
         if (text) {

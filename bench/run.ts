@@ -20,6 +20,7 @@ const { values: args } = parseArgs({
     ttft: { type: 'string', default: '200' },
     'token-delay': { type: 'string', default: '10' },
     tokens: { type: 'string', default: '20' },
+    think: { type: 'string', default: '1000' },
   },
 });
 const SESSIONS = Number(args.sessions);
@@ -27,6 +28,9 @@ const TURNS = Number(args.turns);
 const MODEL_TTFT_MS = Number(args.ttft);
 const TOKEN_DELAY_MS = Number(args['token-delay']);
 const TOKENS = Number(args.tokens);
+const THINK_MS = Number(args.think);
+// Users pause between turns; a uniform pause also keeps sessions from moving in lockstep.
+const think = () => new Promise((r) => setTimeout(r, Math.random() * THINK_MS));
 const log = (s: string) => console.error(`[bench] ${s}`);
 
 async function rowsWritten(databaseUrl: string): Promise<number> {
@@ -79,6 +83,7 @@ async function runKeel(temporalAddress: string, databaseUrl: string, modelUrl: s
   await Promise.all(
     clients.map(async (client) => {
       for (let turn = 2; turn <= TURNS + 1; turn++) {
+        await think();
         const before = client.frames.length;
         const sentAt = performance.now();
         client.send({ type: 'message', content: `turn ${turn}` });
@@ -122,7 +127,10 @@ async function runBare(temporalAddress: string, modelUrl: string) {
   const started = performance.now();
   await Promise.all(
     handles.map(async (h) => {
-      for (let turn = 0; turn < TURNS; turn++) await h.executeUpdate(bareTurn, { args: [`turn ${turn}`] });
+      for (let turn = 0; turn < TURNS; turn++) {
+        await think();
+        await h.executeUpdate(bareTurn, { args: [`turn ${turn}`] });
+      }
     }),
   );
   const elapsed = (performance.now() - started) / 1000;
@@ -148,13 +156,15 @@ async function main() {
     log('bare Temporal loop');
     const bare = await runBare(temporal.address, modelUrl);
     const report = {
-      command: `npm run bench -- --sessions ${SESSIONS} --turns ${TURNS} --ttft ${MODEL_TTFT_MS} --token-delay ${TOKEN_DELAY_MS} --tokens ${TOKENS}`,
+      command: `npm run bench -- --sessions ${SESSIONS} --turns ${TURNS} --ttft ${MODEL_TTFT_MS} --token-delay ${TOKEN_DELAY_MS} --tokens ${TOKENS} --think ${THINK_MS}`,
       machine: `${os.cpus().length} cores, ${round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`,
       overheadMs: { p50: round(keel.overhead.p50), p95: round(keel.overhead.p95), p99: round(keel.overhead.p99), max: round(keel.overhead.max) },
       turnsPerSecond: round(keel.turnsPerSecond, 2),
       bareTurnsPerSecond: round(bare.turnsPerSecond, 2),
       ratioToBare: round(keel.turnsPerSecond / bare.turnsPerSecond, 3),
       rowsWrittenPerTurn: round(keel.rowsPerTurn, 2),
+      // The user message and its message.accepted event are 2 of those rows; the rest is the reply.
+      rowsWrittenPerReply: round(keel.rowsPerTurn - 2, 2),
       peakRssMb: { worker: round(keel.memoryMb.worker ?? NaN), api: round(keel.memoryMb.api ?? NaN) },
     };
     console.log(JSON.stringify(report, null, 2));

@@ -41,7 +41,7 @@ const Env = z.object({
   KEEL_LLM_RETRY_INITIAL_MS: int(1_000),
   KEEL_LLM_RETRY_MAX_MS: int(20_000),
   KEEL_LLM_RETRY_BACKOFF: z.coerce.number().min(1).default(2),
-  KEEL_STREAM_COALESCE_MS: int(25),
+  KEEL_STREAM_COALESCE_MS: int(50),
 
   KEEL_SESSION_IDLE_TTL_MS: int(30 * 60_000),
   KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),

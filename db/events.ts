@@ -1,4 +1,4 @@
-import { sql, type CommonQueryMethods } from 'slonik';
+import { sql, UniqueIntegrityConstraintViolationError, type CommonQueryMethods, type DatabaseTransactionConnection } from 'slonik';
 import { z } from 'zod';
 import { EVENT_CHANNEL, MAX_NOTIFY_BYTES, type ChannelMessage } from '../contracts/channel';
 import {
@@ -37,34 +37,56 @@ export interface NewEvent<T extends DurableEventType = DurableEventType> {
 }
 
 /**
- * Appends one event inside the caller's transaction and queues its NOTIFY, which Postgres
- * delivers at commit. The session row lock serialises writers of one session, so seq is
- * gap-free and notifications of one session arrive in seq order.
+ * Appends one event and queues its NOTIFY (Postgres delivers it at commit) in a single
+ * statement: a lock on the session row serialises writers of one session, so seq is gap-free
+ * and one session's notifications arrive in seq order. A repeated key returns the stored
+ * event. A writer that raced past the lock with a stale max(seq) hits the primary key and
+ * tries again inside a savepoint.
  */
 export async function appendEvent<T extends DurableEventType>(
-  tx: CommonQueryMethods,
+  tx: DatabaseTransactionConnection,
   event: NewEvent<T>,
 ): Promise<{ event: DurableEvent; inserted: boolean }> {
   const data = durableEventSchemas[event.type].parse(event.data);
-  await tx.query(sql.unsafe`SELECT 1 FROM sessions WHERE id = ${event.sessionId} FOR NO KEY UPDATE`);
-  const existing = await tx.maybeOne(sql.type(EventRow)`
-    SELECT session_id, seq, type, data, created_at FROM session_events
-    WHERE session_id = ${event.sessionId} AND event_key = ${event.key}`);
-  if (existing) return { event: toEvent(existing), inserted: false };
-  const row = await tx.one(sql.type(EventRow)`
-    INSERT INTO session_events (session_id, seq, event_key, type, version, data)
-    SELECT ${event.sessionId}, COALESCE(MAX(seq), 0) + 1, ${event.key}, ${event.type}, ${EVENT_PAYLOAD_VERSION}, ${sql.jsonb(data as never)}
-    FROM session_events WHERE session_id = ${event.sessionId}
-    RETURNING session_id, seq, type, data, created_at`);
-  const stored = toEvent(row);
-  await notify(tx, channelMessageFor(stored));
-  return { event: stored, inserted: true };
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const row = await tx.transaction((sp) => sp.one(appendStatement(event, data)));
+      return { event: toEvent(row), inserted: row.inserted };
+    } catch (error) {
+      if (!(error instanceof UniqueIntegrityConstraintViolationError) || attempt >= 5) throw error;
+    }
+  }
 }
 
-function channelMessageFor(event: DurableEvent): ChannelMessage {
-  const whole: ChannelMessage = { k: 'e', ...event };
-  if (Buffer.byteLength(JSON.stringify(whole)) <= MAX_NOTIFY_BYTES) return whole;
-  return { k: 'p', sessionId: event.sessionId, seq: event.seq };
+function appendStatement(event: NewEvent, data: unknown) {
+  return sql.type(EventRow.extend({ inserted: z.boolean() }))`
+    WITH locked AS (
+      SELECT id FROM sessions WHERE id = ${event.sessionId} FOR NO KEY UPDATE
+    ), existing AS (
+      SELECT session_id, seq, type, data, created_at FROM session_events
+      WHERE session_id = ${event.sessionId} AND event_key = ${event.key}
+    ), inserted AS (
+      INSERT INTO session_events (session_id, seq, event_key, type, version, data)
+      SELECT locked.id,
+             COALESCE((SELECT MAX(seq) FROM session_events WHERE session_id = ${event.sessionId}), 0) + 1,
+             ${event.key}, ${event.type}, ${EVENT_PAYLOAD_VERSION}, ${sql.jsonb(data as never)}
+      FROM locked WHERE NOT EXISTS (SELECT 1 FROM existing)
+      RETURNING session_id, seq, type, data, created_at
+    ), notified AS (
+      SELECT pg_notify(${EVENT_CHANNEL}, CASE
+        WHEN octet_length(whole) <= ${MAX_NOTIFY_BYTES} THEN whole
+        ELSE json_build_object('k', 'p', 'sessionId', session_id, 'seq', seq)::text END)
+      FROM (
+        SELECT session_id, seq, json_build_object(
+          'k', 'e', 'sessionId', session_id, 'seq', seq, 'type', type, 'data', data,
+          'createdAt', to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::text AS whole
+        FROM inserted
+      ) payload
+    )
+    SELECT session_id, seq, type, data, (extract(epoch FROM created_at) * 1000)::float8 AS created_at, true AS inserted
+    FROM inserted, (SELECT count(*) FROM notified) AS n
+    UNION ALL
+    SELECT session_id, seq, type, data, (extract(epoch FROM created_at) * 1000)::float8, false FROM existing`;
 }
 
 export async function notify(db: CommonQueryMethods, message: ChannelMessage): Promise<void> {

@@ -13,7 +13,9 @@ export interface Spawned {
 
 /** Runs one of the project's entry points as a real child process, as production does. */
 export function spawnEntry(entry: string, env: NodeJS.ProcessEnv): Spawned {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, entry)], {
+  // KEEL_CHILD_NODE_ARGS passes extra node flags (e.g. --cpu-prof) to the children.
+  const nodeArgs = process.env.KEEL_CHILD_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
