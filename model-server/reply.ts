@@ -29,7 +29,7 @@ export const ChatRequest = z
     messages: z.array(Message).min(1),
     stream: z.boolean().nullish(),
     stream_options: z.object({ include_usage: z.boolean().nullish() }).passthrough().nullish(),
-    user: z.string().optional(),
+    user: z.string().nullish(),
     tools: z.array(Tool).nullish(),
     tool_choice: z.unknown().optional(),
   })

@@ -57,9 +57,8 @@ class HttpError extends Error {
 const invalidRequest = (message: string, param: string | null = null, code: string | null = null) => new HttpError(400, message, 'invalid_request_error', code, param);
 
 const count = z.number().int().nonnegative();
-const ControlScript = z
+const ScriptFields = z
   .object({
-    scope: z.string().min(1).default(ALL),
     reply: z.string().nullish(),
     firstTokenDelayMs: count.nullish(),
     tokenDelayMs: count.nullish(),
@@ -72,14 +71,18 @@ const ControlScript = z
     failMidStreamNext: count.nullish(),
   })
   .strict();
-
-function copyScript(s: ModelScript): ModelScript {
-  return { ...s, ...(s.failNext ? { failNext: { ...s.failNext } } : {}), ...(s.toolCalls ? { toolCalls: s.toolCalls.map((c) => ({ ...c })) } : {}) };
-}
+const ControlScript = ScriptFields.extend({ scope: z.string().min(1).default(ALL) });
 
 /** Over HTTP, `null` clears a field, as `undefined` does in code. */
 function withoutNulls(fields: Record<string, unknown>): ModelScript {
   return Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, v ?? undefined])) as ModelScript;
+}
+
+/** A validated deep copy: scripts are consumed in place, so callers' objects must not be shared. */
+function parseScript(script: ModelScript): ModelScript {
+  const parsed = ScriptFields.safeParse(script);
+  if (!parsed.success) throw new TypeError(`Invalid model script: ${describeZodError(parsed.error).message}`);
+  return withoutNulls(parsed.data);
 }
 
 function describeZodError(error: z.ZodError): HttpError {
@@ -114,16 +117,16 @@ class ScriptBook {
   private base: ModelScript;
 
   constructor(private readonly defaults: ModelScript) {
-    this.base = copyScript(defaults);
+    this.base = parseScript(defaults);
   }
 
   set(scope: string, script: ModelScript): void {
-    this.scopes.set(scope, { ...this.scopes.get(scope), ...copyScript(script) });
+    this.scopes.set(scope, { ...this.scopes.get(scope), ...parseScript(script) });
   }
 
   reset(): void {
     this.scopes.clear();
-    this.base = copyScript(this.defaults);
+    this.base = parseScript(this.defaults);
   }
 
   private layers(scope: string): ModelScript[] {
@@ -213,6 +216,11 @@ function scopeOf(body: unknown): string {
   return typeof user === 'string' && user !== '' ? user : ALL;
 }
 
+interface Pacing {
+  firstTokenDelayMs: number;
+  tokenDelayMs: number;
+}
+
 /** One chat completion exchange: aborted when the client goes away or the server stops. */
 interface Exchange {
   res: ServerResponse;
@@ -287,7 +295,11 @@ export class LocalModelServer {
     try {
       await this.route(req, res, controller.signal);
     } catch (error) {
-      this.fail(res, error, controller.signal);
+      try {
+        this.fail(res, error, controller.signal);
+      } catch {
+        res.destroy();
+      }
     }
   }
 
@@ -331,27 +343,15 @@ export class LocalModelServer {
   private async chatCompletion(body: unknown, exchange: Exchange): Promise<void> {
     const scope = scopeOf(body);
     this.recorded.push({ scope, body, at: Date.now() });
-    const request = this.validate(body);
-    if (this.scripts.takeCount(scope, 'hangNext')) return this.hang(exchange);
+    const request = validate(body);
+    if (this.scripts.takeCount(scope, 'hangNext')) return hang(exchange);
     const failure = this.scripts.takeFailure(scope);
     if (failure) throw scriptedFailure(failure);
     if (this.scripts.value(scope, 'contentFilter')) throw contentFiltered();
     const completion = this.complete(scope, request, exchange.serial);
-    const usage = this.usage(request, completion);
-    if (request.stream) {
-      const breakAfter = this.scripts.takeCount(scope, 'failMidStreamNext') ? CHUNKS_BEFORE_MID_STREAM_FAILURE : undefined;
-      return this.stream(exchange, request, completion, usage, scope, breakAfter);
-    }
-    await this.pause(this.generationTime(scope, completion.deltas.length), exchange.signal);
-    sendJson(exchange.res, 200, this.completionBody(exchange, request, completion, usage), { 'x-request-id': `req_keel${exchange.serial}` });
-  }
-
-  private validate(body: unknown): ChatRequest {
-    const parsed = ChatRequest.safeParse(body);
-    if (!parsed.success) throw describeZodError(parsed.error);
-    const problem = conversationProblem(parsed.data.messages);
-    if (problem) throw invalidRequest(problem.message, problem.param);
-    return parsed.data;
+    const pacing = this.pacing(scope);
+    if (!request.stream) return respond(exchange, request, completion, pacing);
+    return stream(exchange, request, completion, pacing, this.scripts.takeCount(scope, 'failMidStreamNext'));
   }
 
   private complete(scope: string, request: ChatRequest, serial: number): Completion {
@@ -367,67 +367,87 @@ export class LocalModelServer {
     return text === undefined ? undefined : { kind: 'text', text };
   }
 
-  private usage(request: ChatRequest, completion: Completion) {
-    const prompt = promptTokens(request.messages);
-    const completionTokens = completion.deltas.length;
-    return { prompt_tokens: prompt, completion_tokens: completionTokens, total_tokens: prompt + completionTokens };
+  private pacing(scope: string): Pacing {
+    return { firstTokenDelayMs: this.scripts.value(scope, 'firstTokenDelayMs') ?? 0, tokenDelayMs: this.scripts.value(scope, 'tokenDelayMs') ?? 0 };
   }
+}
 
-  private generationTime(scope: string, tokens: number): number {
-    const first = this.scripts.value(scope, 'firstTokenDelayMs') ?? 0;
-    const between = this.scripts.value(scope, 'tokenDelayMs') ?? 0;
-    return first + between * Math.max(0, tokens - 1);
+function validate(body: unknown): ChatRequest {
+  const parsed = ChatRequest.safeParse(body);
+  if (!parsed.success) throw describeZodError(parsed.error);
+  const problem = conversationProblem(parsed.data.messages);
+  if (problem) throw invalidRequest(problem.message, problem.param);
+  return parsed.data;
+}
+
+function usageOf(request: ChatRequest, completion: Completion) {
+  const prompt = promptTokens(request.messages);
+  const generated = completion.deltas.length;
+  return { prompt_tokens: prompt, completion_tokens: generated, total_tokens: prompt + generated };
+}
+
+async function pause(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms > 0) await delay(ms, undefined, { signal });
+  signal.throwIfAborted();
+}
+
+/** Answers nothing until the client gives up or the server stops. */
+async function hang({ res, signal }: Exchange): Promise<void> {
+  if (!signal.aborted) await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+  res.destroy();
+}
+
+async function respond({ res, signal, serial }: Exchange, request: ChatRequest, completion: Completion, pacing: Pacing): Promise<void> {
+  await pause(pacing.firstTokenDelayMs + pacing.tokenDelayMs * Math.max(0, completion.deltas.length - 1), signal);
+  const body = {
+    id: `chatcmpl-keel${serial}`,
+    object: 'chat.completion',
+    created: Math.floor(Date.now() / 1000),
+    model: request.model,
+    choices: [{ index: 0, message: completion.message, logprobs: null, finish_reason: completion.finishReason }],
+    usage: usageOf(request, completion),
+  };
+  sendJson(res, 200, body, { 'x-request-id': `req_keel${serial}` });
+}
+
+function chunkWriter(res: ServerResponse, serial: number, request: ChatRequest) {
+  const includeUsage = request.stream_options?.include_usage === true;
+  const base = { id: `chatcmpl-keel${serial}`, object: 'chat.completion.chunk', created: Math.floor(Date.now() / 1000), model: request.model };
+  const write = (choices: object[], usage: object | null) => {
+    res.write(`data: ${JSON.stringify({ ...base, choices, ...(includeUsage ? { usage } : {}) })}\n\n`);
+  };
+  return {
+    delta: (delta: Delta, finishReason: string | null = null) => write([{ index: 0, delta, logprobs: null, finish_reason: finishReason }], null),
+    end: (usage: object) => {
+      if (includeUsage) write([], usage);
+      res.end('data: [DONE]\n\n');
+    },
+  };
+}
+
+/** How many deltas a broken stream sends: some, but never the whole reply. */
+function deltasBeforeBreak(total: number): number {
+  return Math.min(CHUNKS_BEFORE_MID_STREAM_FAILURE, Math.max(1, total - 1));
+}
+
+async function stream(exchange: Exchange, request: ChatRequest, completion: Completion, pacing: Pacing, breaks: boolean): Promise<void> {
+  const { res, signal, serial } = exchange;
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': `req_keel${serial}` });
+  res.flushHeaders();
+  const chunks = chunkWriter(res, serial, request);
+  await pause(pacing.firstTokenDelayMs, signal);
+  chunks.delta({ role: 'assistant', content: completion.finishReason === 'tool_calls' ? null : '', refusal: null });
+  const deltas = breaks ? completion.deltas.slice(0, deltasBeforeBreak(completion.deltas.length)) : completion.deltas;
+  for (const [i, delta] of deltas.entries()) {
+    if (i > 0) await pause(pacing.tokenDelayMs, signal);
+    chunks.delta(delta);
   }
+  if (breaks) return breakConnection(res);
+  chunks.delta({}, completion.finishReason);
+  chunks.end(usageOf(request, completion));
+}
 
-  private completionBody(exchange: Exchange, request: ChatRequest, completion: Completion, usage: object) {
-    return {
-      id: `chatcmpl-keel${exchange.serial}`,
-      object: 'chat.completion',
-      created: Math.floor(Date.now() / 1000),
-      model: request.model,
-      choices: [{ index: 0, message: completion.message, logprobs: null, finish_reason: completion.finishReason }],
-      usage,
-    };
-  }
-
-  private async stream(exchange: Exchange, request: ChatRequest, completion: Completion, usage: object, scope: string, breakAfter?: number): Promise<void> {
-    const { res: response, signal } = exchange;
-    const includeUsage = request.stream_options?.include_usage === true;
-    const base = { id: `chatcmpl-keel${exchange.serial}`, object: 'chat.completion.chunk', created: Math.floor(Date.now() / 1000), model: request.model };
-    const send = (choices: object[], extra: object = includeUsage ? { usage: null } : {}) => {
-      response.write(`data: ${JSON.stringify({ ...base, choices, ...extra })}\n\n`);
-    };
-    const choice = (delta: Delta, finishReason: string | null = null) => ({ index: 0, delta, logprobs: null, finish_reason: finishReason });
-
-    response.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': `req_keel${exchange.serial}` });
-    response.flushHeaders();
-    await this.pause(this.scripts.value(scope, 'firstTokenDelayMs') ?? 0, signal);
-    const opening = completion.finishReason === 'tool_calls' ? { role: 'assistant', content: null, refusal: null } : { role: 'assistant', content: '', refusal: null };
-    send([choice(opening)]);
-    for (const [i, delta] of completion.deltas.entries()) {
-      if (i > 0) await this.pause(this.scripts.value(scope, 'tokenDelayMs') ?? 0, signal);
-      if (breakAfter !== undefined && i >= Math.min(breakAfter, Math.max(1, completion.deltas.length - 1))) return this.breakStream(response);
-      send([choice(delta)]);
-    }
-    if (breakAfter !== undefined) return this.breakStream(response);
-    send([choice({}, completion.finishReason)]);
-    if (includeUsage) send([], { usage });
-    response.end('data: [DONE]\n\n');
-  }
-
-  /** Destroys the socket only once the chunks already written have been flushed to it. */
-  private breakStream(response: ServerResponse): void {
-    response.write('', () => response.socket?.destroy());
-  }
-
-  private async pause(ms: number, signal: AbortSignal): Promise<void> {
-    if (ms > 0) await delay(ms, undefined, { signal });
-    signal.throwIfAborted();
-  }
-
-  /** Answers nothing until the client gives up or the server stops. */
-  private async hang({ res, signal }: Exchange): Promise<void> {
-    if (!signal.aborted) await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
-    res.destroy();
-  }
+/** Destroys the socket once the chunks already written have been flushed to it. */
+function breakConnection(res: ServerResponse): void {
+  res.write('', () => res.socket?.destroy());
 }

@@ -142,6 +142,25 @@ describe('scripted failures', () => {
     expect((await collect([user('x')])).text).toBe('You said: x.');
   });
 
+  test('a client that goes away mid-stream does not disturb the server', async () => {
+    server.script('*', { reply: 'slow words here', tokenDelayMs: 50 });
+    const controller = new AbortController();
+    const stream = await client.chat.completions.create({ model: 'm', messages: [user('x')], stream: true }, { signal: controller.signal });
+    const seen: string[] = [];
+    for await (const chunk of stream) {
+      seen.push(chunk.choices[0]?.delta.content ?? '');
+      if (seen.join('')) controller.abort();
+    }
+    expect(seen.join('')).toBe('slow ');
+    server.script('*', { tokenDelayMs: 0 });
+    expect((await collect([user('x')])).text).toBe('slow words here');
+  });
+
+  test('an invalid script is refused where it is set', () => {
+    expect(() => server.script('*', { failNext: { count: 1, status: 200 } })).toThrow(/Invalid model script.*failNext\.status/);
+    expect(() => server.script('*', { hangNext: -1 })).toThrow(/hangNext/);
+  });
+
   test('stop() ends hanging and slow requests', async () => {
     const own = new LocalModelServer({ defaults: { hangNext: 1, firstTokenDelayMs: 60_000 } });
     const { url } = await own.start();
@@ -150,12 +169,14 @@ describe('scripted failures', () => {
     const slow = ownClient.chat.completions.create({ model: 'm', messages: [user('y')], stream: true }).then(async (s) => {
       for await (const _ of s);
     });
+    const outcomes = Promise.allSettled([hanging, slow]);
     await until(() => own.requests().length === 2);
     const started = Date.now();
     await own.stop();
-    await expect(hanging).rejects.toThrow(OpenAI.APIConnectionError);
-    await expect(slow).rejects.toThrow();
+    const [hung, slowed] = await outcomes;
     expect(Date.now() - started).toBeLessThan(1000);
+    expect(hung).toMatchObject({ status: 'rejected', reason: expect.any(OpenAI.APIConnectionError) });
+    expect(slowed.status).toBe('rejected');
   });
 });
 
