@@ -6,10 +6,11 @@ import type { ErrorBody } from '../contracts/errors';
 import type { StreamDeltaData, Usage } from '../contracts/events';
 import type { PendingMessage } from '../contracts/session';
 import { appendEvent, notify } from '../db/events';
-import { conversationUpTo, insertMessage, type MessageRow } from '../db/messages';
+import { conversationUpTo, insertMessage, MessageRow } from '../db/messages';
 import { markSessionEnded } from '../db/sessions';
 import { DeltaCoalescer } from './delta-coalescer';
 import { classifyLlmError, contentFilterFailure } from './llm-errors';
+import { assistantPosition, type ModelToolCall } from './tool-activities';
 
 export interface ActivityDeps {
   pool: DatabasePool;
@@ -28,6 +29,9 @@ export interface StreamReplyInput {
   /** Accepted messages not yet stored: written, with message.accepted, before stream.start. */
   record: PendingMessage[];
   model: string;
+  temperature?: number;
+  systemPrompt?: string;
+  tools?: { name: string; description: string; parameters: Record<string, unknown> }[];
   /** Write turn.done with the reply when the model finishes without asking for tools. */
   completesTurn: boolean;
 }
@@ -37,6 +41,7 @@ export interface StreamReplyResult {
   content: string;
   finishReason: string;
   usage: Usage;
+  toolCalls: ModelToolCall[];
 }
 
 export interface TurnFailureInput {
@@ -44,6 +49,7 @@ export interface TurnFailureInput {
   turn: number;
   replyTo: string;
   error: ErrorBody;
+  status?: 'failed' | 'cancelled';
 }
 
 export const streamIdOf = (turn: number, step: number) => `t${turn}-s${step}`;
@@ -63,10 +69,39 @@ function splitDelta(delta: StreamDeltaData): StreamDeltaData[] {
   return pieces;
 }
 
-function toChatMessages(rows: MessageRow[]): OpenAI.ChatCompletionMessageParam[] {
-  return rows.map((m) =>
-    m.role === 'assistant' ? { role: 'assistant', content: m.content } : m.role === 'system' ? { role: 'system', content: m.content } : { role: 'user', content: m.content },
-  );
+function toChatMessage(m: MessageRow): OpenAI.ChatCompletionMessageParam {
+  if (m.role === 'tool') return { role: 'tool', tool_call_id: m.tool_call_id ?? '', content: m.content };
+  if (m.role === 'system') return { role: 'system', content: m.content };
+  if (m.role === 'user') return { role: 'user', content: m.content };
+  if (!m.tool_calls?.length) return { role: 'assistant', content: m.content };
+  return {
+    role: 'assistant',
+    content: m.content || null,
+    tool_calls: m.tool_calls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })),
+  };
+}
+
+function toChatMessages(rows: MessageRow[], systemPrompt?: string): OpenAI.ChatCompletionMessageParam[] {
+  const messages = rows.map(toChatMessage);
+  return systemPrompt ? [{ role: 'system', content: systemPrompt }, ...messages] : messages;
+}
+
+/** Joins streamed tool-call fragments by index, as the OpenAI stream sends them. */
+class ToolCallAssembler {
+  private readonly calls: { id: string; name: string; arguments: string }[] = [];
+
+  add(deltas: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] | undefined): void {
+    for (const d of deltas ?? []) {
+      const call = (this.calls[d.index] ??= { id: '', name: '', arguments: '' });
+      if (d.id) call.id = d.id;
+      if (d.function?.name) call.name += d.function.name;
+      if (d.function?.arguments) call.arguments += d.function.arguments;
+    }
+  }
+
+  result(): ModelToolCall[] {
+    return this.calls.filter(Boolean).map((c, i) => ({ modelCallId: c.id || `call_${i}`, name: c.name, arguments: c.arguments || '{}' }));
+  }
 }
 
 function pendingUserRow(input: StreamReplyInput): MessageRow {
@@ -80,6 +115,8 @@ function pendingUserRow(input: StreamReplyInput): MessageRow {
     client_message_id: null,
     input_tokens: null,
     output_tokens: null,
+    tool_calls: null,
+    tool_call_id: null,
     created_at: 0,
   };
 }
@@ -111,7 +148,10 @@ export function createSessionActivities(deps: ActivityDeps) {
       SELECT data FROM session_events WHERE session_id = ${sessionId} AND event_key = ${`${streamId}:end`}`);
     if (!row) return null;
     const data = row.data as StreamReplyResult;
-    return { messageId: data.messageId, content: data.content, finishReason: data.finishReason, usage: data.usage };
+    const message = await pool.maybeOne(sql.type(z.object({ tool_calls: MessageRow.shape.tool_calls }))`
+      SELECT tool_calls FROM messages WHERE id = ${data.messageId}`);
+    const toolCalls = (message?.tool_calls ?? []).map((c) => ({ modelCallId: c.id, name: c.name, arguments: c.arguments }));
+    return { messageId: data.messageId, content: data.content, finishReason: data.finishReason, usage: data.usage, toolCalls };
   }
 
   async function streamReply(input: StreamReplyInput): Promise<StreamReplyResult> {
@@ -152,11 +192,20 @@ export function createSessionActivities(deps: ActivityDeps) {
       ctx.heartbeat();
     }, Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));
     let content = '';
+    const toolCalls = new ToolCallAssembler();
     let finishReason = 'stop';
     let usage: Usage = { inputTokens: 0, outputTokens: 0 };
     try {
       const stream = await deps.openai.chat.completions.create(
-        { model: input.model, messages: toChatMessages(history), stream: true, stream_options: { include_usage: true }, user: input.sessionId },
+        {
+          model: input.model,
+          messages: toChatMessages(history, input.systemPrompt),
+          stream: true,
+          stream_options: { include_usage: true },
+          user: input.sessionId,
+          ...(input.temperature === undefined ? {} : { temperature: input.temperature }),
+          ...(input.tools?.length ? { tools: input.tools.map((t) => ({ type: 'function' as const, function: t })) } : {}),
+        },
         { signal: ctx.cancellationSignal, timeout: deps.llmTimeoutMs },
       );
       for await (const chunk of stream) {
@@ -168,6 +217,7 @@ export function createSessionActivities(deps: ActivityDeps) {
           content += text;
           coalescer.push(text);
         }
+        toolCalls.add(choice?.delta?.tool_calls);
         if (choice?.finish_reason) finishReason = choice.finish_reason;
         if (chunk.usage) usage = { inputTokens: chunk.usage.prompt_tokens, outputTokens: chunk.usage.completion_tokens };
       }
@@ -182,17 +232,19 @@ export function createSessionActivities(deps: ActivityDeps) {
     await coalescer.flush();
     if (finishReason === 'content_filter') throw contentFilterFailure();
 
+    const calls = toolCalls.result();
     const messageId = replyMessageIdOf(input.sessionId, input.turn, input.step);
     await pool.transaction(async (tx) => {
       await insertMessage(tx, {
         id: messageId,
         sessionId: input.sessionId,
         turn: input.turn,
-        position: input.step,
+        position: assistantPosition(input.step),
         role: 'assistant',
         content,
         inputTokens: usage.inputTokens,
         outputTokens: usage.outputTokens,
+        ...(calls.length ? { toolCalls: calls.map((c) => ({ id: c.modelCallId, name: c.name, arguments: c.arguments })) } : {}),
       });
       await appendEvent(tx, {
         sessionId: input.sessionId,
@@ -200,7 +252,7 @@ export function createSessionActivities(deps: ActivityDeps) {
         type: 'stream.end',
         data: { streamId, attempt, messageId, content, finishReason, usage },
       });
-      if (input.completesTurn) {
+      if (input.completesTurn && calls.length === 0) {
         await appendEvent(tx, {
           sessionId: input.sessionId,
           key: `turn:${input.turn}:done`,
@@ -209,7 +261,7 @@ export function createSessionActivities(deps: ActivityDeps) {
         });
       }
     });
-    return { messageId, content, finishReason, usage };
+    return { messageId, content, finishReason, usage, toolCalls: calls };
   }
 
   async function recordTurnFailure(input: TurnFailureInput): Promise<void> {
@@ -224,7 +276,7 @@ export function createSessionActivities(deps: ActivityDeps) {
         sessionId: input.sessionId,
         key: `turn:${input.turn}:done`,
         type: 'turn.done',
-        data: { turn: input.turn, replyTo: input.replyTo, status: 'failed', messageId: null, content: null, usage: null },
+        data: { turn: input.turn, replyTo: input.replyTo, status: input.status ?? 'failed', messageId: null, content: null, usage: null },
       });
     });
   }
@@ -236,20 +288,22 @@ export function createSessionActivities(deps: ActivityDeps) {
     });
   }
 
-  async function rejectLateMessages(input: { sessionId: string; messageIds: string[] }): Promise<void> {
+  /** Answers messages the session will not take (expired, or busy under the `reject` policy). */
+  async function rejectMessages(input: { sessionId: string; messages: { messageId: string; clientMessageId?: string }[]; code: 'SESSION_EXPIRED' | 'SESSION_BUSY' }): Promise<void> {
+    const message = input.code === 'SESSION_EXPIRED' ? 'Session expired. Please start a new conversation.' : 'The session is busy; the message was not accepted. Send it again when the current turn is done.';
     await pool.transaction(async (tx) => {
-      for (const messageId of input.messageIds) {
+      for (const m of input.messages) {
         await appendEvent(tx, {
           sessionId: input.sessionId,
-          key: `late:${messageId}`,
+          key: `refused:${m.messageId}`,
           type: 'error',
-          data: { code: 'SESSION_EXPIRED', message: 'Session expired. Please start a new conversation.', recoverable: false, replyTo: messageId },
+          data: { code: input.code, message, recoverable: input.code === 'SESSION_BUSY', replyTo: m.messageId, ...(m.clientMessageId ? { clientMessageId: m.clientMessageId } : {}) },
         });
       }
     });
   }
 
-  return { recordUserMessages, streamReply, recordTurnFailure, expireSession, rejectLateMessages };
+  return { recordUserMessages, streamReply, recordTurnFailure, expireSession, rejectMessages };
 }
 
 export type SessionActivities = ReturnType<typeof createSessionActivities>;

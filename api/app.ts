@@ -4,6 +4,7 @@ import type { ApiDeps } from './deps';
 import { errorMiddleware } from './errors';
 import { sessionRoutes } from './routes/sessions';
 import { streamRoutes } from './routes/streams';
+import { agentRoutes } from './routes/agents';
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
@@ -19,7 +20,7 @@ export function createApp(deps: ApiDeps): Koa {
       },
     }),
   );
-  for (const router of [sessionRoutes(deps), streamRoutes(deps)]) {
+  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

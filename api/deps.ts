@@ -1,4 +1,5 @@
 import type { DatabasePool } from 'slonik';
+import type { AgentRegistry } from '../agents/registry';
 import type { Logger } from '../config/logger';
 import type { Settings } from '../config/settings';
 import type { EventHub } from './event-hub';
@@ -10,5 +11,6 @@ export interface ApiDeps {
   pool: DatabasePool;
   hub: EventHub;
   sessions: SessionService;
+  agents: AgentRegistry;
   log: Logger;
 }

@@ -7,6 +7,10 @@ import { createApp } from './app';
 import { EventHub } from './event-hub';
 import { SessionService } from './session-service';
 import { attachWebSocket } from './ws';
+import { AgentRegistry } from '../agents/registry';
+import { builtinTools } from '../tools';
+
+const toolDefinitions = () => Object.fromEntries(Object.entries(builtinTools).map(([name, tool]) => [name, tool.definition]));
 
 async function main() {
   const settings = loadSettings();
@@ -16,8 +20,9 @@ async function main() {
   const pool = await openPool(databaseUrl, settings.dbPoolSize);
   const hub = new EventHub(databaseUrl, pool, log);
   await hub.start();
-  const sessions = await SessionService.connect(settings, pool);
-  const deps = { settings, pool, hub, sessions, log };
+  const agents = await AgentRegistry.load(pool, settings.agentsFile, toolDefinitions());
+  const sessions = await SessionService.connect(settings, pool, agents);
+  const deps = { settings, pool, hub, sessions, agents, log };
   const server = http.createServer(createApp(deps).callback());
   const ws = attachWebSocket(server, deps);
   await new Promise<void>((resolve) => server.listen(settings.api.port, settings.api.host, resolve));

@@ -1,15 +1,25 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { Client, Connection, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import type { AgentRegistry } from '../agents/registry';
+import { ErrorCode } from '../contracts/errors';
+import { findToolCall, type ToolCallRow } from '../db/tool-calls';
 import type { DatabasePool } from 'slonik';
 import { KeelError } from '../contracts/errors';
 import { sessionWorkflowId } from '../contracts/ids';
 import { AgentIdKey, SessionStatusKey } from '../contracts/search-attributes';
-import { sessionStateQuery, userMessageSignal, type SessionStateView } from '../contracts/session';
+import {
+  cancelTurnSignal,
+  decideApprovalUpdate,
+  sessionStateQuery,
+  userMessageSignal,
+  type ApprovalDecision,
+  type ApprovalDecisionResult,
+  type SessionStateView,
+} from '../contracts/session';
 import { temporalAddressOf, type Settings } from '../config/settings';
 import { deleteSessionRow, findSession, insertSession, type SessionRow } from '../db/sessions';
 import type { sessionWorkflow } from '../workflows';
-
-export const DEFAULT_AGENT_ID = 'default';
 
 /** A message ID derived from the client's ID, so a repeated send names the same message. */
 export function messageIdFor(sessionId: string, clientMessageId?: string): string {
@@ -24,23 +34,26 @@ export class SessionService {
     private readonly connection: Connection,
     private readonly pool: DatabasePool,
     private readonly settings: Settings,
+    private readonly agents: AgentRegistry,
   ) {}
 
-  static async connect(settings: Settings, pool: DatabasePool): Promise<SessionService> {
+  static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry): Promise<SessionService> {
     const connection = await Connection.connect({ address: temporalAddressOf(settings) });
     const client = new Client({ connection, namespace: settings.temporal.namespace });
-    return new SessionService(client, connection, pool, settings);
+    return new SessionService(client, connection, pool, settings, agents);
   }
 
   async create(input: { title?: string; agentId?: string }): Promise<SessionRow> {
     const id = randomUUID();
-    const agentId = input.agentId ?? DEFAULT_AGENT_ID;
-    const row = await insertSession(this.pool, { id, title: input.title ?? null, agentId });
+    const agentId = input.agentId ?? this.agents.defaultId;
+    const agent = this.agents.get(agentId);
+    if (!agent) throw new KeelError('AGENT_NOT_FOUND', 'No such agent', { agentId });
+    const row = await insertSession(this.pool, { id, title: input.title ?? null, agentId, agentVersion: agent.version });
     try {
       await this.client.workflow.start<typeof sessionWorkflow>('sessionWorkflow', {
         taskQueue: this.settings.temporal.taskQueue,
         workflowId: sessionWorkflowId(id),
-        args: [{ sessionId: id, config: this.settings.session }],
+        args: [{ sessionId: id, config: { ...this.settings.session, agent } }],
         typedSearchAttributes: [
           { key: SessionStatusKey, value: 'active' },
           { key: AgentIdKey, value: agentId },
@@ -64,6 +77,7 @@ export class SessionService {
   async sendMessage(sessionId: string, content: string, clientMessageId?: string): Promise<{ messageId: string }> {
     const row = await this.require(sessionId);
     if (row.status === 'expired') throw expired();
+    if (row.agent_id && this.agents.get(row.agent_id)?.busyPolicy === 'reject') await this.refuseWhenBusy(sessionId);
     const messageId = messageIdFor(sessionId, clientMessageId);
     try {
       await this.client.workflow
@@ -73,6 +87,41 @@ export class SessionService {
       throw await this.mapTemporalError(sessionId, error);
     }
     return { messageId };
+  }
+
+  /** The `reject` policy answers at once; the workflow enforces it too, for the sends that race this check. */
+  private async refuseWhenBusy(sessionId: string): Promise<void> {
+    const state = await this.state(sessionId);
+    if (state && (state.turnInProgress || state.queued.length > 0)) {
+      throw new KeelError('SESSION_BUSY', 'The session is busy; send the message again when the current turn is done.');
+    }
+  }
+
+  async cancelTurn(sessionId: string, requestedBy: string): Promise<void> {
+    const row = await this.require(sessionId);
+    if (row.status === 'expired') throw expired();
+    try {
+      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(cancelTurnSignal, { requestedBy });
+    } catch (error) {
+      throw await this.mapTemporalError(sessionId, error);
+    }
+  }
+
+  /** Checks the stored lifecycle first (cheap, and right after the workflow ended), then asks the workflow. */
+  async decideApproval(sessionId: string, decision: ApprovalDecision): Promise<ApprovalDecisionResult> {
+    await this.require(sessionId);
+    const call = await findToolCall(this.pool, decision.toolCallId);
+    if (!call || call.session_id !== sessionId || !call.requires_approval) throw new KeelError('APPROVAL_NOT_FOUND', 'No such approval request');
+    refuseSettled(call, decision);
+    try {
+      return await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).executeUpdate(decideApprovalUpdate, { args: [decision] });
+    } catch (error) {
+      const cause = error instanceof WorkflowUpdateFailedError ? error.cause : undefined;
+      if (cause instanceof ApplicationFailure && ErrorCode.safeParse(cause.type).success) {
+        throw new KeelError(cause.type as ErrorCode, approvalMessages[cause.type as ErrorCode] ?? 'The decision was refused');
+      }
+      throw await this.mapTemporalError(sessionId, error);
+    }
   }
 
   async state(sessionId: string): Promise<SessionStateView | null> {
@@ -104,6 +153,22 @@ export class SessionService {
   async close(): Promise<void> {
     await this.connection.close();
   }
+}
+
+const approvalMessages: Partial<Record<ErrorCode, string>> = {
+  APPROVAL_NOT_FOUND: 'No such approval request',
+  APPROVAL_ALREADY_DECIDED: 'This approval was already decided',
+  APPROVAL_EXPIRED: 'This approval request has expired',
+  APPROVAL_DIGEST_MISMATCH: 'The decision does not match the tool call awaiting approval',
+};
+
+function refuseSettled(call: ToolCallRow, decision: ApprovalDecision): void {
+  const fail = (code: ErrorCode) => {
+    throw new KeelError(code, approvalMessages[code]!);
+  };
+  if (call.approval_outcome === 'expired' || (call.status === 'pending_approval' && call.expires_at !== null && call.expires_at <= Date.now())) fail('APPROVAL_EXPIRED');
+  if (call.approval_outcome !== null || call.status !== 'pending_approval') fail('APPROVAL_ALREADY_DECIDED');
+  if (decision.digest !== undefined && decision.digest !== call.digest) fail('APPROVAL_DIGEST_MISMATCH');
 }
 
 function expired(): KeelError {

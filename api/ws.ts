@@ -91,12 +91,19 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined));
         const frame = check.frame;
         if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
+        const context = frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : frame.type === 'approval' ? { toolCallId: frame.toolCallId } : {};
         try {
-          await deps.sessions.sendMessage(sessionId, frame.content, frame.clientMessageId);
+          if (frame.type === 'message') await deps.sessions.sendMessage(sessionId, frame.content, frame.clientMessageId);
+          else if (frame.type === 'cancel') await deps.sessions.cancelTurn(sessionId, 'websocket');
+          else {
+            const { toolCallId, approved, feedback, digest } = frame;
+            const result = await deps.sessions.decideApproval(sessionId, { toolCallId, approved, decidedBy: 'websocket', ...(feedback === undefined ? {} : { feedback }), ...(digest === undefined ? {} : { digest }) });
+            send({ type: 'approval.accepted', sessionId, data: result });
+          }
         } catch (error) {
           const e = toKeelError(error);
-          if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId }, 'websocket message failed');
-          sendError(e, frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : {});
+          if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId }, 'websocket frame failed');
+          sendError(e, context);
         }
       });
     });

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { MAX_CONTENT_CHARS, MAX_FRAME_BYTES } from '../contracts/limits';
 import type { SessionConfig } from '../contracts/session';
+import type { ToolSettings } from '../tools/tool';
 
 /**
  * Every setting, read once from the environment, defaulted and validated here.
@@ -47,6 +48,11 @@ const Env = z.object({
   KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),
 
   KEEL_LOCAL_MODEL_PORT: int(8787),
+
+  KEEL_AGENTS_FILE: z.string().default('agents/agents.yaml'),
+  KEEL_HTTP_ALLOW_HOSTS: z.string().default(''),
+  KEEL_HTTP_TIMEOUT_MS: int(10_000),
+  KEEL_HTTP_MAX_BYTES: int(64 * 1024),
 });
 
 export type Settings = ReturnType<typeof loadSettings>;
@@ -98,7 +104,13 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
         maximumIntervalMs: e.KEEL_LLM_RETRY_MAX_MS,
         backoffCoefficient: e.KEEL_LLM_RETRY_BACKOFF,
       },
-    } satisfies SessionConfig,
+    } satisfies Omit<SessionConfig, 'agent'>,
+    agentsFile: e.KEEL_AGENTS_FILE,
+    tools: {
+      httpAllowHosts: e.KEEL_HTTP_ALLOW_HOSTS.split(',').map((h) => h.trim()).filter(Boolean),
+      httpTimeoutMs: e.KEEL_HTTP_TIMEOUT_MS,
+      httpMaxBytes: e.KEEL_HTTP_MAX_BYTES,
+    } satisfies ToolSettings,
   };
 }
 

@@ -16,6 +16,18 @@ export const ErrorCode = z.enum([
   'NOT_FOUND',
   'SERVICE_UNAVAILABLE',
   'INTERNAL_ERROR',
+  'AGENT_NOT_FOUND',
+  'SESSION_BUSY',
+  'TOOL_NOT_FOUND',
+  'TOOL_EXECUTION_ERROR',
+  'TOOL_TIMEOUT',
+  'TOOL_PERMISSION_DENIED',
+  'STEP_LIMIT_REACHED',
+  'TURN_CANCELLED',
+  'APPROVAL_NOT_FOUND',
+  'APPROVAL_ALREADY_DECIDED',
+  'APPROVAL_EXPIRED',
+  'APPROVAL_DIGEST_MISMATCH',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
@@ -34,6 +46,18 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   NOT_FOUND: 404,
   SERVICE_UNAVAILABLE: 503,
   INTERNAL_ERROR: 500,
+  AGENT_NOT_FOUND: 404,
+  SESSION_BUSY: 409,
+  TOOL_NOT_FOUND: 404,
+  TOOL_EXECUTION_ERROR: 502,
+  TOOL_TIMEOUT: 504,
+  TOOL_PERMISSION_DENIED: 403,
+  STEP_LIMIT_REACHED: 422,
+  TURN_CANCELLED: 409,
+  APPROVAL_NOT_FOUND: 404,
+  APPROVAL_ALREADY_DECIDED: 409,
+  APPROVAL_EXPIRED: 409,
+  APPROVAL_DIGEST_MISMATCH: 409,
 };
 
 /** Whether retrying the same request later can succeed. */
@@ -52,6 +76,18 @@ const recoverableByCode: Record<ErrorCode, boolean> = {
   NOT_FOUND: false,
   SERVICE_UNAVAILABLE: true,
   INTERNAL_ERROR: true,
+  AGENT_NOT_FOUND: false,
+  SESSION_BUSY: true,
+  TOOL_NOT_FOUND: false,
+  TOOL_EXECUTION_ERROR: true,
+  TOOL_TIMEOUT: true,
+  TOOL_PERMISSION_DENIED: false,
+  STEP_LIMIT_REACHED: true,
+  TURN_CANCELLED: true,
+  APPROVAL_NOT_FOUND: false,
+  APPROVAL_ALREADY_DECIDED: false,
+  APPROVAL_EXPIRED: false,
+  APPROVAL_DIGEST_MISMATCH: false,
 };
 
 export function httpStatusOf(code: ErrorCode): number {

@@ -40,10 +40,50 @@ export const StreamEndData = z.object({
   usage: Usage,
 });
 
+export const ToolCallData = z.object({
+  toolCallId: z.string(),
+  name: z.string(),
+  arguments: z.unknown(),
+  turn: z.number().int().positive(),
+  step: z.number().int().positive(),
+  requiresApproval: z.boolean(),
+});
+
+export const ApprovalRequiredData = z.object({
+  toolCallId: z.string(),
+  name: z.string(),
+  arguments: z.unknown(),
+  /** sha256 over the tool name, its arguments and the agent version: a decision must name it. */
+  digest: z.string(),
+  expiresAt: z.string(),
+  turn: z.number().int().positive(),
+});
+
+export const ApprovalOutcome = z.enum(['approved', 'rejected', 'expired', 'cancelled']);
+export type ApprovalOutcome = z.infer<typeof ApprovalOutcome>;
+
+export const ApprovalResolvedData = z.object({
+  toolCallId: z.string(),
+  outcome: ApprovalOutcome,
+  decidedBy: z.string().nullable(),
+  feedback: z.string().nullable(),
+});
+
+export const ToolResultStatus = z.enum(['succeeded', 'failed', 'rejected', 'expired', 'cancelled']);
+export type ToolResultStatus = z.infer<typeof ToolResultStatus>;
+
+export const ToolResultData = z.object({
+  toolCallId: z.string(),
+  name: z.string(),
+  status: ToolResultStatus,
+  result: z.unknown().optional(),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+});
+
 export const TurnDoneData = z.object({
   turn: z.number().int().positive(),
   replyTo: z.string(),
-  status: z.enum(['completed', 'failed']),
+  status: z.enum(['completed', 'failed', 'cancelled']),
   messageId: z.string().nullable(),
   content: z.string().nullable(),
   usage: Usage.nullable(),
@@ -52,6 +92,7 @@ export const TurnDoneData = z.object({
 export const ErrorEventData = ErrorBody.extend({
   turn: z.number().int().positive().optional(),
   replyTo: z.string().optional(),
+  clientMessageId: z.string().optional(),
 });
 
 export const SessionExpiredData = z.object({ idleMs: z.number().int().nonnegative() });
@@ -62,6 +103,10 @@ export const durableEventSchemas = {
   'stream.start': StreamStartData,
   'stream.end': StreamEndData,
   'turn.done': TurnDoneData,
+  'tool.call': ToolCallData,
+  'approval.required': ApprovalRequiredData,
+  'approval.resolved': ApprovalResolvedData,
+  'tool.result': ToolResultData,
   error: ErrorEventData,
   'session.expired': SessionExpiredData,
 } as const;
@@ -83,7 +128,7 @@ export const EVENT_PAYLOAD_VERSION = 1;
 
 /** What the API sends over WebSocket and SSE. `seq` is present on durable events only. */
 export type ServerFrame =
-  | { type: 'connected'; sessionId: string; data: { lastSeq: number } ; lastSeq: number }
+  | { type: 'connected'; sessionId: string; data: { lastSeq: number }; lastSeq: number }
   | { type: 'pong'; sessionId: string; data: Record<string, never> }
   | { type: 'stream.delta'; sessionId: string; data: StreamDeltaData }
   | { type: 'error'; sessionId: string; seq?: number; data: z.infer<typeof ErrorEventData> }

@@ -15,7 +15,17 @@ export const MessageFrame = z.object({
 
 export const PingFrame = z.object({ type: z.literal('ping') });
 
-export const ClientFrame = z.discriminatedUnion('type', [MessageFrame, PingFrame]);
+export const ApprovalFrame = z.object({
+  type: z.literal('approval'),
+  toolCallId: Id,
+  approved: z.boolean(),
+  feedback: z.string().max(2000).optional(),
+  digest: z.string().max(128).optional(),
+});
+
+export const CancelFrame = z.object({ type: z.literal('cancel') });
+
+export const ClientFrame = z.discriminatedUnion('type', [MessageFrame, PingFrame, ApprovalFrame, CancelFrame]);
 export type ClientFrame = z.infer<typeof ClientFrame>;
 export const CLIENT_FRAME_TYPES = ClientFrame.options.map((o) => o.shape.type.value);
 

@@ -35,3 +35,17 @@ export const AfterSeqQuery = z.object({
   after: z.coerce.number().int().min(0).optional(),
   streamOffset: z.coerce.number().int().min(0).optional(),
 });
+
+export const ApprovalBody = z
+  .object({
+    approved: z.boolean(),
+    feedback: z.string().max(2000).optional(),
+    digest: z.string().max(128).optional(),
+    approver: z.string().max(128).optional(),
+  })
+  .strict();
+
+export const ApprovalListQuery = z.object({
+  status: z.enum(['pending']).default('pending'),
+  limit: z.coerce.number().int().min(1).max(MAX_PAGE_SIZE).default(50),
+});

@@ -1,8 +1,11 @@
-import { defineQuery, defineSignal } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { ResolvedAgent } from './agents';
 import type { Usage } from './events';
 
 /** Settings a session workflow runs with. Fixed at start, carried across continue-as-new. */
 export interface SessionConfig {
+  /** The agent, at the version the session started with. */
+  agent: ResolvedAgent;
   idleTtlMs: number;
   /** Continue-as-new once the workflow history holds this many events. */
   continueAsNewAfterEvents: number;
@@ -49,10 +52,19 @@ export interface SessionWorkflowInput {
   resume?: SessionSnapshot;
 }
 
+export interface PendingApprovalView {
+  toolCallId: string;
+  name: string;
+  digest: string;
+  expiresAt: string;
+}
+
 export interface SessionStateView {
   sessionId: string;
   status: SessionStatus;
+  agent: { id: string; version: number; busyPolicy: string };
   turnInProgress: { turn: number; replyTo: string } | null;
+  pendingApprovals: PendingApprovalView[];
   queued: { messageId: string; turn: number }[];
   messageCount: number;
   usage: Usage;
@@ -65,7 +77,25 @@ export interface UserMessageSignal {
   content: string;
 }
 
+export interface ApprovalDecision {
+  toolCallId: string;
+  approved: boolean;
+  feedback?: string;
+  /** When given, must equal the digest announced in approval.required. */
+  digest?: string;
+  decidedBy: string;
+}
+
+export interface ApprovalDecisionResult {
+  toolCallId: string;
+  outcome: 'approved' | 'rejected';
+}
+
 export const userMessageSignal = defineSignal<[UserMessageSignal]>('userMessage');
+/** Cancels the turn in progress; pending approvals resolve as cancelled. */
+export const cancelTurnSignal = defineSignal<[{ requestedBy: string }]>('cancelTurn');
+/** An update, not a signal: the approver needs to hear whether the decision counted. */
+export const decideApprovalUpdate = defineUpdate<ApprovalDecisionResult, [ApprovalDecision]>('decideApproval');
 export const sessionStateQuery = defineQuery<SessionStateView>('sessionState');
 
 /** How many client message IDs a session remembers for de-duplication. */

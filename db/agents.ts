@@ -1,4 +1,4 @@
-import { sql, UniqueIntegrityConstraintViolationError, type CommonQueryMethods } from 'slonik';
+import { sql, type CommonQueryMethods } from 'slonik';
 import { z } from 'zod';
 import { digestOf } from '../agents/load';
 import { AgentDefinition } from '../contracts/agents';
@@ -20,7 +20,8 @@ export interface SyncedAgent {
   created: boolean;
 }
 
-const MAX_SYNC_ATTEMPTS = 5;
+// Each round of a race stores at least one definition, so this bounds the processes starting together.
+const MAX_SYNC_ATTEMPTS = 20;
 
 /**
  * Stores each definition unless an identical one (same digest) is stored already, in which case
@@ -34,26 +35,18 @@ export async function syncAgents(db: CommonQueryMethods, defs: AgentDefinition[]
 }
 
 /**
- * A process that loses the race for the same definition meets the (id, digest) conflict and reads
- * the winner's row; one that loses it with a different definition meets the primary key (both
- * picked the same next version) and tries again with the next one.
+ * Two processes storing the same new definition meet on (id, digest): the loser stores nothing
+ * and finds the winner's row on its next round. With different definitions they meet on the
+ * primary key (both chose the same next version): the loser stores nothing and tries the next one.
  */
 async function syncAgent(db: CommonQueryMethods, def: AgentDefinition, digest: string): Promise<SyncedAgent> {
   for (let attempt = 1; attempt <= MAX_SYNC_ATTEMPTS; attempt++) {
     const existing = await agentByDigest(db, def.id, digest);
     if (existing) return { id: existing.id, version: existing.version, digest, created: false };
-    try {
-      const inserted = await insertNextVersion(db, def, digest);
-      if (inserted) return { ...inserted, digest, created: true };
-    } catch (error) {
-      if (!isVersionConflict(error)) throw error;
-    }
+    const inserted = await insertNextVersion(db, def, digest);
+    if (inserted) return { ...inserted, digest, created: true };
   }
   throw new Error(`agent "${def.id}": no version could be stored after ${MAX_SYNC_ATTEMPTS} attempts`);
-}
-
-function isVersionConflict(error: unknown): boolean {
-  return error instanceof UniqueIntegrityConstraintViolationError && error.constraint === 'agents_pkey';
 }
 
 const Inserted = z.object({ id: z.string(), version: z.number() });
@@ -63,7 +56,7 @@ async function insertNextVersion(db: CommonQueryMethods, def: AgentDefinition, d
     INSERT INTO agents (id, version, digest, definition)
     SELECT ${def.id}, COALESCE(MAX(version), 0) + 1, ${digest}, ${sql.jsonb(def as never)}
     FROM agents WHERE id = ${def.id}
-    ON CONFLICT (id, digest) DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING id, version`);
 }
 

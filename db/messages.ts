@@ -11,9 +11,13 @@ export const MessageRow = z.object({
   client_message_id: z.string().nullable(),
   input_tokens: z.number().nullable(),
   output_tokens: z.number().nullable(),
+  tool_calls: z.array(z.object({ id: z.string(), name: z.string(), arguments: z.string() })).nullable(),
+  tool_call_id: z.string().nullable(),
   created_at: z.number(),
 });
 export type MessageRow = z.infer<typeof MessageRow>;
+
+const MESSAGE_COLUMNS = sql.fragment`id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, tool_calls, tool_call_id, created_at`;
 
 export interface NewMessage {
   id: string;
@@ -25,21 +29,26 @@ export interface NewMessage {
   clientMessageId?: string;
   inputTokens?: number;
   outputTokens?: number;
+  /** On an assistant message that asked for tools: the model's calls. */
+  toolCalls?: { id: string; name: string; arguments: string }[];
+  /** On a tool message: the model's ID of the call it answers. */
+  toolCallId?: string;
 }
 
 /** Inserts once: a retried activity that writes the same message changes nothing. */
 export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Promise<void> {
   await db.query(sql.unsafe`
-    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens)
+    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, tool_calls, tool_call_id)
     VALUES (${m.id}, ${m.sessionId}, ${m.turn}, ${m.position}, ${m.role}, ${m.content},
-            ${m.clientMessageId ?? null}, ${m.inputTokens ?? null}, ${m.outputTokens ?? null})
+            ${m.clientMessageId ?? null}, ${m.inputTokens ?? null}, ${m.outputTokens ?? null},
+            ${m.toolCalls ? sql.jsonb(m.toolCalls) : null}, ${m.toolCallId ?? null})
     ON CONFLICT DO NOTHING`);
 }
 
 /** The conversation as the model sees it for `turn`: every message of that turn and before. */
 export async function conversationUpTo(db: CommonQueryMethods, sessionId: string, turn: number): Promise<MessageRow[]> {
   const rows = await db.any(sql.type(MessageRow)`
-    SELECT id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, created_at
+    SELECT ${MESSAGE_COLUMNS}
     FROM messages WHERE session_id = ${sessionId} AND turn <= ${turn}
     ORDER BY turn, position`);
   return [...rows];
@@ -47,7 +56,7 @@ export async function conversationUpTo(db: CommonQueryMethods, sessionId: string
 
 export async function listMessages(db: CommonQueryMethods, sessionId: string, page: { limit: number; offset: number }): Promise<MessageRow[]> {
   const rows = await db.any(sql.type(MessageRow)`
-    SELECT id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, created_at
+    SELECT ${MESSAGE_COLUMNS}
     FROM messages WHERE session_id = ${sessionId}
     ORDER BY turn, position LIMIT ${page.limit} OFFSET ${page.offset}`);
   return [...rows];

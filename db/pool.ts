@@ -10,7 +10,11 @@ const resultParser: Interceptor = {
 };
 
 export async function openPool(url: string, maximumPoolSize: number): Promise<DatabasePool> {
-  return createPool(url, { maximumPoolSize, interceptors: [resultParser] });
+  const pool = await createPool(url, { maximumPoolSize, interceptors: [resultParser] });
+  // slonik also emits every query error on the pool; with no listener Node would throw
+  // "Unhandled error" in place of the real, typed error the caller is about to receive.
+  pool.on('error', () => undefined);
+  return pool;
 }
 
 export type { DatabasePool };

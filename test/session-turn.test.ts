@@ -57,7 +57,7 @@ test('multi-turn context: the second model request contains the first turn', asy
 
   const requests = stack.model.requests(sessionId);
   expect(requests).toHaveLength(2);
-  const second = requests[1]!.body.messages.map((m: { role: string; content: string }) => [m.role, m.content]);
+  const second = requests[1]!.body.messages.filter((m: { role: string }) => m.role !== 'system').map((m: { role: string; content: string }) => [m.role, m.content]);
   expect(second).toEqual([
     ['user', 'My name is Ada'],
     ['assistant', 'You said: My name is Ada.'],

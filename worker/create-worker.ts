@@ -1,7 +1,8 @@
 import { NativeConnection, Worker } from '@temporalio/worker';
 import OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
-import { createSessionActivities } from '../activities';
+import { createSessionActivities, createToolActivities } from '../activities';
+import { builtinTools } from '../tools';
 import { temporalAddressOf, type Settings } from '../config/settings';
 
 export async function createWorker(settings: Settings, pool: DatabasePool) {
@@ -13,12 +14,10 @@ export async function createWorker(settings: Settings, pool: DatabasePool) {
     maxRetries: 0,
     timeout: settings.llm.timeoutMs,
   });
-  const activities = createSessionActivities({
-    pool,
-    openai,
-    streamCoalesceMs: settings.llm.streamCoalesceMs,
-    llmTimeoutMs: settings.llm.timeoutMs,
-  });
+  const activities = {
+    ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs }),
+    ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools }),
+  };
   const workflowSource = settings.temporal.workflowBundlePath
     ? { workflowBundle: { codePath: settings.temporal.workflowBundlePath } }
     : { workflowsPath: require.resolve('../workflows') };

@@ -1,12 +1,13 @@
 import { proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
-import type { SessionActivities } from '../activities';
+import type { SessionActivities, ToolActivities } from '../activities';
+import type { PlannedToolCall } from '../activities/tool-activities';
 import type { SessionConfig } from '../contracts/session';
 
 /** Every activity's timeouts and retries, set on purpose from the session's config. */
 export function sessionActivities(config: SessionConfig) {
   // Persistence must never give up: a message that was accepted is not lost while the database is down.
   const retry = { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' } as const;
-  const persistence = proxyActivities<Pick<SessionActivities, 'recordTurnFailure' | 'expireSession' | 'rejectLateMessages'>>({
+  const persistence = proxyActivities<Pick<SessionActivities, 'recordTurnFailure' | 'expireSession' | 'rejectMessages'> & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall'>>({
     startToCloseTimeout: '30 seconds',
     retry,
   });
@@ -32,9 +33,19 @@ export function sessionActivities(config: SessionConfig) {
     recordUserMessages: acknowledge.recordUserMessages,
     recordTurnFailure: persistence.recordTurnFailure,
     expireSession: persistence.expireSession,
-    rejectLateMessages: persistence.rejectLateMessages,
+    rejectMessages: persistence.rejectMessages,
+    recordToolCalls: persistence.recordToolCalls,
+    settleToolCall: persistence.settleToolCall,
     streamReply: llm.streamReply,
   };
 }
 
 export type SessionActivityProxies = ReturnType<typeof sessionActivities>;
+
+/** Each tool call runs with its tool's own timeout and retry policy. */
+export function toolActivities(call: PlannedToolCall) {
+  return proxyActivities<Pick<ToolActivities, 'executeTool'>>({
+    startToCloseTimeout: call.timeoutMs + 1_000,
+    retry: { maximumAttempts: call.maxAttempts, initialInterval: '200 milliseconds', nonRetryableErrorTypes: ['TOOL_NOT_FOUND'] },
+  });
+}

@@ -1,6 +1,8 @@
 import type { Usage } from '../contracts/events';
 import {
   RECENT_CLIENT_ID_LIMIT,
+  type ApprovalDecision,
+  type PendingApprovalView,
   type PendingMessage,
   type SessionSnapshot,
   type SessionStateView,
@@ -13,6 +15,12 @@ export class SessionState {
   private current: PendingMessage | null = null;
   /** Messages that arrived after the session expired: each is answered with SESSION_EXPIRED. */
   private lateArrivals: UserMessageSignal[] = [];
+  /** Messages refused by the agent's `reject` busy policy: each is answered with SESSION_BUSY. */
+  private refused: UserMessageSignal[] = [];
+  /** Approvals the current turn waits for. Turns never span continue-as-new, so these are not carried. */
+  readonly approvals = new Map<string, PendingApprovalView & { expiresAtMs: number; decision?: ApprovalDecision }>();
+  /** Recently settled approvals, so a second decision is told it came too late rather than "unknown". */
+  private readonly settled = new Map<string, 'decided' | 'expired' | 'cancelled'>();
 
   constructor(private readonly s: SessionSnapshot) {}
 
@@ -43,6 +51,10 @@ export class SessionState {
   accept(m: UserMessageSignal): boolean {
     if (this.s.status !== 'active') {
       this.lateArrivals.push(m);
+      return false;
+    }
+    if (this.s.config.agent.busyPolicy === 'reject' && !this.isIdle() && !this.knows(m.messageId)) {
+      if (!m.clientMessageId || !this.s.recentClientIds.includes(m.clientMessageId)) this.refused.push(m);
       return false;
     }
     if (m.clientMessageId) {
@@ -112,15 +124,46 @@ export class SessionState {
     return this.lateArrivals.splice(0);
   }
 
+  takeRefused(): UserMessageSignal[] {
+    return this.refused.splice(0);
+  }
+
+  hasRefused(): boolean {
+    return this.refused.length > 0;
+  }
+
+  /** Why a decision cannot be taken, or null when it can. */
+  approvalProblem(d: ApprovalDecision, nowMs: number): 'APPROVAL_NOT_FOUND' | 'APPROVAL_ALREADY_DECIDED' | 'APPROVAL_EXPIRED' | 'APPROVAL_DIGEST_MISMATCH' | null {
+    const pending = this.approvals.get(d.toolCallId);
+    if (!pending) {
+      const settled = this.settled.get(d.toolCallId);
+      if (settled === 'expired') return 'APPROVAL_EXPIRED';
+      return settled ? 'APPROVAL_ALREADY_DECIDED' : 'APPROVAL_NOT_FOUND';
+    }
+    if (pending.decision) return 'APPROVAL_ALREADY_DECIDED';
+    if (nowMs >= pending.expiresAtMs) return 'APPROVAL_EXPIRED';
+    if (d.digest !== undefined && d.digest !== pending.digest) return 'APPROVAL_DIGEST_MISMATCH';
+    return null;
+  }
+
+  settle(toolCallId: string, how: 'decided' | 'expired' | 'cancelled'): void {
+    this.approvals.delete(toolCallId);
+    this.settled.set(toolCallId, how);
+    if (this.settled.size > 500) this.settled.delete(this.settled.keys().next().value!);
+  }
+
   snapshot(): SessionSnapshot {
     // A turn interrupted by continue-as-new never happens: the loop only continues between turns.
     return JSON.parse(JSON.stringify(this.s)) as SessionSnapshot;
   }
 
   view(): SessionStateView {
+    const agent = this.s.config.agent;
     return {
       sessionId: this.s.sessionId,
       status: this.s.status,
+      agent: { id: agent.id, version: agent.version, busyPolicy: agent.busyPolicy },
+      pendingApprovals: [...this.approvals.values()].filter((a) => !a.decision).map(({ toolCallId, name, digest, expiresAt }) => ({ toolCallId, name, digest, expiresAt })),
       turnInProgress: this.current ? { turn: this.current.turn, replyTo: this.current.messageId } : null,
       queued: [...this.s.unrecorded, ...this.s.queue].map((m) => ({ messageId: m.messageId, turn: m.turn })),
       messageCount: this.s.messageCount,

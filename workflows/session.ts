@@ -1,5 +1,7 @@
 import {
   allHandlersFinished,
+  ApplicationFailure,
+  CancellationScope,
   condition,
   continueAsNew,
   setHandler,
@@ -7,10 +9,11 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { SessionStatusKey } from '../contracts/search-attributes';
-import { sessionStateQuery, userMessageSignal, type PendingMessage, type SessionWorkflowInput } from '../contracts/session';
-import { sessionActivities, type SessionActivityProxies } from './activities';
+import { cancelTurnSignal, decideApprovalUpdate, sessionStateQuery, userMessageSignal, type SessionWorkflowInput } from '../contracts/session';
+import { sessionActivities } from './activities';
+import { workflowNow } from './clock';
 import { SessionState } from './session-state';
-import { turnErrorOf } from './turn-errors';
+import { runTurn } from './turn';
 
 export interface SessionWorkflowResult {
   status: 'expired';
@@ -23,8 +26,28 @@ export interface SessionWorkflowResult {
 export async function sessionWorkflow(input: SessionWorkflowInput): Promise<SessionWorkflowResult> {
   const state = SessionState.fromInput(input);
   const acts = sessionActivities(state.config);
-  setHandler(userMessageSignal, (m) => void state.accept(m));
+  let turnScope: CancellationScope | null = null;
+
+  setHandler(userMessageSignal, (m) => {
+    const interrupting = state.config.agent.busyPolicy === 'interrupt' && state.inTurn();
+    if (state.accept(m) && interrupting) turnScope?.cancel();
+  });
+  setHandler(cancelTurnSignal, () => turnScope?.cancel());
   setHandler(sessionStateQuery, () => state.view());
+  setHandler(
+    decideApprovalUpdate,
+    (decision) => {
+      state.approvals.get(decision.toolCallId)!.decision = decision;
+      return { toolCallId: decision.toolCallId, outcome: decision.approved ? 'approved' : 'rejected' };
+    },
+    {
+      // Refusals happen in the validator, so a refused decision leaves no trace in history.
+      validator: (decision) => {
+        const problem = state.approvalProblem(decision, workflowNow());
+        if (problem) throw ApplicationFailure.create({ type: problem, message: problem.toLowerCase().replace(/_/g, ' '), nonRetryable: true });
+      },
+    },
+  );
 
   // Messages that arrive during a turn are acknowledged at once by this loop; a message that
   // arrives while the session is idle is recorded by the turn that answers it, saving a hop.
@@ -32,11 +55,13 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   let stopRecording = false;
   const recorder = (async () => {
     for (;;) {
-      await condition(() => (state.hasUnrecorded() && state.inTurn()) || stopRecording);
+      await condition(() => (state.hasUnrecorded() && state.inTurn()) || state.hasRefused() || stopRecording);
       if (stopRecording) return;
       recording = true;
+      const refused = state.takeRefused();
+      if (refused.length > 0) await acts.rejectMessages({ sessionId: state.sessionId, messages: refused, code: 'SESSION_BUSY' });
       const batch = state.takeUnrecorded();
-      await acts.recordUserMessages({ sessionId: state.sessionId, messages: batch });
+      if (batch.length > 0) await acts.recordUserMessages({ sessionId: state.sessionId, messages: batch });
       state.markRecorded(batch);
       recording = false;
     }
@@ -48,7 +73,11 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     const unrecorded = state.takeUnrecorded();
     state.markRecorded(unrecorded);
     const message = state.beginNextTurn();
-    if (message) await runTurn(state, acts, message, unrecorded);
+    if (message) {
+      turnScope = new CancellationScope();
+      await runTurn(state, turnScope, message, unrecorded);
+      turnScope = null;
+    }
     state.endTurn();
     if (shouldContinueAsNew(state)) {
       stopRecording = true;
@@ -66,21 +95,9 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   upsertSearchAttributes([{ key: SessionStatusKey, value: 'expired' }]);
   // Completion fails while new signals are pending, so every late message gets its answer here.
   for (let late = state.takeLateArrivals(); late.length > 0; late = state.takeLateArrivals()) {
-    await acts.rejectLateMessages({ sessionId: state.sessionId, messageIds: late.map((m) => m.messageId) });
+    await acts.rejectMessages({ sessionId: state.sessionId, messages: late, code: 'SESSION_EXPIRED' });
   }
   return { status: 'expired' };
-}
-
-async function runTurn(state: SessionState, acts: SessionActivityProxies, message: PendingMessage, unrecorded: PendingMessage[]) {
-  const base = { sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId };
-  try {
-    const reply = await acts.streamReply({ ...base, step: 1, content: message.content, record: unrecorded, model: state.config.llm.model, completesTurn: true });
-    state.recordReply(reply.usage);
-  } catch (error) {
-    // The reply failed, perhaps before it recorded the messages it carried: record them now.
-    if (unrecorded.length > 0) await acts.recordUserMessages({ sessionId: state.sessionId, messages: unrecorded });
-    await acts.recordTurnFailure({ ...base, error: turnErrorOf(error) });
-  }
 }
 
 function shouldContinueAsNew(state: SessionState): boolean {

@@ -16,7 +16,8 @@ ALTER TABLE messages ADD COLUMN tool_call_id text;
 
 -- The full lifecycle of every tool call the model made.
 CREATE TABLE tool_calls (
-  id               text PRIMARY KEY,           -- the model's tool call ID, made unique per session by the runtime
+  id               text PRIMARY KEY,           -- the runtime's ID, unique across sessions
+  model_call_id    text NOT NULL,              -- the ID the model gave the call; tool messages answer it
   session_id       text NOT NULL REFERENCES sessions (id),
   turn             integer NOT NULL,
   step             integer NOT NULL,
@@ -29,6 +30,7 @@ CREATE TABLE tool_calls (
   decided_by       text,
   decided_at       timestamptz,
   feedback         text,
+  approval_outcome text CHECK (approval_outcome IN ('approved', 'rejected', 'expired', 'cancelled')),
   result           jsonb,
   error_code       text,
   created_at       timestamptz NOT NULL DEFAULT now(),

@@ -1,0 +1,154 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { z, type ZodIssue } from 'zod';
+import { AgentDefinition } from '../contracts/agents';
+
+/** The repository's agent definitions. */
+export const DEFAULT_AGENTS_FILE = path.join(__dirname, 'agents.yaml');
+
+const AgentFile = z
+  .object({ agents: z.array(AgentDefinition).min(1, 'must list at least one agent') })
+  .strict()
+  .superRefine((file, ctx) => {
+    const ids = file.agents.map((a) => a.id);
+    ids.forEach((id, i) => {
+      const first = ids.indexOf(id);
+      if (first !== i) ctx.addIssue({ code: 'custom', path: ['agents', i, 'id'], message: `duplicate agent id "${id}" (first at agents[${first}])` });
+    });
+  });
+
+type FieldPath = (string | number)[];
+
+export interface AgentConfigProblem {
+  /** Dotted path of the offending field, e.g. `agents[1].busyPolicy`; `(syntax)` for YAML syntax errors. */
+  field: string;
+  line?: number;
+  message: string;
+}
+
+/** A definitions file that cannot be used; names the file, the field and, when known, the line. */
+export class AgentConfigError extends Error {
+  override name = 'AgentConfigError';
+  /** Relative to the working directory when inside it. */
+  readonly file: string;
+  readonly field: string;
+  readonly line?: number;
+
+  constructor(
+    file: string,
+    readonly problems: [AgentConfigProblem, ...AgentConfigProblem[]],
+  ) {
+    const shown = displayPath(file);
+    super(problems.map((p) => `${shown}: ${p.field}${p.line === undefined ? '' : ` (line ${p.line})`}: ${p.message}`).join('\n'));
+    this.file = shown;
+    this.field = problems[0].field;
+    if (problems[0].line !== undefined) this.line = problems[0].line;
+  }
+}
+
+export async function loadAgentFile(file: string): Promise<AgentDefinition[]> {
+  return parseAgentFile(await readFile(file, 'utf8'), file);
+}
+
+/** Parses and validates the text of a definitions file; `file` only names it in errors. */
+export function parseAgentFile(text: string, file: string): AgentDefinition[] {
+  const counter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: counter, prettyErrors: false });
+  const syntaxErrors = doc.errors.map((e) => ({ field: '(syntax)', line: counter.linePos(e.pos[0]).line, message: e.message }));
+  if (isNonEmpty(syntaxErrors)) throw new AgentConfigError(file, syntaxErrors);
+
+  const parsed = AgentFile.safeParse(doc.toJS());
+  if (parsed.success) return parsed.data.agents;
+  const problems = parsed.error.issues.flatMap(splitIssue).map(({ path: at, message }) => {
+    const line = lineOf(doc, counter, at);
+    return { field: fieldOf(at), message, ...(line === undefined ? {} : { line }) };
+  });
+  throw new AgentConfigError(file, isNonEmpty(problems) ? problems : [{ field: '(root)', message: parsed.error.message }]);
+}
+
+function isNonEmpty<T>(items: T[]): items is [T, ...T[]] {
+  return items.length > 0;
+}
+
+function displayPath(file: string): string {
+  const relative = path.relative(process.cwd(), path.resolve(file));
+  return relative.startsWith('..') || path.isAbsolute(relative) ? file : relative;
+}
+
+/** One problem per unknown key, so each names its own field and line. */
+function splitIssue(issue: ZodIssue): { path: FieldPath; message: string }[] {
+  if (issue.code === 'unrecognized_keys') return issue.keys.map((key) => ({ path: [...issue.path, key], message: 'unknown key' }));
+  return [{ path: issue.path, message: describeIssue(issue) }];
+}
+
+function describeIssue(issue: ZodIssue): string {
+  switch (issue.code) {
+    case 'invalid_enum_value':
+      return `expected one of ${issue.options.join(', ')}`;
+    case 'invalid_type':
+      return issue.received === 'undefined' ? 'required' : `expected ${issue.expected}, got ${issue.received}`;
+    case 'too_small':
+      if (issue.type === 'number') return `must be ${issue.inclusive ? 'at least' : 'greater than'} ${issue.minimum}`;
+      if (issue.type === 'string' && issue.minimum === 1) return 'must not be empty';
+      return issue.message;
+    case 'too_big':
+      if (issue.type === 'number') return `must be ${issue.inclusive ? 'at most' : 'less than'} ${issue.maximum}`;
+      return issue.message;
+    default:
+      return issue.message;
+  }
+}
+
+function fieldOf(at: FieldPath): string {
+  const text = at
+    .map((segment, i) => {
+      if (typeof segment === 'number') return `[${segment}]`;
+      if (/^[A-Za-z_][\w-]*$/.test(segment)) return i === 0 ? segment : `.${segment}`;
+      return `[${JSON.stringify(segment)}]`;
+    })
+    .join('');
+  return text || '(root)';
+}
+
+/**
+ * The line of the deepest node on the path that exists: the key for a map entry (so a missing
+ * field points at the object that lacks it), the item for a list entry.
+ */
+function lineOf(doc: Document, counter: LineCounter, at: FieldPath): number | undefined {
+  let node: unknown = doc.contents;
+  let deepest: Node | undefined = isNode(node) ? node : undefined;
+  for (const segment of at) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => String(isScalar(p.key) ? p.key.value : p.key) === String(segment));
+      if (!pair) break;
+      if (isNode(pair.key)) deepest = pair.key;
+      node = pair.value;
+    } else if (isSeq(node) && typeof segment === 'number') {
+      node = node.items[segment];
+      if (!isNode(node)) break;
+      deepest = node;
+    } else {
+      break;
+    }
+  }
+  const offset = deepest?.range?.[0];
+  return offset === undefined ? undefined : counter.linePos(offset).line;
+}
+
+/** sha256 of the definition as JSON with sorted keys, so formatting and key order do not make a new version. */
+export function digestOf(def: AgentDefinition): string {
+  return createHash('sha256').update(canonicalJson(def)).digest('hex');
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}

@@ -1,0 +1,61 @@
+import Router from '@koa/router';
+import { Id } from '../../contracts/ids';
+import { ApprovalBody, ApprovalListQuery } from '../../contracts/rest';
+import { pendingApprovals, type ToolCallRow } from '../../db/tool-calls';
+import type { ApiDeps } from '../deps';
+import { parseInput } from '../errors';
+
+function approvalView(row: ToolCallRow) {
+  return {
+    toolCallId: row.id,
+    sessionId: row.session_id,
+    name: row.name,
+    arguments: row.arguments,
+    digest: row.digest,
+    turn: row.turn,
+    requestedAt: new Date(row.created_at).toISOString(),
+    expiresAt: row.expires_at === null ? null : new Date(row.expires_at).toISOString(),
+  };
+}
+
+/** Agents, approvals and turn control. */
+export function agentRoutes(deps: ApiDeps): Router {
+  const router = new Router({ prefix: '/api/v1' });
+
+  router.get('/agents', (ctx) => {
+    ctx.body = {
+      agents: deps.agents.list().map((a) => ({
+        id: a.id,
+        version: a.version,
+        name: a.name,
+        description: a.description ?? null,
+        busyPolicy: a.busyPolicy,
+        maxStepsPerTurn: a.maxStepsPerTurn,
+        approvalTtlMs: a.approvalTtlMs,
+        tools: a.tools.map((t) => ({ name: t.name, description: t.description, permission: t.permission, requiresApproval: t.requiresApproval, approvalTtlMs: t.approvalTtlMs })),
+      })),
+    };
+  });
+
+  router.get('/approvals', async (ctx) => {
+    const query = parseInput(ApprovalListQuery, ctx.query);
+    ctx.body = { approvals: (await pendingApprovals(deps.pool, query.limit)).map(approvalView) };
+  });
+
+  router.post('/sessions/:id/approvals/:toolCallId', async (ctx) => {
+    const sessionId = parseInput(Id, ctx.params.id);
+    const toolCallId = parseInput(Id, ctx.params.toolCallId);
+    const body = parseInput(ApprovalBody, ctx.request.body);
+    const { approver, ...rest } = body;
+    ctx.body = await deps.sessions.decideApproval(sessionId, { toolCallId, ...rest, decidedBy: approver ?? 'anonymous' });
+  });
+
+  router.post('/sessions/:id/cancel', async (ctx) => {
+    const sessionId = parseInput(Id, ctx.params.id);
+    await deps.sessions.cancelTurn(sessionId, 'rest');
+    ctx.status = 202;
+    ctx.body = { cancelled: true };
+  });
+
+  return router;
+}

@@ -1,0 +1,113 @@
+import { z } from 'zod';
+import type { ToolDefinition } from './tools';
+
+export const AGENT_ID_PATTERN = /^[a-zA-Z0-9_-]{1,64}$/;
+export const DEFAULT_AGENT_ID = 'default';
+export const DEFAULT_APPROVAL_TTL_MS = 30 * 60_000;
+export const DEFAULT_MAX_STEPS_PER_TURN = 8;
+
+const MIN_APPROVAL_TTL_MS = 1_000;
+const approvalTtlMs = z.number().int().min(MIN_APPROVAL_TTL_MS);
+
+/** What a session does with a message that arrives while a turn is running. */
+export const BusyPolicy = z.enum(['queue', 'interrupt', 'reject']);
+export type BusyPolicy = z.infer<typeof BusyPolicy>;
+
+export const AgentModel = z
+  .object({
+    name: z.string().min(1).optional(),
+    temperature: z.number().min(0).max(2).optional(),
+  })
+  .strict();
+export type AgentModel = z.infer<typeof AgentModel>;
+
+export const ToolPolicy = z
+  .object({
+    requiresApproval: z.boolean().optional(),
+    approvalTtlMs: approvalTtlMs.optional(),
+    timeoutMs: z.number().int().positive().optional(),
+  })
+  .strict();
+export type ToolPolicy = z.infer<typeof ToolPolicy>;
+
+export const AgentDefinition = z
+  .object({
+    id: z.string().regex(AGENT_ID_PATTERN, 'must be 1 to 64 letters, digits, "_" or "-"'),
+    name: z.string().min(1),
+    description: z.string().optional(),
+    systemPrompt: z.string(),
+    model: AgentModel.optional(),
+    tools: z.array(z.string().min(1)).default([]),
+    toolPolicy: z.record(z.string(), ToolPolicy).optional(),
+    approvalTtlMs: approvalTtlMs.default(DEFAULT_APPROVAL_TTL_MS),
+    maxStepsPerTurn: z.number().int().min(1).max(50).default(DEFAULT_MAX_STEPS_PER_TURN),
+    busyPolicy: BusyPolicy.default('queue'),
+  })
+  .strict()
+  .superRefine((def, ctx) => {
+    def.tools.forEach((tool, i) => {
+      if (def.tools.indexOf(tool) !== i) ctx.addIssue({ code: 'custom', path: ['tools', i], message: `"${tool}" is listed twice` });
+    });
+    for (const tool of Object.keys(def.toolPolicy ?? {})) {
+      if (!def.tools.includes(tool)) ctx.addIssue({ code: 'custom', path: ['toolPolicy', tool], message: `"${tool}" is not in tools` });
+    }
+  });
+export type AgentDefinition = z.infer<typeof AgentDefinition>;
+
+/** A tool as one agent may use it: the agent's policy applied on top of the tool's own definition. */
+export type ResolvedTool = ToolDefinition & { approvalTtlMs: number };
+
+/** An agent definition at one stored version, with its tools resolved against the registry. */
+export interface ResolvedAgent {
+  id: string;
+  version: number;
+  digest: string;
+  name: string;
+  description?: string;
+  systemPrompt: string;
+  /** Unset fields fall back to the deployment's settings (KEEL_MODEL). */
+  model: AgentModel;
+  tools: ResolvedTool[];
+  approvalTtlMs: number;
+  maxStepsPerTurn: number;
+  busyPolicy: BusyPolicy;
+}
+
+function own<T>(record: Record<string, T> | undefined, key: string): T | undefined {
+  return record && Object.hasOwn(record, key) ? record[key] : undefined;
+}
+
+/** Precedence for each setting: the agent's per-tool policy, then the agent, then the tool's default. */
+function applyPolicy(def: AgentDefinition, name: string, tool: ToolDefinition): ResolvedTool {
+  const policy = own(def.toolPolicy, name) ?? {};
+  return {
+    ...tool,
+    requiresApproval: policy.requiresApproval ?? tool.requiresApproval,
+    timeoutMs: policy.timeoutMs ?? tool.timeoutMs,
+    approvalTtlMs: policy.approvalTtlMs ?? def.approvalTtlMs,
+  };
+}
+
+export function resolveAgent(def: AgentDefinition, version: number, digest: string, tools: Record<string, ToolDefinition>): ResolvedAgent {
+  const resolvedTools = def.tools.map((name) => {
+    const tool = own(tools, name);
+    if (!tool) {
+      const known = Object.keys(tools).sort().join(', ') || 'none';
+      throw new Error(`agent "${def.id}": unknown tool "${name}" (registered tools: ${known})`);
+    }
+    return applyPolicy(def, name, tool);
+  });
+  return {
+    id: def.id,
+    version,
+    digest,
+    name: def.name,
+    ...(def.description === undefined ? {} : { description: def.description }),
+    systemPrompt: def.systemPrompt,
+    model: { ...def.model },
+    tools: resolvedTools,
+    approvalTtlMs: def.approvalTtlMs,
+    maxStepsPerTurn: def.maxStepsPerTurn,
+    busyPolicy: def.busyPolicy,
+  };
+}

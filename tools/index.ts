@@ -1,0 +1,31 @@
+import type { ToolDefinition } from '../contracts/tools';
+import { calculator } from './calculator';
+import { createNote } from './create-note';
+import { currentTime } from './current-time';
+import { httpRequest } from './http-request';
+import type { Tool } from './tool';
+
+export type { Tool, ToolContext, ToolSettings } from './tool';
+export { DEFAULT_TOOL_SETTINGS, ToolInputError, ToolRefusedError } from './tool';
+
+/**
+ * Every built-in tool by name. The object has no prototype, so a model asking for a tool named
+ * "toString" or "__proto__" finds nothing instead of an Object method.
+ */
+export const builtinTools: Readonly<Record<string, Tool>> = Object.freeze(
+  Object.assign(Object.create(null) as Record<string, Tool>, {
+    [calculator.definition.name]: calculator,
+    [currentTime.definition.name]: currentTime,
+    [httpRequest.definition.name]: httpRequest,
+    [createNote.definition.name]: createNote,
+  }),
+);
+
+/** The definitions of the named tools, in the given order; throws on a name that is not a built-in tool. */
+export function toolDefinitionsFor(names: string[]): ToolDefinition[] {
+  return names.map((name) => {
+    const tool = builtinTools[name];
+    if (!tool) throw new Error(`unknown tool "${name}"; built-in tools are: ${Object.keys(builtinTools).join(', ')}`);
+    return tool.definition;
+  });
+}

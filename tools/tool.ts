@@ -1,0 +1,57 @@
+import type { DatabasePool } from 'slonik';
+import type { z } from 'zod';
+import type { ToolDefinition } from '../contracts/tools';
+
+export interface ToolSettings {
+  /** Hosts (`host` or `host:port`) that http_request may reach even at private addresses. */
+  httpAllowHosts: string[];
+  httpTimeoutMs: number;
+  httpMaxBytes: number;
+}
+
+export const DEFAULT_TOOL_SETTINGS: Readonly<ToolSettings> = Object.freeze({
+  httpAllowHosts: [],
+  httpTimeoutMs: 10_000,
+  httpMaxBytes: 64 * 1024,
+});
+
+export interface ToolContext {
+  sessionId: string;
+  toolCallId: string;
+  /** Derived by the runtime from workflow ID + tool call ID; the same on every retry of one call. */
+  idempotencyKey: string;
+  pool: DatabasePool;
+  /** Aborted when the call times out or is cancelled. */
+  signal: AbortSignal;
+  settings: ToolSettings;
+}
+
+export interface Tool<A = any> {
+  definition: ToolDefinition;
+  /** Validates and parses the model's arguments; throws ToolInputError with a clear message on bad input. */
+  parse(args: unknown): A;
+  /** Resolves to a JSON-serialisable result. */
+  execute(args: A, ctx: ToolContext): Promise<unknown>;
+}
+
+/**
+ * A failure the model should read and that retrying will not fix (bad arguments, unknown host,
+ * too many redirects). The runtime reports it as TOOL_EXECUTION_ERROR with this message.
+ * `name` is set because Temporal carries it across the activity boundary as the failure type.
+ */
+export class ToolInputError extends Error {
+  override readonly name = 'ToolInputError';
+}
+
+/** The call breaks a rule of the tool (e.g. an SSRF refusal): reported as TOOL_PERMISSION_DENIED. */
+export class ToolRefusedError extends Error {
+  override readonly name = 'ToolRefusedError';
+}
+
+/** Parses `args` with a zod schema, turning its issues into one ToolInputError message. */
+export function parseArgs<S extends z.ZodTypeAny>(schema: S, args: unknown): z.output<S> {
+  const result = schema.safeParse(args);
+  if (result.success) return result.data as z.output<S>;
+  const problems = result.error.issues.map((i) => (i.path.length > 0 ? `${i.path.join('.')}: ${i.message}` : i.message));
+  throw new ToolInputError(`invalid arguments: ${problems.join('; ')}`);
+}
