@@ -21,6 +21,7 @@ const Env = z.object({
   TEMPORAL_NAMESPACE: z.string().default('default'),
   KEEL_TASK_QUEUE: z.string().default('keel-sessions'),
   KEEL_WORKFLOW_BUNDLE: optionalString,
+  KEEL_STICKY_QUEUE_TIMEOUT_MS: int(10_000),
 
   DATABASE_URL: optionalString,
   KEEL_DB_POOL_SIZE: int(10),
@@ -72,6 +73,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       namespace: e.TEMPORAL_NAMESPACE,
       taskQueue: e.KEEL_TASK_QUEUE,
       workflowBundlePath: e.KEEL_WORKFLOW_BUNDLE,
+      stickyQueueTimeoutMs: e.KEEL_STICKY_QUEUE_TIMEOUT_MS,
     },
     databaseUrl: e.DATABASE_URL,
     dbPoolSize: e.KEEL_DB_POOL_SIZE,

@@ -26,6 +26,7 @@ export async function createWorker(settings: Settings, pool: DatabasePool) {
     namespace: settings.temporal.namespace,
     taskQueue: settings.temporal.taskQueue,
     activities,
+    stickyQueueScheduleToStartTimeout: settings.temporal.stickyQueueTimeoutMs,
     ...workflowSource,
   });
   return { worker, connection };

@@ -15,6 +15,8 @@ import { workflowNow } from './clock';
 import { SessionState } from './session-state';
 import { runTurn } from './turn';
 
+const APPROVAL_REPLAY_GRACE_MS = 10_000;
+
 export interface SessionWorkflowResult {
   status: 'expired';
 }
@@ -34,17 +36,23 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   });
   setHandler(cancelTurnSignal, () => turnScope?.cancel());
   setHandler(sessionStateQuery, () => state.view());
+  const refuse = (problem: string) => ApplicationFailure.create({ type: problem, message: problem.toLowerCase().replace(/_/g, ' '), nonRetryable: true });
   setHandler(
     decideApprovalUpdate,
-    (decision) => {
+    async (decision) => {
+      // A decision can reach a worker that is still replaying the turn that asked for it (a
+      // restart while the approval was pending): wait briefly for the request to reappear.
+      await condition(() => state.approvalProblem(decision, workflowNow()) !== 'APPROVAL_NOT_FOUND', APPROVAL_REPLAY_GRACE_MS);
+      const problem = state.approvalProblem(decision, workflowNow());
+      if (problem) throw refuse(problem);
       state.approvals.get(decision.toolCallId)!.decision = decision;
       return { toolCallId: decision.toolCallId, outcome: decision.approved ? 'approved' : 'rejected' };
     },
     {
-      // Refusals happen in the validator, so a refused decision leaves no trace in history.
+      // Definite refusals happen in the validator, so they leave no trace in history.
       validator: (decision) => {
         const problem = state.approvalProblem(decision, workflowNow());
-        if (problem) throw ApplicationFailure.create({ type: problem, message: problem.toLowerCase().replace(/_/g, ' '), nonRetryable: true });
+        if (problem && problem !== 'APPROVAL_NOT_FOUND') throw refuse(problem);
       },
     },
   );

@@ -53,6 +53,8 @@ export async function startStack(opts: StackOptions = {}) {
     KEEL_LLM_HEARTBEAT_TIMEOUT_MS: '2000',
     KEEL_LLM_RETRY_INITIAL_MS: '200',
     KEEL_LLM_RETRY_MAX_MS: '1000',
+    // A killed worker's workflows move to a new worker after this long.
+    KEEL_STICKY_QUEUE_TIMEOUT_MS: '1000',
     ...opts.env,
   };
   const startWorker = async () => {
