@@ -6,7 +6,7 @@ import type { ApprovalOutcome, ToolResultStatus } from '../contracts/events';
 import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
-import { ToolInputError, ToolRefusedError, type Tool, type ToolSettings } from '../tools';
+import { ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolSettings } from '../tools';
 
 export interface ModelToolCall {
   modelCallId: string;
@@ -181,7 +181,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
       if (error instanceof ToolInputError) outcome = { status: 'failed', error: { code: 'TOOL_EXECUTION_ERROR', message: error.message } };
       else if (error instanceof ToolRefusedError) outcome = { status: 'failed', error: { code: 'TOOL_PERMISSION_DENIED', message: error.message } };
       else if (error instanceof ApplicationFailure) throw error;
-      else if ((error as Error).name === 'TimeoutError' || (error as Error).name === 'AbortError') throw ApplicationFailure.retryable(`${input.name} timed out`, 'TOOL_TIMEOUT');
+      else if (error instanceof ToolTimeoutError || (error as Error).name === 'TimeoutError' || (error as Error).name === 'AbortError') throw ApplicationFailure.retryable(`${input.name} timed out`, 'TOOL_TIMEOUT');
       else throw ApplicationFailure.retryable(`${input.name} failed: ${(error as Error).message}`, 'TOOL_EXECUTION_ERROR');
     }
     await settleToolCall({ ...input, status: outcome.status, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });

@@ -111,7 +111,7 @@ test('with a short TTL the approval expires: the tool never runs and the next me
   const required = await ws.waitFor(of('approval.required'));
   const resolved = await ws.waitFor(of('approval.resolved'), 10_000);
   expect(resolved.data).toMatchObject({ toolCallId: required.data.toolCallId, outcome: 'expired' });
-  expect(ws.frames.find(of('tool.result'))!.data).toMatchObject({ status: 'expired' });
+  expect((await ws.waitFor(of('tool.result'))).data).toMatchObject({ status: 'expired' });
   await ws.waitFor(of('turn.done'));
   const late = await stack.request('POST', `/api/v1/sessions/${sessionId}/approvals/${required.data.toolCallId}`, { approved: true });
   expect([late.status, late.body.error.code]).toEqual([409, 'APPROVAL_EXPIRED']);

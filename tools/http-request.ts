@@ -4,7 +4,7 @@ import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http'
 import https from 'node:https';
 import { isIP, type LookupFunction } from 'node:net';
 import { z } from 'zod';
-import { DEFAULT_TOOL_SETTINGS, parseArgs, ToolInputError, ToolRefusedError, type Tool, type ToolContext } from './tool';
+import { DEFAULT_TOOL_SETTINGS, parseArgs, ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolContext } from './tool';
 
 const MAX_REDIRECTS = 5;
 const MAX_HEADERS = 20;
@@ -385,7 +385,7 @@ export function createHttpRequestTool(deps: { lookup?: LookupAll } = {}): Tool<H
       try {
         return await fetchFollowingRedirects(args, ctx, AbortSignal.any([ctx.signal, timeout]), lookup);
       } catch (error) {
-        if (timeout.aborted) throw new Error(`request to ${new URL(args.url).origin} timed out after ${ms} ms`, { cause: error });
+        if (timeout.aborted) throw new ToolTimeoutError(`request to ${new URL(args.url).origin} timed out after ${ms} ms`, { cause: error });
         throw error;
       }
     },

@@ -6,7 +6,7 @@ import { httpRequest } from './http-request';
 import type { Tool } from './tool';
 
 export type { Tool, ToolContext, ToolSettings } from './tool';
-export { DEFAULT_TOOL_SETTINGS, ToolInputError, ToolRefusedError } from './tool';
+export { DEFAULT_TOOL_SETTINGS, ToolInputError, ToolRefusedError, ToolTimeoutError } from './tool';
 
 /**
  * Every built-in tool by name. The object has no prototype, so a model asking for a tool named

@@ -55,3 +55,8 @@ export function parseArgs<S extends z.ZodTypeAny>(schema: S, args: unknown): z.o
   const problems = result.error.issues.map((i) => (i.path.length > 0 ? `${i.path.join('.')}: ${i.message}` : i.message));
   throw new ToolInputError(`invalid arguments: ${problems.join('; ')}`);
 }
+
+/** The tool gave up waiting (its own time limit); the runtime reports TOOL_TIMEOUT and may retry. */
+export class ToolTimeoutError extends Error {
+  override readonly name = 'ToolTimeoutError';
+}

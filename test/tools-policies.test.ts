@@ -1,0 +1,188 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { startStack, type Stack } from './support/stack';
+import type { Frame } from './support/ws-client';
+
+let stack: Stack;
+let hanging: http.Server;
+let hangingPort: number;
+beforeAll(async () => {
+  hanging = http.createServer(() => undefined);
+  await new Promise<void>((resolve) => hanging.listen(0, '127.0.0.1', resolve));
+  hangingPort = (hanging.address() as AddressInfo).port;
+  stack = await startStack({
+    env: {
+      KEEL_AGENTS_FILE: path.join(__dirname, 'fixtures/agents.yaml'),
+      KEEL_HTTP_ALLOW_HOSTS: `127.0.0.1:${hangingPort}`,
+      KEEL_HTTP_TIMEOUT_MS: '300',
+    },
+  });
+});
+afterAll(async () => {
+  await stack?.stop();
+  hanging?.closeAllConnections();
+  await new Promise((resolve) => hanging?.close(resolve));
+});
+
+const of = (type: string) => (f: Frame) => f.type === type;
+const call = (name: string, args: object) => ({ name, arguments: JSON.stringify(args) });
+const note = (title: string) => call('create_note', { title, body: 'b' });
+
+async function session(agentId = 'default') {
+  const sessionId = await stack.createSession({ agentId });
+  return { sessionId, ws: await stack.ws(sessionId) };
+}
+
+function wellFormed(sessionId: string) {
+  const reqs = stack.model.requests(sessionId);
+  const messages = reqs[reqs.length - 1]!.body.messages as { role: string; tool_calls?: { id: string }[]; tool_call_id?: string }[];
+  const asked = messages.flatMap((m) => m.tool_calls?.map((c) => c.id) ?? []);
+  const answered = messages.filter((m) => m.role === 'tool').map((m) => m.tool_call_id);
+  expect(answered.sort()).toEqual(asked.sort());
+}
+
+test('two tool calls in one model response both run and both results reach the model', async () => {
+  const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [call('calculator', { expression: '2 * 21' }), call('current_time', { timezone: 'UTC' })] });
+  ws.send({ type: 'message', content: 'two things' });
+  const done = await ws.waitFor(of('turn.done'));
+  expect(done.data.status).toBe('completed');
+  const results = ws.frames.filter(of('tool.result'));
+  expect(results.map((r) => [r.data.name, r.data.status]).sort()).toEqual([
+    ['calculator', 'succeeded'],
+    ['current_time', 'succeeded'],
+  ]);
+  expect(done.data.content).toContain('42');
+  wellFormed(sessionId);
+});
+
+test('a tool that fails reports TOOL_EXECUTION_ERROR to the model and the turn goes on', async () => {
+  const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [call('calculator', { expression: '1 / 0' })] });
+  ws.send({ type: 'message', content: 'divide' });
+  const done = await ws.waitFor(of('turn.done'));
+  expect(done.data.status).toBe('completed');
+  expect(ws.frames.find(of('tool.result'))!.data).toMatchObject({ status: 'failed', error: { code: 'TOOL_EXECUTION_ERROR' } });
+  wellFormed(sessionId);
+});
+
+test('an unknown tool reports TOOL_NOT_FOUND; a refused http_request reports TOOL_PERMISSION_DENIED', async () => {
+  const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [call('launch_rockets', {}), call('http_request', { url: 'http://169.254.169.254/latest/meta-data' })] });
+  ws.send({ type: 'message', content: 'do it' });
+  await ws.waitFor(of('turn.done'));
+  const byName = Object.fromEntries(ws.frames.filter(of('tool.result')).map((r) => [r.data.name, r.data]));
+  expect(byName.launch_rockets).toMatchObject({ status: 'failed', error: { code: 'TOOL_NOT_FOUND' } });
+  expect(byName.http_request).toMatchObject({ status: 'failed', error: { code: 'TOOL_PERMISSION_DENIED' } });
+  wellFormed(sessionId);
+});
+
+test('a tool that times out reports TOOL_TIMEOUT', async () => {
+  const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [call('http_request', { url: `http://127.0.0.1:${hangingPort}/slow` })] });
+  ws.send({ type: 'message', content: 'fetch it' });
+  const done = await ws.waitFor(of('turn.done'), 30_000);
+  expect(done.data.status).toBe('completed');
+  expect(ws.frames.find(of('tool.result'))!.data).toMatchObject({ status: 'failed', error: { code: 'TOOL_TIMEOUT' } });
+  wellFormed(sessionId);
+}, 40_000);
+
+test('the per-turn step limit stops the loop with a clear error and a well-formed conversation', async () => {
+  const { sessionId, ws } = await session('stepper');
+  ws.send({ type: 'message', content: 'What is 6 * 7?' });
+  const error = await ws.waitFor(of('error'));
+  expect(error.data).toMatchObject({ code: 'STEP_LIMIT_REACHED', recoverable: true });
+  expect((await ws.waitFor(of('turn.done'))).data.status).toBe('failed');
+  ws.send({ type: 'message', content: 'thanks' });
+  await ws.waitForCount(of('turn.done'), 2);
+  wellFormed(sessionId);
+});
+
+test('queue: a message sent while an approval is pending is answered after it', async () => {
+  const { sessionId, ws } = await session('default');
+  stack.model.script(sessionId, { toolCalls: [note('queued')] });
+  ws.send({ type: 'message', content: 'save it' });
+  const required = await ws.waitFor(of('approval.required'));
+  ws.send({ type: 'message', content: 'and then this' });
+  await ws.waitForCount(of('message.accepted'), 2);
+  ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true });
+  const dones = await ws.waitForCount(of('turn.done'), 2);
+  expect(dones.map((d) => d.data.status)).toEqual(['completed', 'completed']);
+  expect(dones[1]!.data.content).toContain('and then this');
+});
+
+test('interrupt: a new message cancels the pending approval and is answered', async () => {
+  const { sessionId, ws } = await session('interrupter');
+  stack.model.script(sessionId, { toolCalls: [note('interrupted')] });
+  ws.send({ type: 'message', content: 'save it' });
+  await ws.waitFor(of('approval.required'));
+  ws.send({ type: 'message', content: 'never mind' });
+  const resolved = await ws.waitFor(of('approval.resolved'));
+  expect(resolved.data.outcome).toBe('cancelled');
+  const dones = await ws.waitForCount(of('turn.done'), 2);
+  expect(dones.map((d) => d.data.status)).toEqual(['cancelled', 'completed']);
+  expect(ws.frames.find(of('tool.result'))!.data.status).toBe('cancelled');
+  const { rows } = await stack.db.query('SELECT count(*)::int AS n FROM notes WHERE session_id = $1', [sessionId]);
+  expect(rows[0].n).toBe(0);
+  wellFormed(sessionId);
+});
+
+test('reject: a message sent while busy is refused with SESSION_BUSY and nothing changes', async () => {
+  const { sessionId, ws } = await session('strict');
+  stack.model.script(sessionId, { toolCalls: [note('strict')] });
+  ws.send({ type: 'message', content: 'save it' });
+  const required = await ws.waitFor(of('approval.required'));
+  ws.send({ type: 'message', content: 'hello?', clientMessageId: 'busy-1' });
+  const refused = await ws.waitFor(of('error'));
+  expect(refused.data).toMatchObject({ code: 'SESSION_BUSY', clientMessageId: 'busy-1' });
+  const rest = await stack.request('POST', `/api/v1/sessions/${sessionId}/messages`, { content: 'rest too' });
+  expect([rest.status, rest.body.error.code]).toEqual([409, 'SESSION_BUSY']);
+  ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true });
+  await ws.waitFor(of('turn.done'));
+  await new Promise((r) => setTimeout(r, 300));
+  expect(ws.frames.filter(of('message.accepted'))).toHaveLength(1);
+  const { rows } = await stack.db.query("SELECT count(*)::int AS n FROM messages WHERE session_id = $1 AND role = 'user'", [sessionId]);
+  expect(rows[0].n).toBe(1);
+});
+
+test('a rejected call among two parallel calls leaves a conversation the model accepts', async () => {
+  const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [note('parallel'), call('calculator', { expression: '1 + 1' })] });
+  ws.send({ type: 'message', content: 'both' });
+  const required = await ws.waitFor(of('approval.required'));
+  ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: false, feedback: 'no notes' });
+  const done = await ws.waitFor(of('turn.done'));
+  expect(done.data.status).toBe('completed');
+  const statuses = ws.frames.filter(of('tool.result')).map((r) => [r.data.name, r.data.status]).sort();
+  expect(statuses).toEqual([
+    ['calculator', 'succeeded'],
+    ['create_note', 'rejected'],
+  ]);
+  wellFormed(sessionId);
+});
+
+test('a cancel frame cancels the turn in progress and resolves its approval as cancelled', async () => {
+  const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [note('cancelled')] });
+  ws.send({ type: 'message', content: 'save it' });
+  await ws.waitFor(of('approval.required'));
+  ws.send({ type: 'cancel' });
+  expect((await ws.waitFor(of('approval.resolved'))).data.outcome).toBe('cancelled');
+  expect((await ws.waitFor(of('turn.done'))).data.status).toBe('cancelled');
+  ws.send({ type: 'message', content: 'next' });
+  await ws.waitForCount(of('turn.done'), 2);
+  wellFormed(sessionId);
+  const cancelRest = await stack.request('POST', `/api/v1/sessions/${sessionId}/cancel`);
+  expect(cancelRest.status).toBe(202);
+});
+
+test('GET /agents lists the agents with their tools and policies', async () => {
+  const res = await stack.request('GET', '/api/v1/agents');
+  expect(res.status).toBe(200);
+  const byId = Object.fromEntries(res.body.agents.map((a: { id: string }) => [a.id, a]));
+  expect(byId.strict.busyPolicy).toBe('reject');
+  expect(byId.default.tools.find((t: { name: string }) => t.name === 'create_note')).toMatchObject({ permission: 'write', requiresApproval: true });
+  const bad = await stack.request('POST', '/api/v1/sessions', { agentId: 'nobody' });
+  expect([bad.status, bad.body.error.code]).toEqual([404, 'AGENT_NOT_FOUND']);
+});
