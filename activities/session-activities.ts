@@ -193,7 +193,7 @@ export function createSessionActivities(deps: ActivityDeps) {
     }, Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));
     let content = '';
     const toolCalls = new ToolCallAssembler();
-    let finishReason = 'stop';
+    let finishReason: string | null = null;
     let usage: Usage = { inputTokens: 0, outputTokens: 0 };
     try {
       const stream = await deps.openai.chat.completions.create(
@@ -223,11 +223,17 @@ export function createSessionActivities(deps: ActivityDeps) {
       }
     } catch (error) {
       await started.catch(() => undefined);
+      // Cancelled by the workflow (cancel, interrupt): report it as a cancellation, never as a failure to retry.
+      if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
       throw classifyLlmError(error);
     } finally {
       clearInterval(beat);
       coalescer.dispose();
     }
+    // An aborted stream can end without an error; a cancelled attempt must not commit a partial reply.
+    if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
+    // So can a connection cut by the provider: no finish reason means the reply is incomplete.
+    if (finishReason === null) throw classifyLlmError(new Error('The model stream ended before the reply was complete'));
     await started;
     await coalescer.flush();
     if (finishReason === 'content_filter') throw contentFilterFailure();

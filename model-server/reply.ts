@@ -135,9 +135,16 @@ function echoReply(userTexts: string[]): string {
   return `${reply} Earlier you said: "${userTexts[0]}". This is turn ${userTexts.length}.`;
 }
 
-function offersCalculator(request: ChatRequest): boolean {
+function offers(request: ChatRequest, name: string): boolean {
   if (request.tool_choice === 'none') return false;
-  return (request.tools ?? []).some((tool) => tool.function?.name === 'calculator');
+  return (request.tools ?? []).some((tool) => tool.function?.name === name);
+}
+
+/** "Save a note: buy milk" or "remember that …" asks for the demo write tool. */
+function noteIn(text: string): { title: string; body: string } | undefined {
+  const match = /^(?:please\s+)?(?:save|take|make|write)\s+a\s+note\s*[:,-]?\s*(.+)$|^remember\s+(?:that\s+)?(.+)$/is.exec(text.trim());
+  const body = (match?.[1] ?? match?.[2])?.trim();
+  return body ? { title: body.slice(0, 60), body } : undefined;
 }
 
 function arithmeticIn(text: string): string | undefined {
@@ -160,8 +167,11 @@ export function brainReply(request: ChatRequest): Reply {
   const toolResults = trailingToolMessages(messages);
   if (toolResults.length) return { kind: 'text', text: toolResultsReply(toolResults.map((m) => textOf(m.content))) };
   const last = messages.at(-1);
-  const expression = last?.role === 'user' && offersCalculator(request) ? arithmeticIn(textOf(last.content)) : undefined;
+  const lastText = last?.role === 'user' ? textOf(last.content) : '';
+  const expression = lastText && offers(request, 'calculator') ? arithmeticIn(lastText) : undefined;
   if (expression) return { kind: 'tool_calls', calls: [{ name: 'calculator', arguments: JSON.stringify({ expression }) }] };
+  const note = lastText && offers(request, 'create_note') ? noteIn(lastText) : undefined;
+  if (note) return { kind: 'tool_calls', calls: [{ name: 'create_note', arguments: JSON.stringify(note) }] };
   const userTexts = messages.filter((m) => m.role === 'user').map((m) => textOf(m.content));
   return { kind: 'text', text: echoReply(userTexts) };
 }

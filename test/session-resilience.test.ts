@@ -35,6 +35,18 @@ test('the worker is killed mid-stream and restarted: one reply, a restart marker
   expect(ws.frames.filter((f) => f.type === 'turn.done')).toHaveLength(1);
 }, 60_000);
 
+test('the provider cuts the stream mid-reply: the attempt is retried and only the full reply is stored', async () => {
+  const sessionId = await stack.createSession();
+  stack.model.script(sessionId, { reply: words(12), failMidStreamNext: 1 });
+  const ws = await stack.ws(sessionId);
+  ws.send({ type: 'message', content: 'go' });
+  const done = await ws.waitFor((f) => f.type === 'turn.done');
+  expect(done.data).toMatchObject({ status: 'completed', content: words(12) });
+  expect(ws.frames.filter((f) => f.type === 'stream.start').map((f) => f.data.attempt)).toEqual([1, 2]);
+  expect(ws.replies().get('t1-s1')!.text).toBe(words(12));
+  expect(await assistantMessages(sessionId)).toEqual([words(12)]);
+});
+
 test('the model fails twice with 429 then succeeds: one reply', async () => {
   const sessionId = await stack.createSession();
   stack.model.script(sessionId, { failNext: { count: 2, status: 429 } });

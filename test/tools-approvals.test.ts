@@ -164,3 +164,13 @@ export async function sendAndWait(ws: WsClient, content: string) {
   ws.send({ type: 'message', content });
   return ws.waitFor(of('turn.done'));
 }
+
+test('the offline demo model asks for create_note on "Save a note: …", as the README shows', async () => {
+  const { sessionId, ws } = await session();
+  ws.send({ type: 'message', content: 'Save a note: buy milk' });
+  const required = await ws.waitFor(of('approval.required'));
+  expect(required.data).toMatchObject({ name: 'create_note', arguments: { title: 'buy milk', body: 'buy milk' } });
+  ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true });
+  await ws.waitFor(of('turn.done'));
+  expect(await notes(sessionId)).toEqual(['buy milk']);
+});

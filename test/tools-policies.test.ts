@@ -186,3 +186,16 @@ test('GET /agents lists the agents with their tools and policies', async () => {
   const bad = await stack.request('POST', '/api/v1/sessions', { agentId: 'nobody' });
   expect([bad.status, bad.body.error.code]).toEqual([404, 'AGENT_NOT_FOUND']);
 });
+
+test('interrupt while the model is streaming: the turn stops, the new message is answered', async () => {
+  const { sessionId, ws } = await session('interrupter');
+  stack.model.script(sessionId, { reply: Array.from({ length: 60 }, (_, i) => `w${i}`).join(' '), tokenDelayMs: 50 });
+  ws.send({ type: 'message', content: 'talk for a while' });
+  await ws.waitForCount(of('stream.delta'), 2);
+  ws.send({ type: 'message', content: 'stop and answer this' });
+  const dones = await ws.waitForCount(of('turn.done'), 2, 30_000);
+  expect(dones.map((d) => d.data.status)).toEqual(['cancelled', 'completed']);
+  expect(dones[1]!.data.content).toMatch(/^w0 w1/);
+  const { rows } = await stack.db.query("SELECT turn FROM messages WHERE session_id = $1 AND role = 'assistant'", [sessionId]);
+  expect(rows.map((r) => r.turn)).toEqual([2]);
+}, 40_000);

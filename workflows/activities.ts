@@ -1,4 +1,4 @@
-import { proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
+import { ActivityCancellationType, proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
 import type { SessionActivities, ToolActivities } from '../activities';
 import type { PlannedToolCall } from '../activities/tool-activities';
 import type { SessionConfig } from '../contracts/session';
@@ -18,6 +18,8 @@ export function sessionActivities(config: SessionConfig) {
     retry,
   });
   const llm = proxyActivities<Pick<SessionActivities, 'streamReply'>>({
+    // A cancelled turn waits for the stream to stop, so a reply can never land after the turn ended.
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     startToCloseTimeout: config.llm.startToCloseTimeoutMs,
     heartbeatTimeout: config.llm.heartbeatTimeoutMs,
     retry: {
