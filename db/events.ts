@@ -1,4 +1,4 @@
-import { sql, UniqueIntegrityConstraintViolationError, type CommonQueryMethods, type DatabaseTransactionConnection } from 'slonik';
+import { sql, type CommonQueryMethods, type DatabaseTransactionConnection } from 'slonik';
 import { z } from 'zod';
 import { EVENT_CHANNEL, MAX_NOTIFY_BYTES, type ChannelMessage } from '../contracts/channel';
 import {
@@ -37,40 +37,32 @@ export interface NewEvent<T extends DurableEventType = DurableEventType> {
 }
 
 /**
- * Appends one event and queues its NOTIFY (Postgres delivers it at commit) in a single
- * statement: a lock on the session row serialises writers of one session, so seq is gap-free
- * and one session's notifications arrive in seq order. A repeated key returns the stored
- * event. A writer that raced past the lock with a stale max(seq) hits the primary key and
- * tries again inside a savepoint.
+ * Appends one event and queues its NOTIFY (Postgres delivers it at commit). Writers of one
+ * session first lock its row, so the insert, a new statement with a fresh snapshot, sees every
+ * earlier event: seq is gap-free and one session's notifications arrive in seq order. A
+ * repeated key returns the stored event.
  */
 export async function appendEvent<T extends DurableEventType>(
   tx: DatabaseTransactionConnection,
   event: NewEvent<T>,
 ): Promise<{ event: DurableEvent; inserted: boolean }> {
   const data = durableEventSchemas[event.type].parse(event.data);
-  for (let attempt = 1; ; attempt++) {
-    try {
-      const row = await tx.transaction((sp) => sp.one(appendStatement(event, data)));
-      return { event: toEvent(row), inserted: row.inserted };
-    } catch (error) {
-      if (!(error instanceof UniqueIntegrityConstraintViolationError) || attempt >= 5) throw error;
-    }
-  }
+  await tx.query(sql.unsafe`SELECT 1 FROM sessions WHERE id = ${event.sessionId} FOR NO KEY UPDATE`);
+  const row = await tx.one(appendStatement(event, data));
+  return { event: toEvent(row), inserted: row.inserted };
 }
 
 function appendStatement(event: NewEvent, data: unknown) {
   return sql.type(EventRow.extend({ inserted: z.boolean() }))`
-    WITH locked AS (
-      SELECT id FROM sessions WHERE id = ${event.sessionId} FOR NO KEY UPDATE
-    ), existing AS (
+    WITH existing AS (
       SELECT session_id, seq, type, data, created_at FROM session_events
       WHERE session_id = ${event.sessionId} AND event_key = ${event.key}
     ), inserted AS (
       INSERT INTO session_events (session_id, seq, event_key, type, version, data)
-      SELECT locked.id,
+      SELECT ${event.sessionId},
              COALESCE((SELECT MAX(seq) FROM session_events WHERE session_id = ${event.sessionId}), 0) + 1,
              ${event.key}, ${event.type}, ${EVENT_PAYLOAD_VERSION}, ${sql.jsonb(data as never)}
-      FROM locked WHERE NOT EXISTS (SELECT 1 FROM existing)
+      WHERE NOT EXISTS (SELECT 1 FROM existing)
       RETURNING session_id, seq, type, data, created_at
     ), notified AS (
       SELECT pg_notify(${EVENT_CHANNEL}, CASE
