@@ -6,6 +6,7 @@ module.exports = {
   transform: { '^.+\\.ts$': ['@swc/jest', { jsc: { target: 'es2022', parser: { syntax: 'typescript' } } }] },
   globalSetup: '<rootDir>/test/support/global-setup.ts',
   globalTeardown: '<rootDir>/test/support/global-teardown.ts',
+  moduleNameMapper: { '^p-limit$': '<rootDir>/test/support/p-limit.js' },
   testTimeout: 60000,
   maxWorkers: 2,
 };

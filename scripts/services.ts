@@ -345,7 +345,7 @@ async function assertReachableByPostgres(dataDir: string): Promise<void> {
   }
 }
 
-function isAlive(pid: number): boolean {
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

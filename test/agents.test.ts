@@ -2,6 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Client } from 'pg';
+import { createTestDatabase, dropTestDatabase } from './support/database';
 import { sql } from 'slonik';
 import { z } from 'zod';
 import { AgentDefinition, resolveAgent } from '../contracts/agents';
@@ -11,10 +12,6 @@ import { AgentRegistry } from '../agents/registry';
 import { agentVersion, latestAgent, listLatestAgents, syncAgents } from '../db/agents';
 import { migrate } from '../db/migrate';
 import { openPool, type DatabasePool } from '../db/pool';
-
-// slonik requires p-limit 6, which is ESM only and jest's CommonJS runtime cannot load. slonik
-// uses it only to bound async row transforms, which Keel's pool does not use.
-jest.mock('p-limit', () => ({ __esModule: true, default: () => (run: () => unknown) => run() }));
 
 function fakeTool(name: string, permission: ToolPermission): ToolDefinition {
   return {
@@ -174,28 +171,12 @@ describe('resolveAgent', () => {
 
 describe('agent versions in Postgres', () => {
   const dbName = `keel_agents_${process.pid}`;
-  const adminUrl = process.env.KEEL_TEST_ADMIN_DATABASE_URL ?? '';
   let dbUrl: string;
   let pool: DatabasePool;
   let otherPool: DatabasePool;
 
-  async function admin(statement: string): Promise<void> {
-    const client = new Client({ connectionString: adminUrl });
-    await client.connect();
-    try {
-      await client.query(statement);
-    } finally {
-      await client.end();
-    }
-  }
-
   beforeAll(async () => {
-    if (!adminUrl) throw new Error('KEEL_TEST_ADMIN_DATABASE_URL is not set: run the tests through jest (npm test)');
-    await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-    await admin(`CREATE DATABASE ${dbName}`);
-    const url = new URL(adminUrl);
-    url.pathname = `/${dbName}`;
-    dbUrl = url.toString();
+    dbUrl = await createTestDatabase(dbName);
     await migrate(dbUrl);
     pool = await openPool(dbUrl, 4);
     otherPool = await openPool(dbUrl, 4);
@@ -203,7 +184,7 @@ describe('agent versions in Postgres', () => {
   afterAll(async () => {
     await pool?.end();
     await otherPool?.end();
-    if (adminUrl) await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    await dropTestDatabase(dbName);
   });
 
   test('an unchanged definition keeps its version; a changed one gets the next', async () => {

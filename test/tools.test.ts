@@ -1,6 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Client } from 'pg';
+import { createTestDatabase, dropTestDatabase } from './support/database';
 import { sql } from 'slonik';
 import { z } from 'zod';
 import { migrate } from '../db/migrate';
@@ -9,10 +9,6 @@ import { builtinTools, toolDefinitionsFor, ToolInputError, ToolRefusedError, typ
 import { evaluate } from '../tools/calculator';
 import { localTime } from '../tools/current-time';
 import { blockedAddressRule, createHttpRequestTool, resolveAndCheck, type LookupAll } from '../tools/http-request';
-
-// jest on Node < 24.9 cannot require an ESM-only package, and slonik requires p-limit (ESM) for
-// async row interceptors, which Keel does not use. A pass-through stands in for it in this file.
-jest.mock('p-limit', () => ({ __esModule: true, default: () => (task: () => unknown) => task() }));
 
 function context(overrides: Partial<ToolContext> = {}): ToolContext {
   return {
@@ -382,32 +378,16 @@ describe('http_request', () => {
 describe('create_note', () => {
   const createNote = builtinTools.create_note!;
   const databaseName = `keel_tools_${process.pid}`;
-  let adminUrl: string;
   let pool: DatabasePool;
 
-  async function admin(statement: string): Promise<void> {
-    const client = new Client({ connectionString: adminUrl });
-    await client.connect();
-    try {
-      await client.query(statement);
-    } finally {
-      await client.end();
-    }
-  }
-
   beforeAll(async () => {
-    adminUrl = process.env.KEEL_TEST_ADMIN_DATABASE_URL ?? '';
-    if (!adminUrl) throw new Error('KEEL_TEST_ADMIN_DATABASE_URL is not set: run the tests through jest (npm test)');
-    await admin(`DROP DATABASE IF EXISTS ${databaseName} WITH (FORCE)`);
-    await admin(`CREATE DATABASE ${databaseName}`);
-    const url = new URL(adminUrl);
-    url.pathname = `/${databaseName}`;
-    await migrate(url.toString());
-    pool = await openPool(url.toString(), 5);
+    const url = await createTestDatabase(databaseName);
+    await migrate(url);
+    pool = await openPool(url, 5);
   });
   afterAll(async () => {
     await pool?.end();
-    if (adminUrl) await admin(`DROP DATABASE IF EXISTS ${databaseName} WITH (FORCE)`);
+    await dropTestDatabase(databaseName);
   });
 
   const countNotes = (key: string) => pool.oneFirst(sql.type(z.object({ n: z.number() }))`SELECT count(*)::int AS n FROM notes WHERE idempotency_key = ${key}`);

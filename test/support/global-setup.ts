@@ -1,7 +1,7 @@
 import { readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { startEmbeddedPostgres, startTemporalDevServer, type Log } from '../../scripts/services';
+import { isAlive, startEmbeddedPostgres, startTemporalDevServer, type Log } from '../../scripts/services';
 
 /**
  * One Temporal dev server and one Postgres for the whole run; each test file creates its own
@@ -24,14 +24,6 @@ function testLog(): Log {
   return process.env.KEEL_TEST_VERBOSE ? (line) => process.stderr.write(`[services] ${line}\n`) : () => undefined;
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Data directories of earlier runs that were killed before their teardown. */
 async function removeAbandonedDataDirs(): Promise<void> {

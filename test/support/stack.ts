@@ -1,4 +1,5 @@
-import { Client, Pool } from 'pg';
+import { Pool } from 'pg';
+import { createTestDatabase } from './database';
 import { bundleWorkflows } from '../../scripts/bundle-workflows';
 import { LocalModelServer } from '../../model-server/server';
 import { spawnEntry, type Spawned } from './processes';
@@ -15,18 +16,6 @@ function requiredEnv(name: string): string {
   return value;
 }
 
-async function createDatabase(name: string): Promise<string> {
-  const adminUrl = requiredEnv('KEEL_TEST_ADMIN_DATABASE_URL');
-  const admin = new Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
 let stackCounter = 0;
 
 /**
@@ -36,7 +25,7 @@ let stackCounter = 0;
  */
 export async function startStack(opts: StackOptions = {}) {
   const name = `keel_t${process.pid}_${++stackCounter}`;
-  const databaseUrl = await createDatabase(name);
+  const databaseUrl = await createTestDatabase(name);
   const model = new LocalModelServer();
   const { url: modelUrl } = await model.start();
   const env: Record<string, string> = {
