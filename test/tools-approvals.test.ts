@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { toolCallsAskedAndAnswered } from './support/conversation';
 import { startStack, eventually, type Stack } from './support/stack';
 import type { Frame, WsClient } from './support/ws-client';
 
@@ -23,12 +24,9 @@ async function session(agentId = 'default') {
   return { sessionId, ws: await stack.ws(sessionId) };
 }
 
-async function lastModelRequestIsWellFormed(sessionId: string) {
-  const reqs = stack.model.requests(sessionId);
-  const messages = reqs[reqs.length - 1]!.body.messages as { role: string; tool_calls?: { id: string }[]; tool_call_id?: string }[];
-  const asked = messages.flatMap((m) => m.tool_calls?.map((c) => c.id) ?? []);
-  const answered = messages.filter((m) => m.role === 'tool').map((m) => m.tool_call_id);
-  expect(answered.sort()).toEqual(asked.sort());
+function lastModelRequestIsWellFormed(sessionId: string) {
+  const { asked, answered } = toolCallsAskedAndAnswered(stack.model.requests(sessionId));
+  expect(answered).toEqual(asked);
 }
 
 test('"What is 15 + 27?" runs calculator without approval and the reply contains 42', async () => {
@@ -120,7 +118,7 @@ test('with a short TTL the approval expires: the tool never runs and the next me
   ws.send({ type: 'message', content: 'still there?' });
   await ws.waitForCount(of('turn.done'), 2);
   expect(ws.frames.filter(of('turn.done'))[1]!.data.status).toBe('completed');
-  await lastModelRequestIsWellFormed(sessionId);
+  lastModelRequestIsWellFormed(sessionId);
 });
 
 test('the worker is stopped while an approval is pending: after restart the approval still works, the write happens once', async () => {

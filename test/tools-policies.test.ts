@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { toolCallsAskedAndAnswered } from './support/conversation';
 import { startStack, type Stack } from './support/stack';
 import type { Frame } from './support/ws-client';
 
@@ -35,11 +36,8 @@ async function session(agentId = 'default') {
 }
 
 function wellFormed(sessionId: string) {
-  const reqs = stack.model.requests(sessionId);
-  const messages = reqs[reqs.length - 1]!.body.messages as { role: string; tool_calls?: { id: string }[]; tool_call_id?: string }[];
-  const asked = messages.flatMap((m) => m.tool_calls?.map((c) => c.id) ?? []);
-  const answered = messages.filter((m) => m.role === 'tool').map((m) => m.tool_call_id);
-  expect(answered.sort()).toEqual(asked.sort());
+  const { asked, answered } = toolCallsAskedAndAnswered(stack.model.requests(sessionId));
+  expect(answered).toEqual(asked);
 }
 
 test('two tool calls in one model response both run and both results reach the model', async () => {
