@@ -89,9 +89,8 @@ async function runToolCall(ctx: TurnContext, call: PlannedToolCall): Promise<voi
     }
     await ctx.acts.settleToolCall({ ...settleBase(ctx, call), approval: outcome });
   }
-  const result = await execute(ctx, call);
+  await execute(ctx, call);
   ctx.open.delete(call.toolCallId);
-  if (result.status === 'failed') return;
 }
 
 async function execute(ctx: TurnContext, call: PlannedToolCall): Promise<ToolOutcome> {
@@ -150,5 +149,3 @@ async function closeOpenCalls(ctx: TurnContext, why: 'cancelled' | 'failed'): Pr
     });
   }
 }
-
-export { turnErrorOf };
