@@ -9,6 +9,7 @@ import { appendEvent, notify } from '../db/events';
 import { conversationUpTo, insertMessage, MessageRow } from '../db/messages';
 import { markSessionEnded } from '../db/sessions';
 import { DeltaCoalescer } from './delta-coalescer';
+import { costOf, type PriceTable } from '../config/pricing';
 import { classifyLlmError, contentFilterFailure } from './llm-errors';
 import { assistantPosition, type ModelToolCall } from './tool-activities';
 
@@ -17,6 +18,7 @@ export interface ActivityDeps {
   openai: OpenAI;
   streamCoalesceMs: number;
   llmTimeoutMs: number;
+  prices: PriceTable;
 }
 
 export interface StreamReplyInput {
@@ -117,6 +119,7 @@ function pendingUserRow(input: StreamReplyInput): MessageRow {
     output_tokens: null,
     tool_calls: null,
     tool_call_id: null,
+    cost_usd: null,
     created_at: 0,
   };
 }
@@ -194,7 +197,7 @@ export function createSessionActivities(deps: ActivityDeps) {
     let content = '';
     const toolCalls = new ToolCallAssembler();
     let finishReason: string | null = null;
-    let usage: Usage = { inputTokens: 0, outputTokens: 0 };
+    let usage: Usage = { inputTokens: 0, outputTokens: 0, costUsd: 0 };
     try {
       const stream = await deps.openai.chat.completions.create(
         {
@@ -219,7 +222,10 @@ export function createSessionActivities(deps: ActivityDeps) {
         }
         toolCalls.add(choice?.delta?.tool_calls);
         if (choice?.finish_reason) finishReason = choice.finish_reason;
-        if (chunk.usage) usage = { inputTokens: chunk.usage.prompt_tokens, outputTokens: chunk.usage.completion_tokens };
+        if (chunk.usage) {
+          const tokens = { inputTokens: chunk.usage.prompt_tokens, outputTokens: chunk.usage.completion_tokens };
+          usage = { ...tokens, costUsd: costOf(deps.prices, input.model, tokens) };
+        }
       }
     } catch (error) {
       await started.catch(() => undefined);
@@ -250,6 +256,7 @@ export function createSessionActivities(deps: ActivityDeps) {
         content,
         inputTokens: usage.inputTokens,
         outputTokens: usage.outputTokens,
+        costUsd: usage.costUsd,
         ...(calls.length ? { toolCalls: calls.map((c) => ({ id: c.modelCallId, name: c.name, arguments: c.arguments })) } : {}),
       });
       await appendEvent(tx, {

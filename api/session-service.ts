@@ -18,7 +18,7 @@ import {
   type SessionStateView,
 } from '../contracts/session';
 import { temporalAddressOf, type Settings } from '../config/settings';
-import { deleteSessionRow, findSession, insertSession, type SessionRow } from '../db/sessions';
+import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import type { sessionWorkflow } from '../workflows';
 
 /** A message ID derived from the client's ID, so a repeated send names the same message. */
@@ -121,6 +121,17 @@ export class SessionService {
         throw new KeelError(cause.type as ErrorCode, approvalMessages[cause.type as ErrorCode] ?? 'The decision was refused');
       }
       throw await this.mapTemporalError(sessionId, error);
+    }
+  }
+
+  /** Marks the session and its messages deleted, then ends its workflow; afterwards the session answers 404. */
+  async delete(sessionId: string): Promise<void> {
+    if (!(await softDeleteSession(this.pool, sessionId))) throw new KeelError('SESSION_NOT_FOUND', 'No such session');
+    try {
+      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).terminate('session deleted');
+    } catch (error) {
+      // Already ended (expired): nothing left to stop.
+      if (!(error instanceof WorkflowNotFoundError)) throw error;
     }
   }
 

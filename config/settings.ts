@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { MAX_CONTENT_CHARS, MAX_FRAME_BYTES } from '../contracts/limits';
 import type { SessionConfig } from '../contracts/session';
 import type { ToolSettings } from '../tools/tool';
+import { DEFAULT_PRICES, PriceTable } from './pricing';
 
 /**
  * Every setting, read once from the environment, defaulted and validated here.
@@ -51,6 +52,17 @@ const Env = z.object({
   KEEL_LOCAL_MODEL_PORT: int(8787),
 
   KEEL_AGENTS_FILE: z.string().default('agents/agents.yaml'),
+  KEEL_PRICE_TABLE: z
+    .string()
+    .default('{}')
+    .transform((text, ctx) => {
+      try {
+        return PriceTable.parse(JSON.parse(text));
+      } catch {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, message: 'must be JSON like {"model":{"inputPerMTok":0.15,"outputPerMTok":0.6}}' });
+        return z.NEVER;
+      }
+    }),
   KEEL_HTTP_ALLOW_HOSTS: z.string().default(''),
   KEEL_HTTP_TIMEOUT_MS: int(10_000),
   KEEL_HTTP_MAX_BYTES: int(64 * 1024),
@@ -108,6 +120,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       },
     } satisfies Omit<SessionConfig, 'agent'>,
     agentsFile: e.KEEL_AGENTS_FILE,
+    prices: { ...DEFAULT_PRICES, ...e.KEEL_PRICE_TABLE },
     tools: {
       httpAllowHosts: e.KEEL_HTTP_ALLOW_HOSTS.split(',').map((h) => h.trim()).filter(Boolean),
       httpTimeoutMs: e.KEEL_HTTP_TIMEOUT_MS,

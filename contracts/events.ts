@@ -4,6 +4,7 @@ import { ErrorBody } from './errors';
 export const Usage = z.object({
   inputTokens: z.number().int().nonnegative(),
   outputTokens: z.number().int().nonnegative(),
+  costUsd: z.number().nonnegative(),
 });
 export type Usage = z.infer<typeof Usage>;
 

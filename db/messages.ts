@@ -13,11 +13,12 @@ export const MessageRow = z.object({
   output_tokens: z.number().nullable(),
   tool_calls: z.array(z.object({ id: z.string(), name: z.string(), arguments: z.string() })).nullable(),
   tool_call_id: z.string().nullable(),
+  cost_usd: z.coerce.number().nullable(),
   created_at: z.number(),
 });
 export type MessageRow = z.infer<typeof MessageRow>;
 
-const MESSAGE_COLUMNS = sql.fragment`id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, tool_calls, tool_call_id, created_at`;
+const MESSAGE_COLUMNS = sql.fragment`id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, cost_usd, tool_calls, tool_call_id, created_at`;
 
 export interface NewMessage {
   id: string;
@@ -29,6 +30,7 @@ export interface NewMessage {
   clientMessageId?: string;
   inputTokens?: number;
   outputTokens?: number;
+  costUsd?: number;
   /** On an assistant message that asked for tools: the model's calls. */
   toolCalls?: { id: string; name: string; arguments: string }[];
   /** On a tool message: the model's ID of the call it answers. */
@@ -38,9 +40,9 @@ export interface NewMessage {
 /** Inserts once: a retried activity that writes the same message changes nothing. */
 export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Promise<void> {
   await db.query(sql.unsafe`
-    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, tool_calls, tool_call_id)
+    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, cost_usd, tool_calls, tool_call_id)
     VALUES (${m.id}, ${m.sessionId}, ${m.turn}, ${m.position}, ${m.role}, ${m.content},
-            ${m.clientMessageId ?? null}, ${m.inputTokens ?? null}, ${m.outputTokens ?? null},
+            ${m.clientMessageId ?? null}, ${m.inputTokens ?? null}, ${m.outputTokens ?? null}, ${m.costUsd ?? null},
             ${m.toolCalls ? sql.jsonb(m.toolCalls) : null}, ${m.toolCallId ?? null})
     ON CONFLICT DO NOTHING`);
 }
@@ -49,7 +51,7 @@ export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Prom
 export async function conversationUpTo(db: CommonQueryMethods, sessionId: string, turn: number): Promise<MessageRow[]> {
   const rows = await db.any(sql.type(MessageRow)`
     SELECT ${MESSAGE_COLUMNS}
-    FROM messages WHERE session_id = ${sessionId} AND turn <= ${turn}
+    FROM messages WHERE session_id = ${sessionId} AND turn <= ${turn} AND deleted_at IS NULL
     ORDER BY turn, position`);
   return [...rows];
 }
@@ -57,7 +59,24 @@ export async function conversationUpTo(db: CommonQueryMethods, sessionId: string
 export async function listMessages(db: CommonQueryMethods, sessionId: string, page: { limit: number; offset: number }): Promise<MessageRow[]> {
   const rows = await db.any(sql.type(MessageRow)`
     SELECT ${MESSAGE_COLUMNS}
-    FROM messages WHERE session_id = ${sessionId}
+    FROM messages WHERE session_id = ${sessionId} AND deleted_at IS NULL
     ORDER BY turn, position LIMIT ${page.limit} OFFSET ${page.offset}`);
   return [...rows];
+}
+
+export const UsageTotals = z.object({
+  messages: z.number(),
+  input_tokens: z.number(),
+  output_tokens: z.number(),
+  cost_usd: z.coerce.number(),
+});
+
+/** Session totals are always the sum over its messages: computed, never stored twice. */
+export async function usageTotals(db: CommonQueryMethods, sessionId: string): Promise<z.infer<typeof UsageTotals>> {
+  return db.one(sql.type(UsageTotals)`
+    SELECT count(*) FILTER (WHERE role = 'assistant')::int AS messages,
+           COALESCE(SUM(input_tokens), 0)::int AS input_tokens,
+           COALESCE(SUM(output_tokens), 0)::int AS output_tokens,
+           COALESCE(SUM(cost_usd), 0)::text AS cost_usd
+    FROM messages WHERE session_id = ${sessionId} AND deleted_at IS NULL`);
 }

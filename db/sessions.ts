@@ -1,4 +1,4 @@
-import { sql, type CommonQueryMethods } from 'slonik';
+import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 
 export const SessionRow = z.object({
@@ -32,4 +32,16 @@ export async function markSessionEnded(db: CommonQueryMethods, id: string, statu
 
 export async function deleteSessionRow(db: CommonQueryMethods, id: string): Promise<void> {
   await db.query(sql.unsafe`DELETE FROM sessions WHERE id = ${id}`);
+}
+
+/** Soft-deletes the session and all its messages in one transaction; false if it was not there. */
+export async function softDeleteSession(db: DatabasePool, id: string): Promise<boolean> {
+  return db.transaction(async (tx) => {
+    const deleted = await tx.query(sql.unsafe`
+      UPDATE sessions SET status = 'deleted', deleted_at = now(), ended_at = COALESCE(ended_at, now()), updated_at = now()
+      WHERE id = ${id} AND status <> 'deleted'`);
+    if (deleted.rowCount === 0) return false;
+    await tx.query(sql.unsafe`UPDATE messages SET deleted_at = now() WHERE session_id = ${id} AND deleted_at IS NULL`);
+    return true;
+  });
 }

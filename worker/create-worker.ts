@@ -15,7 +15,7 @@ export async function createWorker(settings: Settings, pool: DatabasePool) {
     timeout: settings.llm.timeoutMs,
   });
   const activities = {
-    ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs }),
+    ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs, prices: settings.prices }),
     ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools }),
   };
   const workflowSource = settings.temporal.workflowBundlePath

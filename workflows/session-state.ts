@@ -34,7 +34,7 @@ export class SessionState {
       unrecorded: [],
       nextTurn: 1,
       messageCount: 0,
-      usage: { inputTokens: 0, outputTokens: 0 },
+      usage: { inputTokens: 0, outputTokens: 0, costUsd: 0 },
       recentClientIds: [],
       generation: 0,
     });
@@ -109,6 +109,8 @@ export class SessionState {
     this.s.usage = {
       inputTokens: this.s.usage.inputTokens + usage.inputTokens,
       outputTokens: this.s.usage.outputTokens + usage.outputTokens,
+      // Sessions continued from before cost was tracked carry no costUsd.
+      costUsd: (this.s.usage.costUsd ?? 0) + (usage.costUsd ?? 0),
     };
   }
 

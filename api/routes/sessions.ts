@@ -3,7 +3,7 @@ import { sql } from 'slonik';
 import { Id } from '../../contracts/ids';
 import { CreateSessionBody, PageQuery, PostMessageBody } from '../../contracts/rest';
 import { lastSeq } from '../../db/events';
-import { listMessages, type MessageRow } from '../../db/messages';
+import { listMessages, usageTotals, type MessageRow } from '../../db/messages';
 import type { SessionRow } from '../../db/sessions';
 import type { ApiDeps } from '../deps';
 import { parseInput } from '../errors';
@@ -27,7 +27,7 @@ function messageView(m: MessageRow) {
     role: m.role,
     content: m.content,
     clientMessageId: m.client_message_id,
-    usage: m.role === 'assistant' ? { inputTokens: m.input_tokens ?? 0, outputTokens: m.output_tokens ?? 0 } : null,
+    usage: m.role === 'assistant' ? { inputTokens: m.input_tokens ?? 0, outputTokens: m.output_tokens ?? 0, costUsd: m.cost_usd ?? 0 } : null,
     createdAt: new Date(m.created_at).toISOString(),
   };
 }
@@ -63,6 +63,19 @@ export function sessionRoutes(deps: ApiDeps): Router {
     await deps.sessions.require(id);
     const rows = await listMessages(deps.pool, id, { limit: page.limit, offset: page.after });
     ctx.body = { messages: rows.map(messageView), nextAfter: rows.length === page.limit ? page.after + rows.length : null };
+  });
+
+  router.get('/sessions/:id/usage', async (ctx) => {
+    const id = parseInput(Id, ctx.params.id);
+    await deps.sessions.require(id);
+    const t = await usageTotals(deps.pool, id);
+    ctx.body = { sessionId: id, assistantMessages: t.messages, inputTokens: t.input_tokens, outputTokens: t.output_tokens, costUsd: t.cost_usd };
+  });
+
+  router.delete('/sessions/:id', async (ctx) => {
+    const id = parseInput(Id, ctx.params.id);
+    await deps.sessions.delete(id);
+    ctx.status = 204;
   });
 
   router.get('/health', async (ctx) => {
