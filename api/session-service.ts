@@ -7,7 +7,7 @@ import { findToolCall, type ToolCallRow } from '../db/tool-calls';
 import type { DatabasePool } from 'slonik';
 import { KeelError } from '../contracts/errors';
 import { sessionWorkflowId } from '../contracts/ids';
-import { AgentIdKey, SessionStatusKey } from '../contracts/search-attributes';
+import { AgentIdKey, LastActivityKey, OwnerKey, PendingApprovalsKey, SessionStatusKey } from '../contracts/search-attributes';
 import {
   cancelTurnSignal,
   decideApprovalUpdate,
@@ -20,6 +20,9 @@ import {
 import { temporalAddressOf, type Settings } from '../config/settings';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import type { sessionWorkflow } from '../workflows';
+
+/** Until callers authenticate, every session belongs to this owner. */
+const ANONYMOUS_OWNER = 'anonymous';
 
 /** A message ID derived from the client's ID, so a repeated send names the same message. */
 export function messageIdFor(sessionId: string, clientMessageId?: string): string {
@@ -57,8 +60,11 @@ export class SessionService {
         typedSearchAttributes: [
           { key: SessionStatusKey, value: 'active' },
           { key: AgentIdKey, value: agentId },
+          { key: OwnerKey, value: ANONYMOUS_OWNER },
+          { key: PendingApprovalsKey, value: 0 },
+          { key: LastActivityKey, value: new Date() },
         ],
-        memo: { title: input.title ?? '' },
+        memo: { title: input.title ?? '', agentVersion: agent.version },
       });
     } catch (error) {
       await deleteSessionRow(this.pool, id).catch(() => undefined);
@@ -150,6 +156,20 @@ export class SessionService {
       return new KeelError('SESSION_NOT_FOUND', 'No such session', undefined, { cause: error });
     }
     return new KeelError('SERVICE_UNAVAILABLE', 'The session service is unavailable', undefined, { cause: error });
+  }
+
+  /** Whether a worker polled the session task queue within the last minute. */
+  async checkWorkerPolling(): Promise<boolean> {
+    try {
+      const { pollers } = await this.connection.workflowService.describeTaskQueue({
+        namespace: this.settings.temporal.namespace,
+        taskQueue: { name: this.settings.temporal.taskQueue },
+      });
+      const cutoff = Date.now() - 60_000;
+      return (pollers ?? []).some((p) => Number(p.lastAccessTime?.seconds ?? 0) * 1000 >= cutoff);
+    } catch {
+      return false;
+    }
   }
 
   async checkTemporal(): Promise<boolean> {

@@ -172,3 +172,29 @@ test('the offline demo model asks for create_note on "Save a note: …", as the 
   await ws.waitFor(of('turn.done'));
   expect(await notes(sessionId)).toEqual(['buy milk']);
 });
+
+test('operators find a session waiting on an approval by its search attributes', async () => {
+  const { Client, Connection } = await import('@temporalio/client');
+  const connection = await Connection.connect({ address: stack.env.TEMPORAL_ADDRESS! });
+  const client = new Client({ connection });
+  try {
+    const { sessionId, ws } = await session();
+    stack.model.script(sessionId, { toolCalls: [note('operator note')] });
+    ws.send({ type: 'message', content: 'save a note' });
+    const required = await ws.waitFor(of('approval.required'));
+    const find = async (query: string) => {
+      const ids: string[] = [];
+      for await (const w of client.workflow.list({ query: `WorkflowId = 'session-${sessionId}' AND ${query}` })) ids.push(w.workflowId);
+      return ids.length > 0;
+    };
+    await eventually(() => find("KeelPendingApprovals > 0 AND KeelSessionStatus = 'active' AND KeelAgentId = 'default'"), 10_000, 'pending approval in visibility');
+    ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true });
+    await ws.waitFor(of('turn.done'));
+    await eventually(() => find('KeelPendingApprovals = 0'), 10_000, 'approval cleared in visibility');
+    const description = await client.workflow.getHandle(`session-${sessionId}`).describe();
+    expect(await description.memo).toMatchObject({ title: '' });
+    expect(description.typedSearchAttributes.get({ name: 'KeelOwner', type: 'KEYWORD' } as never)).toBe('anonymous');
+  } finally {
+    await connection.close();
+  }
+});

@@ -5,14 +5,13 @@ import {
   condition,
   continueAsNew,
   setHandler,
-  upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import { SessionStatusKey } from '../contracts/search-attributes';
 import { cancelTurnSignal, decideApprovalUpdate, sessionStateQuery, userMessageSignal, type SessionWorkflowInput } from '../contracts/session';
 import { sessionActivities } from './activities';
 import { workflowNow } from './clock';
 import { SessionState } from './session-state';
+import { reflectInSearchAttributes } from './search-attributes';
 import { runTurn } from './turn';
 
 const APPROVAL_REPLAY_GRACE_MS = 10_000;
@@ -81,6 +80,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     const unrecorded = state.takeUnrecorded();
     state.markRecorded(unrecorded);
     const message = state.beginNextTurn();
+    reflectInSearchAttributes(state, true);
     if (message) {
       turnScope = new CancellationScope();
       await runTurn(state, turnScope, message, unrecorded);
@@ -100,7 +100,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   stopRecording = true;
   await recorder;
   await acts.expireSession({ sessionId: state.sessionId, idleMs: state.config.idleTtlMs });
-  upsertSearchAttributes([{ key: SessionStatusKey, value: 'expired' }]);
+  reflectInSearchAttributes(state, false);
   // Completion fails while new signals are pending, so every late message gets its answer here.
   for (let late = state.takeLateArrivals(); late.length > 0; late = state.takeLateArrivals()) {
     await acts.rejectMessages({ sessionId: state.sessionId, messages: late, code: 'SESSION_EXPIRED' });

@@ -7,6 +7,7 @@ import { sessionActivities, toolActivities, type SessionActivityProxies } from '
 import type { SessionState } from './session-state';
 import { turnErrorOf } from './turn-errors';
 import { workflowNow } from './clock';
+import { reflectInSearchAttributes } from './search-attributes';
 
 interface TurnContext {
   state: SessionState;
@@ -113,6 +114,7 @@ function timedOut(error: unknown): boolean {
 async function awaitApproval(ctx: TurnContext, call: PlannedToolCall): Promise<{ outcome: ApprovalOutcome; decidedBy: string | null; feedback: string | null }> {
   const expiresAtMs = new Date(call.expiresAt!).getTime();
   ctx.state.approvals.set(call.toolCallId, { toolCallId: call.toolCallId, name: call.name, digest: call.digest, expiresAt: call.expiresAt!, expiresAtMs });
+  reflectInSearchAttributes(ctx.state, false);
   try {
     const decided = await condition(() => ctx.state.approvals.get(call.toolCallId)?.decision !== undefined, Math.max(1, expiresAtMs - workflowNow()));
     const decision = ctx.state.approvals.get(call.toolCallId)?.decision;
@@ -125,6 +127,8 @@ async function awaitApproval(ctx: TurnContext, call: PlannedToolCall): Promise<{
   } catch (error) {
     if (isCancellation(error)) ctx.state.settle(call.toolCallId, 'cancelled');
     throw error;
+  } finally {
+    reflectInSearchAttributes(ctx.state, true);
   }
 }
 

@@ -78,14 +78,28 @@ export function sessionRoutes(deps: ApiDeps): Router {
     ctx.status = 204;
   });
 
-  router.get('/health', async (ctx) => {
-    const [temporal, postgres] = await Promise.all([
+  // No authentication on either: load balancers and orchestrators call them.
+  const checks = async () => {
+    const [temporal, postgres, worker] = await Promise.all([
       deps.sessions.checkTemporal(),
       deps.pool.query(sql.unsafe`SELECT 1`).then(() => true, () => false),
+      deps.sessions.checkWorkerPolling(),
     ]);
-    const ok = temporal && postgres;
+    return { temporal, postgres, worker };
+  };
+
+  router.get('/health', async (ctx) => {
+    const result = await checks();
+    const ok = result.temporal && result.postgres;
     ctx.status = ok ? 200 : 503;
-    ctx.body = { status: ok ? 'ok' : 'degraded', checks: { temporal, postgres } };
+    ctx.body = { status: ok ? (result.worker ? 'ok' : 'degraded') : 'down', checks: result };
+  });
+
+  router.get('/ready', async (ctx) => {
+    const result = await checks();
+    const ready = result.temporal && result.postgres && result.worker;
+    ctx.status = ready ? 200 : 503;
+    ctx.body = { ready, checks: result };
   });
 
   return router;
