@@ -9,6 +9,7 @@ import { appendEvent, notify } from '../db/events';
 import { conversationUpTo, insertMessage, MessageRow } from '../db/messages';
 import { markSessionEnded } from '../db/sessions';
 import { DeltaCoalescer } from './delta-coalescer';
+import type { Metrics } from '../config/metrics';
 import { costOf, type PriceTable } from '../config/pricing';
 import { classifyLlmError, contentFilterFailure } from './llm-errors';
 import { assistantPosition, type ModelToolCall } from './tool-activities';
@@ -19,6 +20,7 @@ export interface ActivityDeps {
   streamCoalesceMs: number;
   llmTimeoutMs: number;
   prices: PriceTable;
+  metrics: Metrics;
 }
 
 export interface StreamReplyInput {
@@ -195,6 +197,8 @@ export function createSessionActivities(deps: ActivityDeps) {
       ctx.heartbeat();
     }, Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));
     let content = '';
+    const requestedAt = performance.now();
+    let firstTokenAt: number | null = null;
     const toolCalls = new ToolCallAssembler();
     let finishReason: string | null = null;
     let usage: Usage = { inputTokens: 0, outputTokens: 0, costUsd: 0 };
@@ -217,6 +221,7 @@ export function createSessionActivities(deps: ActivityDeps) {
         const choice = chunk.choices[0];
         const text = choice?.delta?.content ?? '';
         if (text) {
+          firstTokenAt ??= performance.now();
           content += text;
           coalescer.push(text);
         }
@@ -231,7 +236,9 @@ export function createSessionActivities(deps: ActivityDeps) {
       await started.catch(() => undefined);
       // Cancelled by the workflow (cancel, interrupt): report it as a cancellation, never as a failure to retry.
       if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
-      throw classifyLlmError(error);
+      const failure = classifyLlmError(error);
+      deps.metrics.errors.inc({ code: (failure as { type?: string }).type ?? 'LLM_API_ERROR' });
+      throw failure;
     } finally {
       clearInterval(beat);
       coalescer.dispose();
@@ -274,24 +281,36 @@ export function createSessionActivities(deps: ActivityDeps) {
         });
       }
     });
+    const { metrics } = deps;
+    metrics.modelCallDuration.observe((performance.now() - requestedAt) / 1000);
+    if (firstTokenAt !== null) metrics.timeToFirstToken.observe((firstTokenAt - requestedAt) / 1000);
+    metrics.tokens.inc({ direction: 'input' }, usage.inputTokens);
+    metrics.tokens.inc({ direction: 'output' }, usage.outputTokens);
+    metrics.costUsd.inc(usage.costUsd);
+    if (input.completesTurn && calls.length === 0) metrics.turns.inc({ status: 'completed' });
     return { messageId, content, finishReason, usage, toolCalls: calls };
   }
 
   async function recordTurnFailure(input: TurnFailureInput): Promise<void> {
-    await pool.transaction(async (tx) => {
+    const inserted = await pool.transaction(async (tx) => {
       await appendEvent(tx, {
         sessionId: input.sessionId,
         key: `turn:${input.turn}:error`,
         type: 'error',
         data: { ...input.error, turn: input.turn, replyTo: input.replyTo },
       });
-      await appendEvent(tx, {
+      const done = await appendEvent(tx, {
         sessionId: input.sessionId,
         key: `turn:${input.turn}:done`,
         type: 'turn.done',
         data: { turn: input.turn, replyTo: input.replyTo, status: input.status ?? 'failed', messageId: null, content: null, usage: null },
       });
+      return done.inserted;
     });
+    if (inserted) {
+      deps.metrics.turns.inc({ status: input.status ?? 'failed' });
+      deps.metrics.errors.inc({ code: input.error.code });
+    }
   }
 
   async function expireSession(input: { sessionId: string; idleMs: number }): Promise<void> {

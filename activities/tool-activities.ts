@@ -3,6 +3,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import type { DatabasePool, DatabaseTransactionConnection } from 'slonik';
 import type { ApprovalOutcome, ToolResultStatus } from '../contracts/events';
+import type { Metrics } from '../config/metrics';
 import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
@@ -84,7 +85,7 @@ function modelContent(input: SettleInput): string {
   return JSON.stringify(input.result ?? null);
 }
 
-export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly<Record<string, Tool>>; toolSettings: ToolSettings }) {
+export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly<Record<string, Tool>>; toolSettings: ToolSettings; metrics: Metrics }) {
   const { pool } = deps;
 
   async function recordToolCalls(input: {
@@ -157,6 +158,9 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
   /** Records an approval decision and/or a result that needs no execution. Idempotent. */
   async function settleToolCall(input: SettleInput): Promise<void> {
     await pool.transaction((tx) => settleIn(tx, input));
+    if (input.approval) deps.metrics.approvals.inc({ outcome: input.approval.outcome });
+    if (input.status) deps.metrics.toolCalls.inc({ tool: deps.tools[input.name] ? input.name : 'unknown', status: input.status });
+    if (input.error) deps.metrics.errors.inc({ code: input.error.code });
   }
 
   /**

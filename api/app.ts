@@ -5,12 +5,14 @@ import { errorMiddleware } from './errors';
 import { sessionRoutes } from './routes/sessions';
 import { streamRoutes } from './routes/streams';
 import { agentRoutes } from './routes/agents';
+import { httpMetrics, metricsRoutes } from './metrics';
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
   app.proxy = false;
   app.silent = true;
-  app.use(errorMiddleware(deps.log));
+  app.use(httpMetrics(deps.metrics));
+  app.use(errorMiddleware(deps.log, deps.metrics));
   app.use(
     bodyParser({
       enableTypes: ['json'],
@@ -20,7 +22,7 @@ export function createApp(deps: ApiDeps): Koa {
       },
     }),
   );
-  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps)]) {
+  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), metricsRoutes(deps)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

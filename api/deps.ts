@@ -1,6 +1,7 @@
 import type { DatabasePool } from 'slonik';
 import type { AgentRegistry } from '../agents/registry';
 import type { Logger } from '../config/logger';
+import type { Metrics } from '../config/metrics';
 import type { Settings } from '../config/settings';
 import type { EventHub } from './event-hub';
 import type { SessionService } from './session-service';
@@ -13,4 +14,5 @@ export interface ApiDeps {
   sessions: SessionService;
   agents: AgentRegistry;
   log: Logger;
+  metrics: Metrics;
 }

@@ -3,6 +3,7 @@ import type { Context, Next } from 'koa';
 import { z } from 'zod';
 import { describeIssues, KeelError, type ErrorEnvelope } from '../contracts/errors';
 import type { Logger } from '../config/logger';
+import type { Metrics } from '../config/metrics';
 
 /** Parses input with a schema, turning failures into VALIDATION_ERROR naming the fields. */
 export function parseInput<T extends z.ZodTypeAny>(schema: T, value: unknown): z.infer<T> {
@@ -28,7 +29,7 @@ export function envelopeOf(error: KeelError, requestId?: string): ErrorEnvelope 
   return { error: error.toBody(requestId) };
 }
 
-export function errorMiddleware(log: Logger) {
+export function errorMiddleware(log: Logger, metrics: Metrics) {
   return async (ctx: Context, next: Next) => {
     const requestId = ctx.get('x-request-id') || randomUUID();
     ctx.state.requestId = requestId;
@@ -38,6 +39,7 @@ export function errorMiddleware(log: Logger) {
       if (ctx.status === 404 && ctx.body === undefined) throw new KeelError('NOT_FOUND', 'No such route');
     } catch (raw) {
       const error = toKeelError(raw);
+      metrics.errors.inc({ code: error.code });
       if (error.code === 'INTERNAL_ERROR' || error.code === 'SERVICE_UNAVAILABLE') {
         log.error({ err: error.cause ?? raw, requestId, path: ctx.path }, 'request failed');
       }

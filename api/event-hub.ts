@@ -3,6 +3,7 @@ import type { DatabasePool } from 'slonik';
 import { ChannelMessage, EVENT_CHANNEL } from '../contracts/channel';
 import type { DurableEvent, StreamDeltaData } from '../contracts/events';
 import type { Logger } from '../config/logger';
+import type { Metrics } from '../config/metrics';
 import { eventsAfter } from '../db/events';
 
 export interface HubListener {
@@ -38,6 +39,7 @@ export class EventHub {
     private readonly databaseUrl: string,
     private readonly pool: DatabasePool,
     private readonly log: Logger,
+    private readonly metrics: Metrics,
   ) {}
 
   async start(): Promise<void> {
@@ -105,6 +107,7 @@ export class EventHub {
     }
     if (message.k === 'e') {
       const { k: _k, ...event } = message;
+      this.metrics.channelLag.observe(Math.max(0, Date.now() - Date.parse(event.createdAt)) / 1000);
       this.deliver(event as DurableEvent);
       return;
     }

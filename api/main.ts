@@ -1,5 +1,7 @@
 import http from 'node:http';
 import { createLogger } from '../config/logger';
+import { createMetrics } from '../config/metrics';
+import { activeSessionCount } from './metrics';
 import { databaseUrlOf, loadSettings } from '../config/settings';
 import { migrate } from '../db/migrate';
 import { openPool } from '../db/pool';
@@ -18,11 +20,12 @@ async function main() {
   const databaseUrl = databaseUrlOf(settings);
   await migrate(databaseUrl);
   const pool = await openPool(databaseUrl, settings.dbPoolSize);
-  const hub = new EventHub(databaseUrl, pool, log);
+  const metrics = createMetrics('api', { activeSessions: activeSessionCount(pool) });
+  const hub = new EventHub(databaseUrl, pool, log, metrics);
   await hub.start();
   const agents = await AgentRegistry.load(pool, settings.agentsFile, toolDefinitions());
-  const sessions = await SessionService.connect(settings, pool, agents);
-  const deps = { settings, pool, hub, sessions, agents, log };
+  const sessions = await SessionService.connect(settings, pool, agents, metrics);
+  const deps = { settings, pool, hub, sessions, agents, log, metrics };
   const server = http.createServer(createApp(deps).callback());
   const ws = attachWebSocket(server, deps);
   await new Promise<void>((resolve) => server.listen(settings.api.port, settings.api.host, resolve));

@@ -17,6 +17,7 @@ import {
   type ApprovalDecisionResult,
   type SessionStateView,
 } from '../contracts/session';
+import type { Metrics } from '../config/metrics';
 import { temporalAddressOf, type Settings } from '../config/settings';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import type { sessionWorkflow } from '../workflows';
@@ -38,12 +39,13 @@ export class SessionService {
     private readonly pool: DatabasePool,
     private readonly settings: Settings,
     private readonly agents: AgentRegistry,
+    private readonly metrics: Metrics,
   ) {}
 
-  static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry): Promise<SessionService> {
+  static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry, metrics: Metrics): Promise<SessionService> {
     const connection = await Connection.connect({ address: temporalAddressOf(settings) });
     const client = new Client({ connection, namespace: settings.temporal.namespace });
-    return new SessionService(client, connection, pool, settings, agents);
+    return new SessionService(client, connection, pool, settings, agents, metrics);
   }
 
   async create(input: { title?: string; agentId?: string }): Promise<SessionRow> {
@@ -80,7 +82,7 @@ export class SessionService {
     return row;
   }
 
-  async sendMessage(sessionId: string, content: string, clientMessageId?: string): Promise<{ messageId: string }> {
+  async sendMessage(sessionId: string, content: string, clientMessageId: string | undefined, channel: 'websocket' | 'rest' | 'chat'): Promise<{ messageId: string }> {
     const row = await this.require(sessionId);
     if (row.status === 'expired') throw expired();
     if (row.agent_id && this.agents.get(row.agent_id)?.busyPolicy === 'reject') await this.refuseWhenBusy(sessionId);
@@ -92,6 +94,7 @@ export class SessionService {
     } catch (error) {
       throw await this.mapTemporalError(sessionId, error);
     }
+    this.metrics.messagesAccepted.inc({ channel });
     return { messageId };
   }
 

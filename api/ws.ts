@@ -57,7 +57,12 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       if (ws.bufferedAmount > MAX_BUFFERED_BYTES) return ws.close(1013, 'client too slow; reconnect with ?after=');
       ws.send(JSON.stringify(frame));
     };
-    const sendError = (error: KeelError, extra: Record<string, unknown> = {}) => send({ type: 'error', sessionId, data: { ...error.toBody(), ...extra } });
+    const sendError = (error: KeelError, extra: Record<string, unknown> = {}) => {
+      deps.metrics.errors.inc({ code: error.code });
+      send({ type: 'error', sessionId, data: { ...error.toBody(), ...extra } });
+    };
+    deps.metrics.openWebSockets.inc();
+    ws.once('close', () => deps.metrics.openWebSockets.dec());
 
     // Handlers are attached at once and work runs through one queue: frames that arrive while
     // the replay is being set up are neither lost nor reordered.
@@ -93,7 +98,7 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
         const context = frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : frame.type === 'approval' ? { toolCallId: frame.toolCallId } : {};
         try {
-          if (frame.type === 'message') await deps.sessions.sendMessage(sessionId, frame.content, frame.clientMessageId);
+          if (frame.type === 'message') await deps.sessions.sendMessage(sessionId, frame.content, frame.clientMessageId, 'websocket');
           else if (frame.type === 'cancel') await deps.sessions.cancelTurn(sessionId, 'websocket');
           else {
             const { toolCallId, approved, feedback, digest } = frame;

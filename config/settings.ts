@@ -50,6 +50,7 @@ const Env = z.object({
   KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),
 
   KEEL_LOCAL_MODEL_PORT: int(8787),
+  KEEL_WORKER_METRICS_PORT: int(9464),
 
   KEEL_AGENTS_FILE: z.string().default('agents/agents.yaml'),
   KEEL_PRICE_TABLE: z
@@ -106,6 +107,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       streamCoalesceMs: e.KEEL_STREAM_COALESCE_MS,
     },
     localModelPort: e.KEEL_LOCAL_MODEL_PORT,
+    workerMetricsPort: e.KEEL_WORKER_METRICS_PORT,
     session: {
       idleTtlMs: e.KEEL_SESSION_IDLE_TTL_MS,
       continueAsNewAfterEvents: e.KEEL_CONTINUE_AS_NEW_EVENTS,

@@ -3,9 +3,10 @@ import OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
 import { createSessionActivities, createToolActivities } from '../activities';
 import { builtinTools } from '../tools';
+import type { Metrics } from '../config/metrics';
 import { temporalAddressOf, type Settings } from '../config/settings';
 
-export async function createWorker(settings: Settings, pool: DatabasePool) {
+export async function createWorker(settings: Settings, pool: DatabasePool, metrics: Metrics) {
   const connection = await NativeConnection.connect({ address: temporalAddressOf(settings) });
   // maxRetries 0: Temporal's retry policy owns retrying, with backoff and attempt numbers clients can see.
   const openai = new OpenAI({
@@ -15,8 +16,8 @@ export async function createWorker(settings: Settings, pool: DatabasePool) {
     timeout: settings.llm.timeoutMs,
   });
   const activities = {
-    ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs, prices: settings.prices }),
-    ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools }),
+    ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs, prices: settings.prices, metrics }),
+    ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools, metrics }),
   };
   const workflowSource = settings.temporal.workflowBundlePath
     ? { workflowBundle: { codePath: settings.temporal.workflowBundlePath } }

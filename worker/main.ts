@@ -2,7 +2,9 @@ import { createLogger } from '../config/logger';
 import { databaseUrlOf, loadSettings } from '../config/settings';
 import { migrate } from '../db/migrate';
 import { openPool } from '../db/pool';
+import { createMetrics } from '../config/metrics';
 import { createWorker } from './create-worker';
+import { installTemporalRuntime, startWorkerMetricsServer } from './metrics-server';
 
 async function main() {
   const settings = loadSettings();
@@ -11,12 +13,18 @@ async function main() {
   const applied = await migrate(databaseUrl);
   if (applied.length) log.info({ applied }, 'migrations applied');
   const pool = await openPool(databaseUrl, settings.dbPoolSize);
-  const { worker, connection } = await createWorker(settings, pool);
+  const metrics = createMetrics('worker');
+  const temporalMetricsPort = await installTemporalRuntime();
+  const { worker, connection } = await createWorker(settings, pool, metrics);
+  const metricsServer = await startWorkerMetricsServer(metrics, settings.workerMetricsPort, temporalMetricsPort);
+  const metricsAddress = metricsServer.address();
+  log.info({ port: typeof metricsAddress === 'object' && metricsAddress ? metricsAddress.port : settings.workerMetricsPort }, 'worker metrics listening');
   const stop = () => worker.shutdown();
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   log.info({ taskQueue: settings.temporal.taskQueue, model: settings.llm.model, baseUrl: settings.llm.baseUrl ?? 'api.openai.com' }, 'worker started');
   await worker.run();
+  metricsServer.close();
   await connection.close();
   await pool.end();
   log.info('worker stopped');

@@ -52,7 +52,7 @@ export function sessionRoutes(deps: ApiDeps): Router {
   router.post('/sessions/:id/messages', async (ctx) => {
     const id = parseInput(Id, ctx.params.id);
     const body = parseInput(PostMessageBody, ctx.request.body);
-    const { messageId } = await deps.sessions.sendMessage(id, body.content, body.clientMessageId);
+    const { messageId } = await deps.sessions.sendMessage(id, body.content, body.clientMessageId, 'rest');
     ctx.status = 202;
     ctx.body = { messageId };
   });

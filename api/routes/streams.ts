@@ -47,7 +47,7 @@ export function streamRoutes(deps: ApiDeps): Router {
     const clientMessageId = body.clientMessageId ?? randomUUID();
     const replyTo = messageIdFor(sessionId, clientMessageId);
     const send = async () => {
-      await deps.sessions.sendMessage(sessionId, body.content, clientMessageId);
+      await deps.sessions.sendMessage(sessionId, body.content, clientMessageId, 'chat');
     };
     const timeout = deps.settings.api.chatTimeoutMs;
     if (!body.stream) {

@@ -44,10 +44,13 @@ export async function startStack(opts: StackOptions = {}) {
     KEEL_LLM_RETRY_MAX_MS: '1000',
     // A killed worker's workflows move to a new worker after this long.
     KEEL_STICKY_QUEUE_TIMEOUT_MS: '1000',
+    KEEL_WORKER_METRICS_PORT: '0',
     ...opts.env,
   };
+  let workerMetricsPort = 0;
   const startWorker = async () => {
     const w = spawnEntry('worker/main.ts', env);
+    workerMetricsPort = Number((await w.waitForLine(/"port":(\d+),"msg":"worker metrics listening"/))[1]);
     await w.waitForLine(/worker started/);
     return w;
   };
@@ -81,6 +84,9 @@ export async function startStack(opts: StackOptions = {}) {
     base,
     get worker() {
       return worker;
+    },
+    get workerMetricsUrl() {
+      return `http://127.0.0.1:${workerMetricsPort}/metrics`;
     },
     api,
     request,
