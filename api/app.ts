@@ -6,6 +6,7 @@ import { sessionRoutes } from './routes/sessions';
 import { streamRoutes } from './routes/streams';
 import { agentRoutes } from './routes/agents';
 import { httpMetrics, metricsRoutes } from './metrics';
+import { adminRoutes } from './routes/admin';
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
@@ -13,6 +14,7 @@ export function createApp(deps: ApiDeps): Koa {
   app.silent = true;
   app.use(httpMetrics(deps.metrics));
   app.use(errorMiddleware(deps.log, deps.metrics));
+  app.use(deps.auth.middleware());
   app.use(
     bodyParser({
       enableTypes: ['json'],
@@ -22,7 +24,7 @@ export function createApp(deps: ApiDeps): Koa {
       },
     }),
   );
-  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), metricsRoutes(deps)]) {
+  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), metricsRoutes(deps), adminRoutes(deps)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

@@ -1,5 +1,6 @@
 import type { DatabasePool } from 'slonik';
 import type { AgentRegistry } from '../agents/registry';
+import type { Authenticator } from './auth';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 import type { Settings } from '../config/settings';
@@ -13,6 +14,7 @@ export interface ApiDeps {
   hub: EventHub;
   sessions: SessionService;
   agents: AgentRegistry;
+  auth: Authenticator;
   log: Logger;
   metrics: Metrics;
 }

@@ -2,6 +2,7 @@ import http from 'node:http';
 import { createLogger } from '../config/logger';
 import { createMetrics } from '../config/metrics';
 import { activeSessionCount } from './metrics';
+import { Authenticator } from './auth';
 import { databaseUrlOf, loadSettings } from '../config/settings';
 import { migrate } from '../db/migrate';
 import { openPool } from '../db/pool';
@@ -25,7 +26,9 @@ async function main() {
   await hub.start();
   const agents = await AgentRegistry.load(pool, settings.agentsFile, toolDefinitions());
   const sessions = await SessionService.connect(settings, pool, agents, metrics);
-  const deps = { settings, pool, hub, sessions, agents, log, metrics };
+  const auth = new Authenticator(pool, settings.auth, log);
+  await auth.ensureDevToken();
+  const deps = { settings, pool, hub, sessions, agents, auth, log, metrics };
   const server = http.createServer(createApp(deps).callback());
   const ws = attachWebSocket(server, deps);
   await new Promise<void>((resolve) => server.listen(settings.api.port, settings.api.host, resolve));

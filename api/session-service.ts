@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { Client, Connection, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { AgentRegistry } from '../agents/registry';
+import type { Caller } from './auth';
 import { ErrorCode } from '../contracts/errors';
 import { findToolCall, type ToolCallRow } from '../db/tool-calls';
 import type { DatabasePool } from 'slonik';
@@ -21,9 +22,6 @@ import type { Metrics } from '../config/metrics';
 import { temporalAddressOf, type Settings } from '../config/settings';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import type { sessionWorkflow } from '../workflows';
-
-/** Until callers authenticate, every session belongs to this owner. */
-const ANONYMOUS_OWNER = 'anonymous';
 
 /** A message ID derived from the client's ID, so a repeated send names the same message. */
 export function messageIdFor(sessionId: string, clientMessageId?: string): string {
@@ -48,12 +46,12 @@ export class SessionService {
     return new SessionService(client, connection, pool, settings, agents, metrics);
   }
 
-  async create(input: { title?: string; agentId?: string }): Promise<SessionRow> {
+  async create(caller: Caller, input: { title?: string; agentId?: string }): Promise<SessionRow> {
     const id = randomUUID();
     const agentId = input.agentId ?? this.agents.defaultId;
     const agent = this.agents.get(agentId);
     if (!agent) throw new KeelError('AGENT_NOT_FOUND', 'No such agent', { agentId });
-    const row = await insertSession(this.pool, { id, title: input.title ?? null, agentId, agentVersion: agent.version });
+    const row = await insertSession(this.pool, { id, title: input.title ?? null, agentId, agentVersion: agent.version, ownerId: caller.userId });
     try {
       await this.client.workflow.start<typeof sessionWorkflow>('sessionWorkflow', {
         taskQueue: this.settings.temporal.taskQueue,
@@ -62,7 +60,7 @@ export class SessionService {
         typedSearchAttributes: [
           { key: SessionStatusKey, value: 'active' },
           { key: AgentIdKey, value: agentId },
-          { key: OwnerKey, value: ANONYMOUS_OWNER },
+          { key: OwnerKey, value: caller.userId },
           { key: PendingApprovalsKey, value: 0 },
           { key: LastActivityKey, value: new Date() },
         ],
@@ -75,15 +73,15 @@ export class SessionService {
     return row;
   }
 
-  /** The session row, or SESSION_NOT_FOUND. */
-  async require(sessionId: string): Promise<SessionRow> {
+  /** The session row, or SESSION_NOT_FOUND, also when it belongs to someone else (no existence leak). */
+  async require(sessionId: string, caller: Caller): Promise<SessionRow> {
     const row = await findSession(this.pool, sessionId);
-    if (!row || row.status === 'deleted') throw new KeelError('SESSION_NOT_FOUND', 'No such session');
+    if (!row || row.status === 'deleted' || (!caller.isAdmin && row.owner_id !== caller.userId)) throw new KeelError('SESSION_NOT_FOUND', 'No such session');
     return row;
   }
 
-  async sendMessage(sessionId: string, content: string, clientMessageId: string | undefined, channel: 'websocket' | 'rest' | 'chat'): Promise<{ messageId: string }> {
-    const row = await this.require(sessionId);
+  async sendMessage(caller: Caller, sessionId: string, content: string, clientMessageId: string | undefined, channel: 'websocket' | 'rest' | 'chat'): Promise<{ messageId: string }> {
+    const row = await this.require(sessionId, caller);
     if (row.status === 'expired') throw expired();
     if (row.agent_id && this.agents.get(row.agent_id)?.busyPolicy === 'reject') await this.refuseWhenBusy(sessionId);
     const messageId = messageIdFor(sessionId, clientMessageId);
@@ -106,8 +104,9 @@ export class SessionService {
     }
   }
 
-  async cancelTurn(sessionId: string, requestedBy: string): Promise<void> {
-    const row = await this.require(sessionId);
+  async cancelTurn(caller: Caller, sessionId: string): Promise<void> {
+    const requestedBy = caller.userId;
+    const row = await this.require(sessionId, caller);
     if (row.status === 'expired') throw expired();
     try {
       await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(cancelTurnSignal, { requestedBy });
@@ -117,8 +116,8 @@ export class SessionService {
   }
 
   /** Checks the stored lifecycle first (cheap, and right after the workflow ended), then asks the workflow. */
-  async decideApproval(sessionId: string, decision: ApprovalDecision): Promise<ApprovalDecisionResult> {
-    await this.require(sessionId);
+  async decideApproval(caller: Caller, sessionId: string, decision: ApprovalDecision): Promise<ApprovalDecisionResult> {
+    await this.require(sessionId, caller);
     const call = await findToolCall(this.pool, decision.toolCallId);
     if (!call || call.session_id !== sessionId || !call.requires_approval) throw new KeelError('APPROVAL_NOT_FOUND', 'No such approval request');
     refuseSettled(call, decision);
@@ -134,7 +133,8 @@ export class SessionService {
   }
 
   /** Marks the session and its messages deleted, then ends its workflow; afterwards the session answers 404. */
-  async delete(sessionId: string): Promise<void> {
+  async delete(caller: Caller, sessionId: string): Promise<void> {
+    await this.require(sessionId, caller);
     if (!(await softDeleteSession(this.pool, sessionId))) throw new KeelError('SESSION_NOT_FOUND', 'No such session');
     try {
       await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).terminate('session deleted');

@@ -8,6 +8,7 @@ import { ID_PATTERN } from '../contracts/ids';
 import { AfterSeqQuery } from '../contracts/rest';
 import { lastSeq } from '../db/events';
 import type { ApiDeps } from './deps';
+import type { Caller } from './auth';
 import { toKeelError } from './errors';
 import { openSessionStream } from './session-stream';
 import { SerialQueue } from './serial-queue';
@@ -18,6 +19,16 @@ const HARD_FRAME_LIMIT = 1024 * 1024;
 /** A client this far behind is disconnected; it resumes with ?after=. */
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
+/** The token from `?token=`, the `bearer, <token>` subprotocol, or an Authorization header. */
+function tokenOf(req: IncomingMessage, url: URL): string | undefined {
+  const fromQuery = url.searchParams.get('token');
+  if (fromQuery) return fromQuery;
+  const protocols = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
+  const index = protocols.indexOf('bearer');
+  if (index >= 0 && protocols[index + 1]) return protocols[index + 1];
+  return /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1];
+}
+
 function rejectUpgrade(socket: Duplex, status: number, code: ErrorCode, message: string) {
   const body = JSON.stringify(new KeelError(code, message).toBody());
   socket.end(`HTTP/1.1 ${status} ${status === 404 ? 'Not Found' : 'Bad Request'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
@@ -25,7 +36,8 @@ function rejectUpgrade(socket: Duplex, status: number, code: ErrorCode, message:
 
 /** The WebSocket bridge: client frames become signals, session events become server frames. */
 export function attachWebSocket(server: Server, deps: ApiDeps) {
-  const wss = new WebSocketServer({ noServer: true, maxPayload: HARD_FRAME_LIMIT });
+  // Browsers cannot set headers on a WebSocket: they offer the token as a subprotocol, new WebSocket(url, ['bearer', token]).
+  const wss = new WebSocketServer({ noServer: true, maxPayload: HARD_FRAME_LIMIT, handleProtocols: (protocols) => (protocols.has('bearer') ? 'bearer' : false) });
   const alive = new WeakMap<WebSocket, boolean>();
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -36,20 +48,25 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       const sessionId = decodeURIComponent(match[1]!);
       const query = AfterSeqQuery.safeParse(Object.fromEntries(url.searchParams));
       if (!ID_PATTERN.test(sessionId) || !query.success) return rejectUpgrade(socket, 400, 'VALIDATION_ERROR', 'Invalid session id or query');
+      const caller = await deps.auth.callerFor(tokenOf(req, url));
+      if (!caller) {
+        // Close codes need an open socket: accept, then close with 4001 before anything else is sent.
+        return wss.handleUpgrade(req, socket, head, (ws) => ws.close(4001, 'unauthorized'));
+      }
       try {
-        await deps.sessions.require(sessionId);
+        await deps.sessions.require(sessionId, caller);
       } catch (error) {
         const e = toKeelError(error);
         return rejectUpgrade(socket, e.status, e.code, e.message);
       }
-      wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data));
+      wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data, caller));
     })().catch((error: unknown) => {
       deps.log.error({ err: error }, 'websocket upgrade failed');
       socket.destroy();
     });
   });
 
-  function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }) {
+  function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }, caller: Caller) {
     alive.set(ws, true);
     ws.on('pong', () => alive.set(ws, true));
     const send = (frame: ServerFrame | { type: string; sessionId: string; data: unknown }) => {
@@ -98,11 +115,11 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
         const context = frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : frame.type === 'approval' ? { toolCallId: frame.toolCallId } : {};
         try {
-          if (frame.type === 'message') await deps.sessions.sendMessage(sessionId, frame.content, frame.clientMessageId, 'websocket');
-          else if (frame.type === 'cancel') await deps.sessions.cancelTurn(sessionId, 'websocket');
+          if (frame.type === 'message') await deps.sessions.sendMessage(caller, sessionId, frame.content, frame.clientMessageId, 'websocket');
+          else if (frame.type === 'cancel') await deps.sessions.cancelTurn(caller, sessionId);
           else {
             const { toolCallId, approved, feedback, digest } = frame;
-            const result = await deps.sessions.decideApproval(sessionId, { toolCallId, approved, decidedBy: 'websocket', ...(feedback === undefined ? {} : { feedback }), ...(digest === undefined ? {} : { digest }) });
+            const result = await deps.sessions.decideApproval(caller, sessionId, { toolCallId, approved, decidedBy: caller.userId, ...(feedback === undefined ? {} : { feedback }), ...(digest === undefined ? {} : { digest }) });
             send({ type: 'approval.accepted', sessionId, data: result });
           }
         } catch (error) {

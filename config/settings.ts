@@ -51,6 +51,10 @@ const Env = z.object({
 
   KEEL_LOCAL_MODEL_PORT: int(8787),
   KEEL_WORKER_METRICS_PORT: int(9464),
+  KEEL_ADMIN_API_KEY: optionalString,
+  KEEL_AUTH_DISABLED: z.enum(['true', 'false']).default('false'),
+  KEEL_DEV_TOKEN: optionalString,
+  KEEL_TOKEN_CACHE_MS: int(10_000),
 
   KEEL_AGENTS_FILE: z.string().default('agents/agents.yaml'),
   KEEL_PRICE_TABLE: z
@@ -108,6 +112,12 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
     },
     localModelPort: e.KEEL_LOCAL_MODEL_PORT,
     workerMetricsPort: e.KEEL_WORKER_METRICS_PORT,
+    auth: {
+      adminApiKey: e.KEEL_ADMIN_API_KEY,
+      disabled: e.KEEL_AUTH_DISABLED === 'true',
+      devToken: e.KEEL_DEV_TOKEN,
+      tokenCacheMs: e.KEEL_TOKEN_CACHE_MS,
+    },
     session: {
       idleTtlMs: e.KEEL_SESSION_IDLE_TTL_MS,
       continueAsNewAfterEvents: e.KEEL_CONTINUE_AS_NEW_EVENTS,

@@ -28,6 +28,8 @@ export const ErrorCode = z.enum([
   'APPROVAL_ALREADY_DECIDED',
   'APPROVAL_EXPIRED',
   'APPROVAL_DIGEST_MISMATCH',
+  'UNAUTHORIZED',
+  'FORBIDDEN',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
@@ -58,6 +60,8 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   APPROVAL_ALREADY_DECIDED: 409,
   APPROVAL_EXPIRED: 409,
   APPROVAL_DIGEST_MISMATCH: 409,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
 };
 
 /** Whether retrying the same request later can succeed. */
@@ -88,6 +92,8 @@ const recoverableByCode: Record<ErrorCode, boolean> = {
   APPROVAL_ALREADY_DECIDED: false,
   APPROVAL_EXPIRED: false,
   APPROVAL_DIGEST_MISMATCH: false,
+  UNAUTHORIZED: false,
+  FORBIDDEN: false,
 };
 
 export function httpStatusOf(code: ErrorCode): number {

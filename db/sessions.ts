@@ -6,6 +6,7 @@ export const SessionRow = z.object({
   title: z.string().nullable(),
   agent_id: z.string().nullable(),
   agent_version: z.number().nullable(),
+  owner_id: z.string().nullable(),
   status: z.enum(['active', 'expired', 'deleted']),
   created_at: z.number(),
   updated_at: z.number(),
@@ -13,15 +14,15 @@ export const SessionRow = z.object({
 });
 export type SessionRow = z.infer<typeof SessionRow>;
 
-export async function insertSession(db: CommonQueryMethods, s: { id: string; title: string | null; agentId: string; agentVersion: number }): Promise<SessionRow> {
+export async function insertSession(db: CommonQueryMethods, s: { id: string; title: string | null; agentId: string; agentVersion: number; ownerId: string }): Promise<SessionRow> {
   return db.one(sql.type(SessionRow)`
-    INSERT INTO sessions (id, title, agent_id, agent_version) VALUES (${s.id}, ${s.title}, ${s.agentId}, ${s.agentVersion})
-    RETURNING id, title, agent_id, agent_version, status, created_at, updated_at, ended_at`);
+    INSERT INTO sessions (id, title, agent_id, agent_version, owner_id) VALUES (${s.id}, ${s.title}, ${s.agentId}, ${s.agentVersion}, ${s.ownerId})
+    RETURNING id, title, agent_id, agent_version, owner_id, status, created_at, updated_at, ended_at`);
 }
 
 export async function findSession(db: CommonQueryMethods, id: string): Promise<SessionRow | null> {
   return db.maybeOne(sql.type(SessionRow)`
-    SELECT id, title, agent_id, agent_version, status, created_at, updated_at, ended_at FROM sessions WHERE id = ${id}`);
+    SELECT id, title, agent_id, agent_version, owner_id, status, created_at, updated_at, ended_at FROM sessions WHERE id = ${id}`);
 }
 
 export async function markSessionEnded(db: CommonQueryMethods, id: string, status: 'expired' | 'deleted'): Promise<void> {

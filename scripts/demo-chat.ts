@@ -1,12 +1,18 @@
 import WebSocket from 'ws';
 
-/** A scripted chat against a running Keel (npm start): npx tsx scripts/demo-chat.ts [baseUrl] */
+import { readFileSync } from 'node:fs';
+
+/**
+ * A scripted chat against a running Keel (npm start): npx tsx scripts/demo-chat.ts [baseUrl] [token]
+ * Without a token it uses the development token npm start keeps in .data/dev-token.
+ */
 async function main() {
   const base = process.argv[2] ?? 'http://127.0.0.1:3000';
-  const res = await fetch(`${base}/api/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ title: 'demo' }) });
+  const token = process.argv[3] ?? readFileSync('.data/dev-token', 'utf8').trim();
+  const res = await fetch(`${base}/api/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify({ title: 'demo' }) });
   const session = (await res.json()) as { id: string };
   console.log(`session ${session.id}`);
-  const ws = new WebSocket(`${base.replace(/^http/, 'ws')}/api/v1/sessions/${session.id}/ws`);
+  const ws = new WebSocket(`${base.replace(/^http/, 'ws')}/api/v1/sessions/${session.id}/ws?token=${encodeURIComponent(token)}`);
   const questions = ['Hello Keel', 'What did I say first?'];
   ws.on('message', (raw) => {
     const frame = JSON.parse(raw.toString()) as { type: string; data: { text?: string; content?: string } };

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -239,6 +240,7 @@ async function startApps(ctx: Context, env: NodeJS.ProcessEnv): Promise<number> 
 
 interface Ready {
   apiPort: number;
+  secrets: { devToken?: string; adminApiKey?: string; authDisabled: boolean };
   temporal: { address: string; uiUrl?: string };
   database: { url: string; embedded: boolean };
   model: string;
@@ -248,12 +250,40 @@ async function startEverything(ctx: Context): Promise<Ready> {
   await mkdir(ctx.dataDir, { recursive: true });
   const { temporal, database } = await startInfrastructure(ctx);
   if (ctx.signal.aborted) throw new StartAborted();
-  const appEnv: NodeJS.ProcessEnv = { ...process.env, TEMPORAL_ADDRESS: temporal.address, DATABASE_URL: database.url };
+  const secrets = await developmentSecrets(ctx);
+  const appEnv: NodeJS.ProcessEnv = {
+    ...process.env,
+    TEMPORAL_ADDRESS: temporal.address,
+    DATABASE_URL: database.url,
+    ...(secrets.devToken ? { KEEL_DEV_TOKEN: secrets.devToken } : {}),
+    ...(secrets.adminApiKey ? { KEEL_ADMIN_API_KEY: secrets.adminApiKey } : {}),
+  };
   Object.assign(appEnv, await startModel(ctx, appEnv));
   if (ctx.signal.aborted) throw new StartAborted();
   const apiPort = await startApps(ctx, appEnv);
   const model = ctx.settings.llm.apiKey ? `${ctx.settings.llm.model} via ${ctx.settings.llm.baseUrl ?? 'api.openai.com'}` : 'keel-local (offline demo)';
-  return { apiPort, temporal, database, model };
+  return { apiPort, secrets, temporal, database, model };
+}
+
+/**
+ * A ready-to-use development token (user "dev") and an admin API key, unless configured:
+ * made once and kept in the data directory, so they survive restarts.
+ */
+async function developmentSecrets(ctx: Context): Promise<Ready['secrets']> {
+  const auth = ctx.settings.auth;
+  const keep = async (file: string) => {
+    const full = path.join(ctx.dataDir, file);
+    const existing = await readFile(full, 'utf8').then((t) => t.trim(), () => '');
+    if (existing) return existing;
+    const made = `keel_${randomBytes(24).toString('base64url')}`;
+    await writeFile(full, `${made}\n`, { mode: 0o600 });
+    return made;
+  };
+  return {
+    devToken: auth.devToken ?? (await keep('dev-token')),
+    adminApiKey: auth.adminApiKey ?? (await keep('admin-api-key')),
+    authDisabled: auth.disabled,
+  };
 }
 
 function printBanner(settings: Settings, ready: Ready): void {
@@ -268,6 +298,11 @@ function printBanner(settings: Settings, ready: Ready): void {
   say(`  Temporal UI  ${ready.temporal.uiUrl ?? `(external Temporal at ${ready.temporal.address})`}`);
   say(`  Postgres     ${database.toString()}${ready.database.embedded ? ' (embedded)' : ''}`);
   say(`  Model        ${ready.model}`);
+  if (ready.secrets.authDisabled) say('  Auth         DISABLED (KEEL_AUTH_DISABLED=true)');
+  else {
+    say(`  Dev token    ${ready.secrets.devToken}   (user "dev": Authorization: Bearer <token>, or ?token= on the WebSocket)`);
+    say(`  Admin key    ${ready.secrets.adminApiKey}   (X-API-Key, for /api/v1/admin/tokens)`);
+  }
   say('Press Ctrl-C to stop.');
   say('');
 }

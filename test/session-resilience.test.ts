@@ -1,5 +1,4 @@
-import { startStack, eventually, type Stack } from './support/stack';
-import { WsClient } from './support/ws-client';
+import { DEV_TOKEN, startStack, eventually, type Stack } from './support/stack';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -139,7 +138,7 @@ test('reconnect in the middle of a reply: the whole reply, no gap, no duplicate'
 
 async function readSse(url: string, headers: Record<string, string>, until: (events: SseEvent[]) => boolean, init: RequestInit = {}): Promise<SseEvent[]> {
   const controller = new AbortController();
-  const res = await fetch(url, { ...init, headers: { ...headers, ...(init.headers as Record<string, string>) }, signal: controller.signal });
+  const res = await fetch(url, { ...init, headers: { authorization: `Bearer ${DEV_TOKEN}`, ...headers, ...(init.headers as Record<string, string>) }, signal: controller.signal });
   expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
   const events: SseEvent[] = [];
   const decoder = new TextDecoder();
@@ -208,5 +207,5 @@ test('POST /chat answers with stream:false and with stream:true', async () => {
 });
 
 test('a client that connects to an unknown session is refused', async () => {
-  await expect(WsClient.connect(`ws://${new URL(stack.base).host}/api/v1/sessions/nope/ws`)).rejects.toThrow(/404/);
+  await expect(stack.ws('nope')).rejects.toThrow(/404/);
 });

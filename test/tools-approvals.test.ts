@@ -56,12 +56,12 @@ test('a write tool waits for approval; approved over WebSocket it runs once and 
 
   ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true, digest: required.data.digest });
   expect((await ws.waitFor(of('approval.accepted'))).data).toEqual({ toolCallId: required.data.toolCallId, outcome: 'approved' });
-  expect((await ws.waitFor(of('approval.resolved'))).data).toMatchObject({ outcome: 'approved', decidedBy: 'websocket' });
+  expect((await ws.waitFor(of('approval.resolved'))).data).toMatchObject({ outcome: 'approved', decidedBy: 'dev' });
   expect((await ws.waitFor(of('tool.result'))).data).toMatchObject({ status: 'succeeded', result: { applied: 'now' } });
   await ws.waitFor(of('turn.done'));
   expect(await notes(sessionId)).toEqual(['approved note']);
   const { rows } = await stack.db.query('SELECT status, approval_outcome, decided_by, decided_at FROM tool_calls WHERE id = $1', [required.data.toolCallId]);
-  expect(rows[0]).toMatchObject({ status: 'succeeded', approval_outcome: 'approved', decided_by: 'websocket' });
+  expect(rows[0]).toMatchObject({ status: 'succeeded', approval_outcome: 'approved', decided_by: 'dev' });
   expect(rows[0].decided_at).not.toBeNull();
 });
 
@@ -76,7 +76,7 @@ test('rejected with feedback: the tool never runs and the reply reflects the fee
   const done = await ws.waitFor(of('turn.done'));
   expect(done.data.content).toContain('not today');
   expect(ws.frames.find(of('tool.result'))!.data).toMatchObject({ status: 'rejected' });
-  expect(ws.frames.find(of('approval.resolved'))!.data).toMatchObject({ outcome: 'rejected', decidedBy: 'alice', feedback: 'not today' });
+  expect(ws.frames.find(of('approval.resolved'))!.data).toMatchObject({ outcome: 'rejected', decidedBy: 'dev', feedback: 'not today' });
   expect(await notes(sessionId)).toEqual([]);
 
   const twice = await stack.request('POST', `/api/v1/sessions/${sessionId}/approvals/${required.data.toolCallId}`, { approved: true });
@@ -193,7 +193,7 @@ test('operators find a session waiting on an approval by its search attributes',
     await eventually(() => find('KeelPendingApprovals = 0'), 10_000, 'approval cleared in visibility');
     const description = await client.workflow.getHandle(`session-${sessionId}`).describe();
     expect(await description.memo).toMatchObject({ title: '' });
-    expect(description.typedSearchAttributes.get({ name: 'KeelOwner', type: 'KEYWORD' } as never)).toBe('anonymous');
+    expect(description.typedSearchAttributes.get({ name: 'KeelOwner', type: 'KEYWORD' } as never)).toBe('dev');
   } finally {
     await connection.close();
   }

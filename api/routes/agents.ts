@@ -3,6 +3,7 @@ import { Id } from '../../contracts/ids';
 import { ApprovalBody, ApprovalListQuery } from '../../contracts/rest';
 import { pendingApprovals, type ToolCallRow } from '../../db/tool-calls';
 import type { ApiDeps } from '../deps';
+import { callerOf } from '../auth';
 import { parseInput } from '../errors';
 
 function approvalView(row: ToolCallRow) {
@@ -39,7 +40,8 @@ export function agentRoutes(deps: ApiDeps): Router {
 
   router.get('/approvals', async (ctx) => {
     const query = parseInput(ApprovalListQuery, ctx.query);
-    ctx.body = { approvals: (await pendingApprovals(deps.pool, query.limit)).map(approvalView) };
+    const caller = callerOf(ctx);
+    ctx.body = { approvals: (await pendingApprovals(deps.pool, query.limit, caller.isAdmin ? null : caller.userId)).map(approvalView) };
   });
 
   router.post('/sessions/:id/approvals/:toolCallId', async (ctx) => {
@@ -47,12 +49,15 @@ export function agentRoutes(deps: ApiDeps): Router {
     const toolCallId = parseInput(Id, ctx.params.toolCallId);
     const body = parseInput(ApprovalBody, ctx.request.body);
     const { approver, ...rest } = body;
-    ctx.body = await deps.sessions.decideApproval(sessionId, { toolCallId, ...rest, decidedBy: approver ?? 'anonymous' });
+    const caller = callerOf(ctx);
+    // The approver is the caller; an admin may record whom they decide for.
+    const decidedBy = caller.isAdmin && approver ? approver : caller.userId;
+    ctx.body = await deps.sessions.decideApproval(caller, sessionId, { toolCallId, ...rest, decidedBy });
   });
 
   router.post('/sessions/:id/cancel', async (ctx) => {
     const sessionId = parseInput(Id, ctx.params.id);
-    await deps.sessions.cancelTurn(sessionId, 'rest');
+    await deps.sessions.cancelTurn(callerOf(ctx), sessionId);
     ctx.status = 202;
     ctx.body = { cancelled: true };
   });

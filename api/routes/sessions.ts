@@ -6,6 +6,7 @@ import { lastSeq } from '../../db/events';
 import { listMessages, usageTotals, type MessageRow } from '../../db/messages';
 import type { SessionRow } from '../../db/sessions';
 import type { ApiDeps } from '../deps';
+import { callerOf } from '../auth';
 import { parseInput } from '../errors';
 
 export function sessionView(row: SessionRow) {
@@ -13,6 +14,8 @@ export function sessionView(row: SessionRow) {
     id: row.id,
     title: row.title,
     agentId: row.agent_id,
+    agentVersion: row.agent_version,
+    ownerId: row.owner_id,
     status: row.status,
     createdAt: new Date(row.created_at).toISOString(),
     updatedAt: new Date(row.updated_at).toISOString(),
@@ -37,14 +40,14 @@ export function sessionRoutes(deps: ApiDeps): Router {
 
   router.post('/sessions', async (ctx) => {
     const body = parseInput(CreateSessionBody, ctx.request.body ?? {});
-    const row = await deps.sessions.create(body);
+    const row = await deps.sessions.create(callerOf(ctx), body);
     ctx.status = 201;
     ctx.body = sessionView(row);
   });
 
   router.get('/sessions/:id', async (ctx) => {
     const id = parseInput(Id, ctx.params.id);
-    const row = await deps.sessions.require(id);
+    const row = await deps.sessions.require(id, callerOf(ctx));
     const [state, seq] = await Promise.all([row.status === 'active' ? deps.sessions.state(id) : null, lastSeq(deps.pool, id)]);
     ctx.body = { ...sessionView(row), lastSeq: seq, state };
   });
@@ -52,7 +55,7 @@ export function sessionRoutes(deps: ApiDeps): Router {
   router.post('/sessions/:id/messages', async (ctx) => {
     const id = parseInput(Id, ctx.params.id);
     const body = parseInput(PostMessageBody, ctx.request.body);
-    const { messageId } = await deps.sessions.sendMessage(id, body.content, body.clientMessageId, 'rest');
+    const { messageId } = await deps.sessions.sendMessage(callerOf(ctx), id, body.content, body.clientMessageId, 'rest');
     ctx.status = 202;
     ctx.body = { messageId };
   });
@@ -60,21 +63,21 @@ export function sessionRoutes(deps: ApiDeps): Router {
   router.get('/sessions/:id/messages', async (ctx) => {
     const id = parseInput(Id, ctx.params.id);
     const page = parseInput(PageQuery, ctx.query);
-    await deps.sessions.require(id);
+    await deps.sessions.require(id, callerOf(ctx));
     const rows = await listMessages(deps.pool, id, { limit: page.limit, offset: page.after });
     ctx.body = { messages: rows.map(messageView), nextAfter: rows.length === page.limit ? page.after + rows.length : null };
   });
 
   router.get('/sessions/:id/usage', async (ctx) => {
     const id = parseInput(Id, ctx.params.id);
-    await deps.sessions.require(id);
+    await deps.sessions.require(id, callerOf(ctx));
     const t = await usageTotals(deps.pool, id);
     ctx.body = { sessionId: id, assistantMessages: t.messages, inputTokens: t.input_tokens, outputTokens: t.output_tokens, costUsd: t.cost_usd };
   });
 
   router.delete('/sessions/:id', async (ctx) => {
     const id = parseInput(Id, ctx.params.id);
-    await deps.sessions.delete(id);
+    await deps.sessions.delete(callerOf(ctx), id);
     ctx.status = 204;
   });
 

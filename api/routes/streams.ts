@@ -5,6 +5,7 @@ import { KeelError } from '../../contracts/errors';
 import { Id } from '../../contracts/ids';
 import { AfterSeqQuery, ChatBody } from '../../contracts/rest';
 import type { ApiDeps } from '../deps';
+import { callerOf } from '../auth';
 import { envelopeOf, parseInput, toKeelError } from '../errors';
 import { messageIdFor } from '../session-service';
 import { openSessionStream } from '../session-stream';
@@ -21,7 +22,7 @@ export function streamRoutes(deps: ApiDeps): Router {
     const query = parseInput(AfterSeqQuery, ctx.query);
     const lastEventId = ctx.get('last-event-id');
     const after = lastEventId ? parseInput(AfterSeqQuery.shape.after, lastEventId) : query.after;
-    await deps.sessions.require(sessionId);
+    await deps.sessions.require(sessionId, callerOf(ctx));
     const sse = openSse(ctx);
     const stream = await openSessionStream(
       deps.hub,
@@ -43,11 +44,12 @@ export function streamRoutes(deps: ApiDeps): Router {
   router.post('/sessions/:id/chat', async (ctx) => {
     const sessionId = parseInput(Id, ctx.params.id);
     const body = parseInput(ChatBody, ctx.request.body);
-    await deps.sessions.require(sessionId);
+    const caller = callerOf(ctx);
+    await deps.sessions.require(sessionId, caller);
     const clientMessageId = body.clientMessageId ?? randomUUID();
     const replyTo = messageIdFor(sessionId, clientMessageId);
     const send = async () => {
-      await deps.sessions.sendMessage(sessionId, body.content, clientMessageId, 'chat');
+      await deps.sessions.sendMessage(caller, sessionId, body.content, clientMessageId, 'chat');
     };
     const timeout = deps.settings.api.chatTimeoutMs;
     if (!body.stream) {
@@ -55,7 +57,7 @@ export function streamRoutes(deps: ApiDeps): Router {
       return;
     }
     // Fail before switching to SSE when the message cannot even be sent.
-    await deps.sessions.require(sessionId).then((row) => {
+    await deps.sessions.require(sessionId, caller).then((row) => {
       if (row.status !== 'active') throw new KeelError('SESSION_EXPIRED', 'Session expired. Please start a new conversation.');
     });
     const sse = openSse(ctx);

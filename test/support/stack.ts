@@ -17,6 +17,9 @@ function requiredEnv(name: string): string {
 }
 
 let stackCounter = 0;
+export const ADMIN_KEY = 'test-admin-key';
+/** The token of user "dev", which the helpers below use unless told otherwise. */
+export const DEV_TOKEN = 'test-dev-token';
 
 /**
  * A whole Keel deployment for one test file: its own database and task queue on the shared
@@ -45,6 +48,9 @@ export async function startStack(opts: StackOptions = {}) {
     // A killed worker's workflows move to a new worker after this long.
     KEEL_STICKY_QUEUE_TIMEOUT_MS: '1000',
     KEEL_WORKER_METRICS_PORT: '0',
+    KEEL_ADMIN_API_KEY: ADMIN_KEY,
+    KEEL_DEV_TOKEN: DEV_TOKEN,
+    KEEL_TOKEN_CACHE_MS: '1000',
     ...opts.env,
   };
   let workerMetricsPort = 0;
@@ -61,10 +67,13 @@ export async function startStack(opts: StackOptions = {}) {
   const base = `http://127.0.0.1:${port}`;
   const sockets: WsClient[] = [];
 
+  /** A REST call as user "dev"; pass `authorization: ''` to send none. */
   async function request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
+    const all: Record<string, string> = { authorization: `Bearer ${DEV_TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers };
+    if (all.authorization === '') delete all.authorization;
     const res = await fetch(`${base}${path}`, {
       method,
-      headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+      headers: all,
       ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
     });
     const text = await res.text();
@@ -95,8 +104,10 @@ export async function startStack(opts: StackOptions = {}) {
       if (res.status !== 201) throw new Error(`create session: ${res.status} ${res.text}`);
       return res.body.id as string;
     },
-    async ws(sessionId: string, query = ''): Promise<WsClient> {
-      const client = await WsClient.connect(`ws://127.0.0.1:${port}/api/v1/sessions/${sessionId}/ws${query}`);
+    async ws(sessionId: string, query = '', token = DEV_TOKEN): Promise<WsClient> {
+      const params = new URLSearchParams(query.replace(/^\?/, ''));
+      params.set('token', token);
+      const client = await WsClient.connect(`ws://127.0.0.1:${port}/api/v1/sessions/${sessionId}/ws?${params}`);
       sockets.push(client);
       return client;
     },
