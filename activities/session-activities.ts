@@ -9,6 +9,7 @@ import { appendEvent, notify } from '../db/events';
 import { conversationUpTo, insertMessage, MessageRow } from '../db/messages';
 import { markSessionEnded } from '../db/sessions';
 import { DeltaCoalescer } from './delta-coalescer';
+import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 import { costOf, type PriceTable } from '../config/pricing';
 import { classifyLlmError, contentFilterFailure } from './llm-errors';
@@ -21,10 +22,13 @@ export interface ActivityDeps {
   llmTimeoutMs: number;
   prices: PriceTable;
   metrics: Metrics;
+  log: Logger;
 }
 
 export interface StreamReplyInput {
   sessionId: string;
+  /** The API request that sent the message this turn answers; for log lines only. */
+  requestId?: string;
   turn: number;
   step: number;
   replyTo: string;
@@ -50,6 +54,7 @@ export interface StreamReplyResult {
 
 export interface TurnFailureInput {
   sessionId: string;
+  requestId?: string;
   turn: number;
   replyTo: string;
   error: ErrorBody;
@@ -138,6 +143,12 @@ async function recordMessagesIn(tx: DatabaseTransactionConnection, sessionId: st
       data: { messageId: m.messageId, turn: m.turn, content: m.content, ...clientId },
     });
   }
+}
+
+/** What every turn log line carries: the request that sent the message, the session and the workflow run. */
+function turnLogIds(input: { sessionId: string; requestId?: string; turn: number }) {
+  const run = Context.current().info.workflowExecution;
+  return { requestId: input.requestId, sessionId: input.sessionId, workflowId: run?.workflowId, runId: run?.runId, turn: input.turn };
 }
 
 /** Built by the worker with its dependencies; every activity is idempotent under retry. */
@@ -288,6 +299,20 @@ export function createSessionActivities(deps: ActivityDeps) {
     metrics.tokens.inc({ direction: 'output' }, usage.outputTokens);
     metrics.costUsd.inc(usage.costUsd);
     if (input.completesTurn && calls.length === 0) metrics.turns.inc({ status: 'completed' });
+    deps.log.info(
+      {
+        ...turnLogIds(input),
+        step: input.step,
+        attempt,
+        finishReason,
+        toolCalls: calls.length,
+        inputTokens: usage.inputTokens,
+        outputTokens: usage.outputTokens,
+        ...(firstTokenAt === null ? {} : { ttftMs: Math.round(firstTokenAt - requestedAt) }),
+        ms: Math.round(performance.now() - requestedAt),
+      },
+      'model reply committed',
+    );
     return { messageId, content, finishReason, usage, toolCalls: calls };
   }
 
@@ -297,7 +322,7 @@ export function createSessionActivities(deps: ActivityDeps) {
         sessionId: input.sessionId,
         key: `turn:${input.turn}:error`,
         type: 'error',
-        data: { ...input.error, turn: input.turn, replyTo: input.replyTo },
+        data: { ...input.error, turn: input.turn, replyTo: input.replyTo, ...(input.requestId ? { requestId: input.requestId } : {}) },
       });
       const done = await appendEvent(tx, {
         sessionId: input.sessionId,
@@ -310,6 +335,7 @@ export function createSessionActivities(deps: ActivityDeps) {
     if (inserted) {
       deps.metrics.turns.inc({ status: input.status ?? 'failed' });
       deps.metrics.errors.inc({ code: input.error.code });
+      deps.log.warn({ ...turnLogIds(input), code: input.error.code, status: input.status ?? 'failed' }, 'turn failed');
     }
   }
 

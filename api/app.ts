@@ -1,20 +1,29 @@
 import { bodyParser } from '@koa/bodyparser';
 import Koa from 'koa';
 import type { ApiDeps } from './deps';
-import { errorMiddleware } from './errors';
+import type { Caller } from './auth';
+import { errorMiddleware, requireJsonBody } from './errors';
 import { sessionRoutes } from './routes/sessions';
 import { streamRoutes } from './routes/streams';
 import { agentRoutes } from './routes/agents';
 import { httpMetrics, metricsRoutes } from './metrics';
+import { httpServerSpans } from './tracing';
 import { adminRoutes } from './routes/admin';
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
   app.proxy = false;
   app.silent = true;
+  if (deps.settings.tracing.otlpTracesUrl) app.use(httpServerSpans());
   app.use(httpMetrics(deps.metrics));
   app.use(errorMiddleware(deps.log, deps.metrics));
   app.use(deps.auth.middleware());
+  app.use(async (ctx, next) => {
+    const caller = ctx.state.caller as Caller | undefined;
+    if (caller) await deps.limiter.requestByToken(caller.tokenKey);
+    return next();
+  });
+  app.use(requireJsonBody());
   app.use(
     bodyParser({
       enableTypes: ['json'],

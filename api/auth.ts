@@ -10,10 +10,12 @@ import { sql } from 'slonik';
 export interface Caller {
   userId: string;
   isAdmin: boolean;
+  /** The token's hash: what per-token rate limits count against (the token itself is never kept). */
+  tokenKey: string;
 }
 
 /** With authentication switched off every caller is this admin; the API says so loudly at start. */
-const UNAUTHENTICATED: Caller = { userId: 'anonymous', isAdmin: true };
+const UNAUTHENTICATED: Caller = { userId: 'anonymous', isAdmin: true, tokenKey: 'anonymous' };
 const PUBLIC_PATHS = new Set(['/api/v1/health', '/api/v1/ready', '/metrics']);
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
@@ -47,7 +49,7 @@ export class Authenticator {
     const cached = this.cache.get(token);
     if (cached && cached.until > now) return cached.caller;
     const user = await userForToken(this.pool, token);
-    const caller = user ? { userId: user.userId, isAdmin: user.isAdmin } : null;
+    const caller = user ? { userId: user.userId, isAdmin: user.isAdmin, tokenKey: hashToken(token) } : null;
     if (this.cache.size > 10_000) this.cache.clear();
     this.cache.set(token, { caller, until: now + this.settings.tokenCacheMs });
     return caller;

@@ -5,6 +5,7 @@ import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 import type { Settings } from '../config/settings';
 import type { EventHub } from './event-hub';
+import type { RateLimiter } from './rate-limiter';
 import type { SessionService } from './session-service';
 
 /** What the HTTP and WebSocket handlers need; built once per process in api/main.ts. */
@@ -15,6 +16,7 @@ export interface ApiDeps {
   sessions: SessionService;
   agents: AgentRegistry;
   auth: Authenticator;
+  limiter: RateLimiter;
   log: Logger;
   metrics: Metrics;
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Context, Next } from 'koa';
 import { z } from 'zod';
+import { ID_PATTERN } from '../contracts/ids';
 import { describeIssues, KeelError, type ErrorEnvelope } from '../contracts/errors';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
@@ -25,18 +26,45 @@ export function toKeelError(error: unknown): KeelError {
   return new KeelError('INTERNAL_ERROR', 'Internal error', undefined, { cause: error });
 }
 
+/** The media types @koa/bodyparser reads as JSON (its defaults); every other body is refused. */
+export const JSON_BODY_TYPES = ['application/json', 'application/json-patch+json', 'application/vnd.api+json', 'application/csp-report', 'application/reports+json', 'application/scim+json'];
+
+/**
+ * A request with a body must say it is JSON in UTF-8; anything else is refused rather than
+ * read as an empty object. A request without a body stays fine (it parses as nothing).
+ */
+export function requireJsonBody() {
+  return async (ctx: Context, next: Next) => {
+    const length = ctx.get('content-length');
+    const hasBody = ctx.get('transfer-encoding') !== '' || (length !== '' && length !== '0');
+    if (hasBody) {
+      if (!ctx.is(JSON_BODY_TYPES)) throw new KeelError('UNSUPPORTED_MEDIA_TYPE', 'The request body must be application/json');
+      const charset = ctx.request.charset;
+      if (charset && charset.toLowerCase() !== 'utf-8' && charset.toLowerCase() !== 'utf8') throw new KeelError('UNSUPPORTED_MEDIA_TYPE', 'The request body must be UTF-8');
+    }
+    return next();
+  };
+}
+
 export function envelopeOf(error: KeelError, requestId?: string): ErrorEnvelope {
   return { error: error.toBody(requestId) };
 }
 
 export function errorMiddleware(log: Logger, metrics: Metrics) {
   return async (ctx: Context, next: Next) => {
-    const requestId = ctx.get('x-request-id') || randomUUID();
+    // A caller's own request ID is kept only when it is a plain ID (it ends up in log lines).
+    const given = ctx.get('x-request-id');
+    const requestId = ID_PATTERN.test(given) ? given : randomUUID();
     ctx.state.requestId = requestId;
     ctx.set('x-request-id', requestId);
+    const started = performance.now();
     try {
       await next();
       if (ctx.status === 404 && ctx.body === undefined) throw new KeelError('NOT_FOUND', 'No such route');
+      // The router's answers for a known path with another method (405) or an unknown method (501).
+      if ((ctx.status === 405 || ctx.status === 501) && !ctx.body) {
+        throw new KeelError('METHOD_NOT_ALLOWED', 'This method is not allowed here', { allow: ctx.response.get('allow') || undefined });
+      }
     } catch (raw) {
       const error = toKeelError(raw);
       metrics.errors.inc({ code: error.code });
@@ -44,7 +72,13 @@ export function errorMiddleware(log: Logger, metrics: Metrics) {
         log.error({ err: error.cause ?? raw, requestId, path: ctx.path }, 'request failed');
       }
       ctx.status = error.status;
+      const retryAfter = (error.details as { retryAfter?: unknown } | undefined)?.retryAfter;
+      if (typeof retryAfter === 'number') ctx.set('retry-after', String(retryAfter));
       ctx.body = envelopeOf(error, requestId);
+    } finally {
+      // One line per request; the path carries IDs only, never the query (a WebSocket token may be there) or the body.
+      const sessionId = (ctx.params as Record<string, string> | undefined)?.id;
+      log.info({ requestId, method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(performance.now() - started), ...(sessionId ? { sessionId } : {}) }, 'request');
     }
   };
 }

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import { createLogger } from '../config/logger';
 import { createMetrics } from '../config/metrics';
+import { startTracing } from '../config/tracing';
 import { activeSessionCount } from './metrics';
 import { Authenticator } from './auth';
 import { databaseUrlOf, loadSettings } from '../config/settings';
@@ -9,6 +10,7 @@ import { openPool } from '../db/pool';
 import { createApp } from './app';
 import { EventHub } from './event-hub';
 import { SessionService } from './session-service';
+import { RateLimiter } from './rate-limiter';
 import { attachWebSocket } from './ws';
 import { AgentRegistry } from '../agents/registry';
 import { builtinTools } from '../tools';
@@ -18,6 +20,7 @@ const toolDefinitions = () => Object.fromEntries(Object.entries(builtinTools).ma
 async function main() {
   const settings = loadSettings();
   const log = createLogger(settings, 'api');
+  const tracing = startTracing(settings, 'keel-api');
   const databaseUrl = databaseUrlOf(settings);
   await migrate(databaseUrl);
   const pool = await openPool(databaseUrl, settings.dbPoolSize);
@@ -25,10 +28,11 @@ async function main() {
   const hub = new EventHub(databaseUrl, pool, log, metrics);
   await hub.start();
   const agents = await AgentRegistry.load(pool, settings.agentsFile, toolDefinitions());
-  const sessions = await SessionService.connect(settings, pool, agents, metrics);
+  const limiter = new RateLimiter(pool, settings.rateLimits);
+  const sessions = await SessionService.connect(settings, pool, agents, metrics, limiter, log);
   const auth = new Authenticator(pool, settings.auth, log);
   await auth.ensureDevToken();
-  const deps = { settings, pool, hub, sessions, agents, auth, log, metrics };
+  const deps = { settings, pool, hub, sessions, agents, auth, limiter, log, metrics };
   const server = http.createServer(createApp(deps).callback());
   const ws = attachWebSocket(server, deps);
   await new Promise<void>((resolve) => server.listen(settings.api.port, settings.api.host, resolve));
@@ -47,7 +51,9 @@ async function main() {
     await closed;
     await hub.close();
     await sessions.close();
+    limiter.close();
     await pool.end();
+    await tracing?.shutdown();
     process.exit(0);
   };
   process.once('SIGINT', () => void stop());

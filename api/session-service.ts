@@ -3,6 +3,7 @@ import { Client, Connection, WorkflowNotFoundError, WorkflowUpdateFailedError } 
 import { ApplicationFailure } from '@temporalio/common';
 import type { AgentRegistry } from '../agents/registry';
 import type { Caller } from './auth';
+import type { RateLimiter } from './rate-limiter';
 import { ErrorCode } from '../contracts/errors';
 import { findToolCall, type ToolCallRow } from '../db/tool-calls';
 import type { DatabasePool } from 'slonik';
@@ -19,7 +20,9 @@ import {
   type SessionStateView,
 } from '../contracts/session';
 import type { Metrics } from '../config/metrics';
+import type { Logger } from '../config/logger';
 import { temporalAddressOf, type Settings } from '../config/settings';
+import { tracingClientInterceptors } from './tracing';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import type { sessionWorkflow } from '../workflows';
 
@@ -38,12 +41,14 @@ export class SessionService {
     private readonly settings: Settings,
     private readonly agents: AgentRegistry,
     private readonly metrics: Metrics,
+    private readonly limiter: RateLimiter,
+    private readonly log: Logger,
   ) {}
 
-  static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry, metrics: Metrics): Promise<SessionService> {
+  static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry, metrics: Metrics, limiter: RateLimiter, log: Logger): Promise<SessionService> {
     const connection = await Connection.connect({ address: temporalAddressOf(settings) });
-    const client = new Client({ connection, namespace: settings.temporal.namespace });
-    return new SessionService(client, connection, pool, settings, agents, metrics);
+    const client = new Client({ connection, namespace: settings.temporal.namespace, interceptors: tracingClientInterceptors(settings) });
+    return new SessionService(client, connection, pool, settings, agents, metrics, limiter, log);
   }
 
   async create(caller: Caller, input: { title?: string; agentId?: string }): Promise<SessionRow> {
@@ -80,19 +85,28 @@ export class SessionService {
     return row;
   }
 
-  async sendMessage(caller: Caller, sessionId: string, content: string, clientMessageId: string | undefined, channel: 'websocket' | 'rest' | 'chat'): Promise<{ messageId: string }> {
+  async sendMessage(
+    caller: Caller,
+    sessionId: string,
+    content: string,
+    clientMessageId: string | undefined,
+    channel: 'websocket' | 'rest' | 'chat',
+    requestId: string,
+  ): Promise<{ messageId: string }> {
     const row = await this.require(sessionId, caller);
     if (row.status === 'expired') throw expired();
+    await this.limiter.messageToSession(sessionId);
     if (row.agent_id && this.agents.get(row.agent_id)?.busyPolicy === 'reject') await this.refuseWhenBusy(sessionId);
     const messageId = messageIdFor(sessionId, clientMessageId);
     try {
       await this.client.workflow
         .getHandle(sessionWorkflowId(sessionId))
-        .signal(userMessageSignal, { messageId, content, ...(clientMessageId ? { clientMessageId } : {}) });
+        .signal(userMessageSignal, { messageId, content, requestId, ...(clientMessageId ? { clientMessageId } : {}) });
     } catch (error) {
       throw await this.mapTemporalError(sessionId, error);
     }
     this.metrics.messagesAccepted.inc({ channel });
+    this.log.info({ requestId, sessionId, messageId, channel }, 'message accepted');
     return { messageId };
   }
 

@@ -1,4 +1,5 @@
-import type { IncomingMessage, Server } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { checkClientFrame } from '../contracts/frames';
@@ -12,12 +13,14 @@ import type { Caller } from './auth';
 import { toKeelError } from './errors';
 import { openSessionStream } from './session-stream';
 import { SerialQueue } from './serial-queue';
+import { inFrameSpan, nameFrameSpan } from './tracing';
 
 const WS_PATH = /^\/api\/v1\/sessions\/([^/]+)\/ws$/;
 /** Frames above this are refused by ws itself (close 1009); below it our own limit answers with an error frame. */
 const HARD_FRAME_LIMIT = 1024 * 1024;
 /** A client this far behind is disconnected; it resumes with ?after=. */
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+const CLOSE_TOO_MANY_SOCKETS = 4029;
 
 /** The token from `?token=`, the `bearer, <token>` subprotocol, or an Authorization header. */
 function tokenOf(req: IncomingMessage, url: URL): string | undefined {
@@ -30,8 +33,8 @@ function tokenOf(req: IncomingMessage, url: URL): string | undefined {
 }
 
 function rejectUpgrade(socket: Duplex, status: number, code: ErrorCode, message: string) {
-  const body = JSON.stringify(new KeelError(code, message).toBody());
-  socket.end(`HTTP/1.1 ${status} ${status === 404 ? 'Not Found' : 'Bad Request'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  const body = JSON.stringify({ error: new KeelError(code, message).toBody(randomUUID()) });
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
 }
 
 /** The WebSocket bridge: client frames become signals, session events become server frames. */
@@ -39,6 +42,8 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
   // Browsers cannot set headers on a WebSocket: they offer the token as a subprotocol, new WebSocket(url, ['bearer', token]).
   const wss = new WebSocketServer({ noServer: true, maxPayload: HARD_FRAME_LIMIT, handleProtocols: (protocols) => (protocols.has('bearer') ? 'bearer' : false) });
   const alive = new WeakMap<WebSocket, boolean>();
+  /** Open sockets per user in this process (KEEL_MAX_SOCKETS_PER_USER is a per-process limit). */
+  const socketsByUser = new Map<string, number>();
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     void (async () => {
@@ -54,10 +59,20 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         return wss.handleUpgrade(req, socket, head, (ws) => ws.close(4001, 'unauthorized'));
       }
       try {
+        await deps.limiter.requestByToken(caller.tokenKey);
         await deps.sessions.require(sessionId, caller);
       } catch (error) {
         const e = toKeelError(error);
         return rejectUpgrade(socket, e.status, e.code, e.message);
+      }
+      if ((socketsByUser.get(caller.userId) ?? 0) >= deps.settings.rateLimits.socketsPerUser) {
+        // An error frame a browser can read, then a close code it can branch on.
+        return wss.handleUpgrade(req, socket, head, (ws) => {
+          const error = new KeelError('RATE_LIMIT_EXCEEDED', `At most ${deps.settings.rateLimits.socketsPerUser} open WebSockets per user`, { retryAfter: 1 });
+          deps.metrics.errors.inc({ code: error.code });
+          ws.send(JSON.stringify({ type: 'error', sessionId, data: error.toBody(randomUUID()) }));
+          ws.close(CLOSE_TOO_MANY_SOCKETS, 'too many open websockets');
+        });
       }
       wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data, caller));
     })().catch((error: unknown) => {
@@ -74,12 +89,18 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       if (ws.bufferedAmount > MAX_BUFFERED_BYTES) return ws.close(1013, 'client too slow; reconnect with ?after=');
       ws.send(JSON.stringify(frame));
     };
-    const sendError = (error: KeelError, extra: Record<string, unknown> = {}) => {
+    const sendError = (error: KeelError, requestId: string, extra: Record<string, unknown> = {}) => {
       deps.metrics.errors.inc({ code: error.code });
-      send({ type: 'error', sessionId, data: { ...error.toBody(), ...extra } });
+      send({ type: 'error', sessionId, data: { ...error.toBody(requestId), ...extra } });
     };
     deps.metrics.openWebSockets.inc();
-    ws.once('close', () => deps.metrics.openWebSockets.dec());
+    socketsByUser.set(caller.userId, (socketsByUser.get(caller.userId) ?? 0) + 1);
+    ws.once('close', () => {
+      deps.metrics.openWebSockets.dec();
+      const left = (socketsByUser.get(caller.userId) ?? 1) - 1;
+      if (left > 0) socketsByUser.set(caller.userId, left);
+      else socketsByUser.delete(caller.userId);
+    });
 
     // Handlers are attached at once and work runs through one queue: frames that arrive while
     // the replay is being set up are neither lost nor reordered.
@@ -108,26 +129,32 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       if (closed) stream.close();
     });
     ws.on('message', (raw: RawData, isBinary: boolean) => {
-      inbound.push(async () => {
+      inbound.push(inFrameSpan(sessionId, async () => {
+        // Each frame is a request of its own: its ID is in its error frame and in the turn's log lines.
+        const requestId = randomUUID();
         const check = checkClientFrame(isBinary ? '\u0000' : raw.toString(), deps.settings.api);
-        if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined));
+        if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined), requestId);
         const frame = check.frame;
+        nameFrameSpan(frame.type);
         if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
         const context = frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : frame.type === 'approval' ? { toolCallId: frame.toolCallId } : {};
         try {
-          if (frame.type === 'message') await deps.sessions.sendMessage(caller, sessionId, frame.content, frame.clientMessageId, 'websocket');
-          else if (frame.type === 'cancel') await deps.sessions.cancelTurn(caller, sessionId);
-          else {
+          if (frame.type === 'message') await deps.sessions.sendMessage(caller, sessionId, frame.content, frame.clientMessageId, 'websocket', requestId);
+          else if (frame.type === 'cancel') {
+            await deps.limiter.requestByToken(caller.tokenKey);
+            await deps.sessions.cancelTurn(caller, sessionId);
+          } else {
+            await deps.limiter.requestByToken(caller.tokenKey);
             const { toolCallId, approved, feedback, digest } = frame;
             const result = await deps.sessions.decideApproval(caller, sessionId, { toolCallId, approved, decidedBy: caller.userId, ...(feedback === undefined ? {} : { feedback }), ...(digest === undefined ? {} : { digest }) });
             send({ type: 'approval.accepted', sessionId, data: result });
           }
         } catch (error) {
           const e = toKeelError(error);
-          if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId }, 'websocket frame failed');
-          sendError(e, context);
+          if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId, requestId }, 'websocket frame failed');
+          sendError(e, requestId, context);
         }
-      });
+      }));
     });
   }
 

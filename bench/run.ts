@@ -32,8 +32,8 @@ const THINK_MS = Number(args.think);
 // Users pause between turns; a uniform pause also keeps sessions from moving in lockstep.
 const think = () => new Promise((r) => setTimeout(r, Math.random() * THINK_MS));
 const log = (s: string) => console.error(`[bench] ${s}`);
-/** Authentication stays on in the benchmark: every request and socket carries this token. */
-const BENCH_TOKEN = 'bench-token';
+/** Authentication stays on in the benchmark: tokens are issued with this admin key, one user per session. */
+const BENCH_ADMIN_KEY = 'bench-admin-key';
 
 /** Rows in the tables a turn writes; the turn path only inserts into them, so the difference is exact. */
 async function rowsWritten(databaseUrl: string): Promise<number> {
@@ -57,7 +57,7 @@ async function runKeel(temporalAddress: string, databaseUrl: string, modelUrl: s
     KEEL_API_PORT: '0',
     KEEL_LOG_LEVEL: 'warn',
     KEEL_DB_POOL_SIZE: '20',
-    KEEL_DEV_TOKEN: BENCH_TOKEN,
+    KEEL_ADMIN_API_KEY: BENCH_ADMIN_KEY,
   };
   const worker = spawnEntry('worker/main.ts', { ...env, KEEL_LOG_LEVEL: 'info' });
   await worker.waitForLine(/worker started/, 60_000);
@@ -66,13 +66,20 @@ async function runKeel(temporalAddress: string, databaseUrl: string, modelUrl: s
   const base = `http://127.0.0.1:${port}`;
   const memory = memorySampler({ worker: worker.child.pid!, api: api.child.pid! });
 
-  const sessionIds = await Promise.all(
-    Array.from({ length: SESSIONS }, async () => {
-      const res = await fetch(`${base}/api/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${BENCH_TOKEN}` }, body: '{}' });
-      return ((await res.json()) as { id: string }).id;
+  // Each session belongs to a user of its own, as in production: every limit stays at its default.
+  const sessions = await Promise.all(
+    Array.from({ length: SESSIONS }, async (_, i) => {
+      const issued = await fetch(`${base}/api/v1/admin/tokens`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-api-key': BENCH_ADMIN_KEY },
+        body: JSON.stringify({ userId: `bench-user-${i}` }),
+      });
+      const { token } = (await issued.json()) as { token: string };
+      const res = await fetch(`${base}/api/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{}' });
+      return { id: ((await res.json()) as { id: string }).id, token };
     }),
   );
-  const clients = await Promise.all(sessionIds.map((id) => WsClient.connect(`ws://127.0.0.1:${port}/api/v1/sessions/${id}/ws?token=${BENCH_TOKEN}`)));
+  const clients = await Promise.all(sessions.map(({ id, token }) => WsClient.connect(`ws://127.0.0.1:${port}/api/v1/sessions/${id}/ws?token=${token}`)));
   // One warm-up turn per session, not measured: JIT, pools and caches.
   await Promise.all(clients.map(async (c) => {
     c.send({ type: 'message', content: 'warm up' });

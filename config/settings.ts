@@ -13,6 +13,7 @@ const optionalString = z
   .string()
   .optional()
   .transform((v) => (v === undefined || v.trim() === '' ? undefined : v));
+const optionalUrl = optionalString.refine((v) => v === undefined || URL.canParse(v), 'must be a URL');
 
 const Env = z.object({
   KEEL_DATA_DIR: z.string().default('.data'),
@@ -55,6 +56,11 @@ const Env = z.object({
   KEEL_AUTH_DISABLED: z.enum(['true', 'false']).default('false'),
   KEEL_DEV_TOKEN: optionalString,
   KEEL_TOKEN_CACHE_MS: int(10_000),
+  KEEL_RATE_MESSAGES_PER_SESSION: int(10),
+  KEEL_RATE_MESSAGES_WINDOW_MS: int(10_000),
+  KEEL_RATE_REQUESTS_PER_TOKEN: int(600),
+  KEEL_RATE_REQUESTS_WINDOW_MS: int(60_000),
+  KEEL_MAX_SOCKETS_PER_USER: int(20),
 
   KEEL_AGENTS_FILE: z.string().default('agents/agents.yaml'),
   KEEL_PRICE_TABLE: z
@@ -71,6 +77,11 @@ const Env = z.object({
   KEEL_HTTP_ALLOW_HOSTS: z.string().default(''),
   KEEL_HTTP_TIMEOUT_MS: int(10_000),
   KEEL_HTTP_MAX_BYTES: int(64 * 1024),
+
+  // The standard OpenTelemetry names; with neither endpoint set, tracing is off.
+  OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl,
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalUrl,
+  OTEL_BSP_SCHEDULE_DELAY: int(5_000),
 });
 
 export type Settings = ReturnType<typeof loadSettings>;
@@ -112,6 +123,13 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
     },
     localModelPort: e.KEEL_LOCAL_MODEL_PORT,
     workerMetricsPort: e.KEEL_WORKER_METRICS_PORT,
+    rateLimits: {
+      messagesPerSession: e.KEEL_RATE_MESSAGES_PER_SESSION,
+      messagesWindowMs: Math.max(1, e.KEEL_RATE_MESSAGES_WINDOW_MS),
+      requestsPerToken: e.KEEL_RATE_REQUESTS_PER_TOKEN,
+      requestsWindowMs: Math.max(1, e.KEEL_RATE_REQUESTS_WINDOW_MS),
+      socketsPerUser: e.KEEL_MAX_SOCKETS_PER_USER,
+    },
     auth: {
       adminApiKey: e.KEEL_ADMIN_API_KEY,
       disabled: e.KEEL_AUTH_DISABLED === 'true',
@@ -138,6 +156,11 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       httpTimeoutMs: e.KEEL_HTTP_TIMEOUT_MS,
       httpMaxBytes: e.KEEL_HTTP_MAX_BYTES,
     } satisfies ToolSettings,
+    tracing: {
+      /** OTLP/HTTP (JSON) traces URL; undefined turns tracing off. The generic endpoint gets the standard /v1/traces path. */
+      otlpTracesUrl: e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? (e.OTEL_EXPORTER_OTLP_ENDPOINT ? `${e.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined),
+      batchDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
+    },
   };
 }
 

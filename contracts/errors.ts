@@ -30,6 +30,9 @@ export const ErrorCode = z.enum([
   'APPROVAL_DIGEST_MISMATCH',
   'UNAUTHORIZED',
   'FORBIDDEN',
+  'RATE_LIMIT_EXCEEDED',
+  'METHOD_NOT_ALLOWED',
+  'UNSUPPORTED_MEDIA_TYPE',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
@@ -62,6 +65,9 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   APPROVAL_DIGEST_MISMATCH: 409,
   UNAUTHORIZED: 401,
   FORBIDDEN: 403,
+  RATE_LIMIT_EXCEEDED: 429,
+  METHOD_NOT_ALLOWED: 405,
+  UNSUPPORTED_MEDIA_TYPE: 415,
 };
 
 /** Whether retrying the same request later can succeed. */
@@ -94,6 +100,9 @@ const recoverableByCode: Record<ErrorCode, boolean> = {
   APPROVAL_DIGEST_MISMATCH: false,
   UNAUTHORIZED: false,
   FORBIDDEN: false,
+  RATE_LIMIT_EXCEEDED: true,
+  METHOD_NOT_ALLOWED: false,
+  UNSUPPORTED_MEDIA_TYPE: false,
 };
 
 export function httpStatusOf(code: ErrorCode): number {
@@ -144,7 +153,19 @@ export class KeelError extends Error {
   }
 }
 
-/** Turns a zod error into details that name fields but never echo values. */
+const NAMEABLE_KEY = /^[A-Za-z0-9_.-]{1,64}$/;
+const MAX_NAMED_KEYS = 5;
+
+/**
+ * Turns a zod error into details that name fields but never echo values. Unknown keys are
+ * input too: only short, plain ones are named, and only a few.
+ */
 export function describeIssues(error: z.ZodError): { field: string; problem: string }[] {
-  return error.issues.map((issue) => ({ field: issue.path.join('.') || '(root)', problem: issue.message }));
+  return error.issues.map((issue) => {
+    const field = issue.path.map(String).join('.') || '(root)';
+    if (issue.code !== z.ZodIssueCode.unrecognized_keys) return { field, problem: issue.message };
+    const named = issue.keys.filter((k) => NAMEABLE_KEY.test(k)).slice(0, MAX_NAMED_KEYS);
+    const problem = named.length ? `unknown field(s): ${named.join(', ')}${issue.keys.length > named.length ? ', …' : ''}` : 'unknown fields are not allowed';
+    return { field, problem };
+  });
 }

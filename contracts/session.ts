@@ -23,6 +23,8 @@ export interface SessionConfig {
 export interface PendingMessage {
   messageId: string;
   clientMessageId?: string;
+  /** The API request that sent it, carried into the turn's log lines. */
+  requestId?: string;
   content: string;
   turn: number;
 }
@@ -74,6 +76,7 @@ export interface SessionStateView {
 export interface UserMessageSignal {
   messageId: string;
   clientMessageId?: string;
+  requestId?: string;
   content: string;
 }
 

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { bundleWorkflowCode } from '@temporalio/worker';
+import { WORKFLOW_INTERCEPTOR_MODULES } from '../worker/tracing';
 
 const ROOT = path.resolve(__dirname, '..');
 const SOURCE_DIRS = ['workflows', 'contracts'];
@@ -24,7 +25,7 @@ async function sourceHash(): Promise<string> {
 export async function bundleWorkflows(outDir = path.join(ROOT, '.cache')): Promise<string> {
   const codePath = path.join(outDir, `workflow-bundle-${await sourceHash()}.js`);
   if (existsSync(codePath)) return codePath;
-  const { code } = await bundleWorkflowCode({ workflowsPath: path.join(ROOT, 'workflows'), logger: { trace() {}, debug() {}, info() {}, warn: console.warn, error: console.error, log() {} } as never });
+  const { code } = await bundleWorkflowCode({ workflowsPath: path.join(ROOT, 'workflows'), workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES, logger: { trace() {}, debug() {}, info() {}, warn: console.warn, error: console.error, log() {} } as never });
   await mkdir(outDir, { recursive: true });
   // Write then rename, so a concurrent reader never sees half a bundle.
   const tmp = `${codePath}.${process.pid}.tmp`;

@@ -1,4 +1,4 @@
-import { startStack, type Stack } from './support/stack';
+import { eventually, startStack, type Stack } from './support/stack';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -50,4 +50,31 @@ test('API and worker /metrics parse as Prometheus text and count a scripted turn
   expect(value(worker, 'keel_tokens_total', { direction: 'output' })).toBeGreaterThan(0);
   expect([...worker.keys()].some((k) => k.startsWith('temporal_'))).toBe(true);
   for (const key of [...api.keys(), ...worker.keys()]) expect(key).not.toContain(sessionId);
+});
+
+test('the log lines of a turn carry its request, session and run IDs and never the message content', async () => {
+  const sessionId = await stack.createSession();
+  const marker = 'secret-marker-4f1c9';
+  const requestId = 'req-log-check-1';
+  const sent = await stack.request('POST', `/api/v1/sessions/${sessionId}/messages`, { content: `please repeat ${marker}` }, { 'x-request-id': requestId });
+  expect(sent.status).toBe(202);
+  expect(sent.headers.get('x-request-id')).toBe(requestId);
+  const ws = await stack.ws(sessionId, '?after=0');
+  await ws.waitFor((f) => f.type === 'turn.done');
+
+  const json = (lines: string[]) => lines.flatMap((l) => {
+    try {
+      return [JSON.parse(l) as Record<string, unknown>];
+    } catch {
+      return [];
+    }
+  });
+  await eventually(async () => json(stack.worker.lines).some((l) => l.msg === 'model reply committed' && l.sessionId === sessionId), 10_000, 'the turn log line');
+  const turnLine = json(stack.worker.lines).find((l) => l.msg === 'model reply committed' && l.sessionId === sessionId)!;
+  expect(turnLine).toMatchObject({ requestId, sessionId, workflowId: `session-${sessionId}`, turn: 1, finishReason: 'stop' });
+  expect(turnLine.runId).toEqual(expect.any(String));
+  const apiLines = json(stack.api.lines);
+  expect(apiLines.find((l) => l.msg === 'request' && l.requestId === requestId)).toMatchObject({ method: 'POST', status: 202, sessionId });
+  expect(apiLines.find((l) => l.msg === 'message accepted' && l.requestId === requestId)).toMatchObject({ sessionId, channel: 'rest' });
+  for (const line of [...stack.worker.lines, ...stack.api.lines]) expect(line).not.toContain(marker);
 });

@@ -72,3 +72,28 @@ test('malformed REST bodies get one error envelope with a stable code', async ()
   const ready = await stack.request('GET', '/api/v1/ready');
   expect([ready.status, ready.body.ready]).toEqual([200, true]);
 });
+
+test('wrong methods, non-JSON bodies and unknown keys get the envelope too, without echoing input', async () => {
+  const check = (res: Awaited<ReturnType<Stack['request']>>, status: number, code: string) => {
+    expect([res.status, res.body?.error?.code]).toEqual([status, code]);
+    expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+  };
+  check(await stack.request('POST', `/api/v1/sessions/${sessionId}`, {}), 405, 'METHOD_NOT_ALLOWED');
+  check(await stack.request('PUT', '/api/v1/sessions', {}), 405, 'METHOD_NOT_ALLOWED');
+  check(await stack.request('PROPFIND', '/api/v1/sessions'), 405, 'METHOD_NOT_ALLOWED');
+
+  const path = `/api/v1/sessions/${sessionId}/messages`;
+  check(await stack.request('POST', '/api/v1/sessions', '{"title":"x"}', { 'content-type': 'text/plain' }), 415, 'UNSUPPORTED_MEDIA_TYPE');
+  check(await stack.request('POST', path, 'content=hi', { 'content-type': 'application/x-www-form-urlencoded' }), 415, 'UNSUPPORTED_MEDIA_TYPE');
+  check(await stack.request('POST', path, '{"content":"hi"}', { 'content-type': 'application/json; charset=utf-16' }), 415, 'UNSUPPORTED_MEDIA_TYPE');
+  // No body at all is an empty object: a session with defaults.
+  expect((await stack.request('POST', '/api/v1/sessions')).status).toBe(201);
+
+  const longKey = `k${'x'.repeat(200)}`;
+  const unknown = await stack.request('POST', path, { content: 'hi', [longKey]: 1, 'bad key!': 2 });
+  check(unknown, 422, 'VALIDATION_ERROR');
+  expect(unknown.text).not.toContain(longKey);
+  expect(unknown.text).not.toContain('bad key!');
+  const named = await stack.request('POST', path, { content: 'hi', colour: 'blue' });
+  expect(named.body.error.details).toEqual([{ field: '(root)', problem: 'unknown field(s): colour' }]);
+});

@@ -4,9 +4,12 @@ import type { DatabasePool } from 'slonik';
 import { createSessionActivities, createToolActivities } from '../activities';
 import { builtinTools } from '../tools';
 import type { Metrics } from '../config/metrics';
+import type { Logger } from '../config/logger';
 import { temporalAddressOf, type Settings } from '../config/settings';
+import type { Tracing } from '../config/tracing';
+import { tracingWorkerOptions, WORKFLOW_INTERCEPTOR_MODULES } from './tracing';
 
-export async function createWorker(settings: Settings, pool: DatabasePool, metrics: Metrics) {
+export async function createWorker(settings: Settings, pool: DatabasePool, metrics: Metrics, log: Logger, tracing?: Tracing) {
   const connection = await NativeConnection.connect({ address: temporalAddressOf(settings) });
   // maxRetries 0: Temporal's retry policy owns retrying, with backoff and attempt numbers clients can see.
   const openai = new OpenAI({
@@ -16,12 +19,13 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     timeout: settings.llm.timeoutMs,
   });
   const activities = {
-    ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs, prices: settings.prices, metrics }),
+    ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs, prices: settings.prices, metrics, log }),
     ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools, metrics }),
   };
   const workflowSource = settings.temporal.workflowBundlePath
     ? { workflowBundle: { codePath: settings.temporal.workflowBundlePath } }
     : { workflowsPath: require.resolve('../workflows') };
+  const { interceptors, sinks } = tracingWorkerOptions(tracing);
   const worker = await Worker.create({
     connection,
     namespace: settings.temporal.namespace,
@@ -29,6 +33,9 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     activities,
     stickyQueueScheduleToStartTimeout: settings.temporal.stickyQueueTimeoutMs,
     ...workflowSource,
+    // A prebuilt bundle already holds the workflow interceptors; a bundle built here needs them named.
+    interceptors: settings.temporal.workflowBundlePath ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
+    sinks,
   });
   return { worker, connection };
 }

@@ -3,19 +3,21 @@ import { databaseUrlOf, loadSettings } from '../config/settings';
 import { migrate } from '../db/migrate';
 import { openPool } from '../db/pool';
 import { createMetrics } from '../config/metrics';
+import { startTracing } from '../config/tracing';
 import { createWorker } from './create-worker';
 import { installTemporalRuntime, startWorkerMetricsServer } from './metrics-server';
 
 async function main() {
   const settings = loadSettings();
   const log = createLogger(settings, 'worker');
+  const tracing = startTracing(settings, 'keel-worker');
   const databaseUrl = databaseUrlOf(settings);
   const applied = await migrate(databaseUrl);
   if (applied.length) log.info({ applied }, 'migrations applied');
   const pool = await openPool(databaseUrl, settings.dbPoolSize);
   const metrics = createMetrics('worker');
   const temporalMetricsPort = await installTemporalRuntime();
-  const { worker, connection } = await createWorker(settings, pool, metrics);
+  const { worker, connection } = await createWorker(settings, pool, metrics, log, tracing);
   const metricsServer = await startWorkerMetricsServer(metrics, settings.workerMetricsPort, temporalMetricsPort);
   const metricsAddress = metricsServer.address();
   log.info({ port: typeof metricsAddress === 'object' && metricsAddress ? metricsAddress.port : settings.workerMetricsPort }, 'worker metrics listening');
@@ -27,6 +29,7 @@ async function main() {
   metricsServer.close();
   await connection.close();
   await pool.end();
+  await tracing?.shutdown();
   log.info('worker stopped');
 }
 

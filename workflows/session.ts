@@ -13,6 +13,7 @@ import { workflowNow } from './clock';
 import { SessionState } from './session-state';
 import { reflectInSearchAttributes } from './search-attributes';
 import { runTurn } from './turn';
+import { MessageTraces } from './trace-context';
 
 const APPROVAL_REPLAY_GRACE_MS = 10_000;
 
@@ -28,10 +29,13 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   const state = SessionState.fromInput(input);
   const acts = sessionActivities(state.config);
   let turnScope: CancellationScope | null = null;
+  const traces = new MessageTraces();
 
   setHandler(userMessageSignal, (m) => {
     const interrupting = state.config.agent.busyPolicy === 'interrupt' && state.inTurn();
-    if (state.accept(m) && interrupting) turnScope?.cancel();
+    const accepted = state.accept(m);
+    if (accepted) traces.remember(m.messageId);
+    if (accepted && interrupting) turnScope?.cancel();
   });
   setHandler(cancelTurnSignal, () => turnScope?.cancel());
   setHandler(sessionStateQuery, () => state.view());
@@ -82,8 +86,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     const message = state.beginNextTurn();
     reflectInSearchAttributes(state, true);
     if (message) {
-      turnScope = new CancellationScope();
-      await runTurn(state, turnScope, message, unrecorded);
+      const scope = (turnScope = new CancellationScope());
+      await traces.runTurn(message.messageId, () => runTurn(state, scope, message, unrecorded));
       turnScope = null;
     }
     state.endTurn();

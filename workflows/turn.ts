@@ -25,7 +25,7 @@ interface TurnContext {
  */
 export async function runTurn(state: SessionState, scope: CancellationScope, message: PendingMessage, unrecorded: PendingMessage[]): Promise<void> {
   const ctx: TurnContext = { state, acts: sessionActivities(state.config), message, open: new Map() };
-  const base = { sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId };
+  const base = { sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId, ...(message.requestId ? { requestId: message.requestId } : {}) };
   try {
     await scope.run(() => steps(ctx, unrecorded));
   } catch (error) {
@@ -48,6 +48,7 @@ async function steps(ctx: TurnContext, unrecorded: PendingMessage[]): Promise<vo
   for (let step = 1; step <= agent.maxStepsPerTurn; step++) {
     const reply = await acts.streamReply({
       sessionId: state.sessionId,
+      ...(message.requestId ? { requestId: message.requestId } : {}),
       turn: message.turn,
       step,
       replyTo: message.messageId,

@@ -55,7 +55,7 @@ export function sessionRoutes(deps: ApiDeps): Router {
   router.post('/sessions/:id/messages', async (ctx) => {
     const id = parseInput(Id, ctx.params.id);
     const body = parseInput(PostMessageBody, ctx.request.body);
-    const { messageId } = await deps.sessions.sendMessage(callerOf(ctx), id, body.content, body.clientMessageId, 'rest');
+    const { messageId } = await deps.sessions.sendMessage(callerOf(ctx), id, body.content, body.clientMessageId, 'rest', ctx.state.requestId as string);
     ctx.status = 202;
     ctx.body = { messageId };
   });

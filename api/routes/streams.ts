@@ -49,7 +49,7 @@ export function streamRoutes(deps: ApiDeps): Router {
     const clientMessageId = body.clientMessageId ?? randomUUID();
     const replyTo = messageIdFor(sessionId, clientMessageId);
     const send = async () => {
-      await deps.sessions.sendMessage(caller, sessionId, body.content, clientMessageId, 'chat');
+      await deps.sessions.sendMessage(caller, sessionId, body.content, clientMessageId, 'chat', ctx.state.requestId as string);
     };
     const timeout = deps.settings.api.chatTimeoutMs;
     if (!body.stream) {

@@ -66,6 +66,7 @@ export async function startStack(opts: StackOptions = {}) {
   const db = new Pool({ connectionString: databaseUrl, max: 3 });
   const base = `http://127.0.0.1:${port}`;
   const sockets: WsClient[] = [];
+  const extraApis: Spawned[] = [];
 
   /** A REST call as user "dev"; pass `authorization: ''` to send none. */
   async function request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
@@ -111,6 +112,19 @@ export async function startStack(opts: StackOptions = {}) {
       sockets.push(client);
       return client;
     },
+    /** Issues a token for `userId` through the admin API. */
+    async issueToken(userId: string, admin = false): Promise<string> {
+      const res = await request('POST', '/api/v1/admin/tokens', { userId, admin }, { 'x-api-key': ADMIN_KEY, authorization: '' });
+      if (res.status !== 201) throw new Error(`issue token: ${res.status} ${res.text}`);
+      return res.body.token as string;
+    },
+    /** A second API process on the same database and Temporal, as a scaled-out deployment runs. */
+    async startExtraApi(): Promise<{ base: string; port: number }> {
+      const extra = spawnEntry('api/main.ts', env);
+      extraApis.push(extra);
+      const extraPort = Number((await extra.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
+      return { base: `http://127.0.0.1:${extraPort}`, port: extraPort };
+    },
     async killWorker(signal: NodeJS.Signals = 'SIGKILL') {
       await worker.kill(signal);
     },
@@ -119,7 +133,7 @@ export async function startStack(opts: StackOptions = {}) {
     },
     async stop() {
       await Promise.all(sockets.map((s) => s.close().catch(() => undefined)));
-      await Promise.all([worker.kill(), api.kill()]);
+      await Promise.all([worker.kill(), api.kill(), ...extraApis.map((a) => a.kill())]);
       await db.end();
       await model.stop();
     },

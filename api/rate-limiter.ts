@@ -1,0 +1,46 @@
+import type { DatabasePool } from 'slonik';
+import { KeelError } from '../contracts/errors';
+import type { Settings } from '../config/settings';
+import { deleteOldWindows, hit } from '../db/rate-limits';
+
+const SWEEP_INTERVAL_MS = 60_000;
+
+/**
+ * Limits kept in Postgres, so they hold however many API processes share the load. Nothing
+ * is kept in memory; the table holds only the windows that still count.
+ */
+export class RateLimiter {
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    private readonly pool: DatabasePool,
+    private readonly limits: Settings['rateLimits'],
+  ) {
+    const keepMs = 2 * Math.max(limits.messagesWindowMs, limits.requestsWindowMs);
+    this.sweeper = setInterval(() => void deleteOldWindows(pool, keepMs).catch(() => undefined), SWEEP_INTERVAL_MS);
+    this.sweeper.unref();
+  }
+
+  /** KEEL_RATE_MESSAGES_PER_SESSION per KEEL_RATE_MESSAGES_WINDOW_MS, across REST, WebSocket and SSE. */
+  messageToSession(sessionId: string): Promise<void> {
+    return this.check(`msg:${sessionId}`, this.limits.messagesPerSession, this.limits.messagesWindowMs, 'messages to this session');
+  }
+
+  /** KEEL_RATE_REQUESTS_PER_TOKEN per KEEL_RATE_REQUESTS_WINDOW_MS; `tokenKey` is the token's hash, never the token. */
+  requestByToken(tokenKey: string): Promise<void> {
+    return this.check(`req:${tokenKey}`, this.limits.requestsPerToken, this.limits.requestsWindowMs, 'requests with this token');
+  }
+
+  private async check(key: string, limit: number, windowMs: number, what: string): Promise<void> {
+    if (limit <= 0) return;
+    const { allowed, retryAfterMs } = await hit(this.pool, key, limit, windowMs);
+    if (!allowed) {
+      const retryAfter = Math.max(1, Math.ceil(retryAfterMs / 1000));
+      throw new KeelError('RATE_LIMIT_EXCEEDED', `Too many ${what}: at most ${limit} per ${windowMs / 1000} s`, { retryAfter });
+    }
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+  }
+}

@@ -1,0 +1,25 @@
+import {
+  makeWorkflowExporter,
+  OpenTelemetryActivityInboundInterceptor,
+  OpenTelemetryActivityOutboundInterceptor,
+  type OpenTelemetryWorkflowExporter,
+} from '@temporalio/interceptors-opentelemetry';
+import type { InjectedSinks, WorkerInterceptors } from '@temporalio/worker';
+import type { Tracing } from '../config/tracing';
+
+/** Workflow interceptors: bundled with the workflow code (scripts/bundle-workflows.ts), tracing on or off. */
+export const WORKFLOW_INTERCEPTOR_MODULES = [require.resolve('../workflows/interceptors')];
+
+/**
+ * What the worker adds for tracing. On: activity spans (continuing the workflow's trace) and the
+ * sink that exports the spans workflows make. Off: a sink that drops them, and nothing else.
+ */
+export function tracingWorkerOptions(tracing: Tracing | undefined): { interceptors: WorkerInterceptors; sinks: InjectedSinks<{ exporter: OpenTelemetryWorkflowExporter }> } {
+  if (!tracing) return { interceptors: {}, sinks: { exporter: { export: { fn: () => undefined } } } };
+  return {
+    interceptors: {
+      activity: [(ctx) => ({ inbound: new OpenTelemetryActivityInboundInterceptor(ctx), outbound: new OpenTelemetryActivityOutboundInterceptor(ctx) })],
+    },
+    sinks: { exporter: makeWorkflowExporter(tracing.spanProcessor, tracing.resource) },
+  };
+}
