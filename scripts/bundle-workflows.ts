@@ -20,12 +20,14 @@ async function sourceHash(): Promise<string> {
 
 /**
  * Bundles the workflow code once into .cache/ (keyed by a hash of its sources) so workers
- * start without webpack: production images and the test suite both use it.
+ * start without webpack: production images and the test suite both use it. `tracing` adds the
+ * OpenTelemetry workflow interceptors: a worker with tracing on needs that bundle. They add no
+ * commands, so a history replays the same with either bundle.
  */
-export async function bundleWorkflows(outDir = path.join(ROOT, '.cache')): Promise<string> {
-  const codePath = path.join(outDir, `workflow-bundle-${await sourceHash()}.js`);
+export async function bundleWorkflows({ tracing = false, outDir = path.join(ROOT, '.cache') }: { tracing?: boolean; outDir?: string } = {}): Promise<string> {
+  const codePath = path.join(outDir, `workflow-bundle-${await sourceHash()}${tracing ? '-traced' : ''}.js`);
   if (existsSync(codePath)) return codePath;
-  const { code } = await bundleWorkflowCode({ workflowsPath: path.join(ROOT, 'workflows'), workflowInterceptorModules: WORKFLOW_INTERCEPTOR_MODULES, logger: { trace() {}, debug() {}, info() {}, warn: console.warn, error: console.error, log() {} } as never });
+  const { code } = await bundleWorkflowCode({ workflowsPath: path.join(ROOT, 'workflows'), workflowInterceptorModules: tracing ? WORKFLOW_INTERCEPTOR_MODULES : [], logger: { trace() {}, debug() {}, info() {}, warn: console.warn, error: console.error, log() {} } as never });
   await mkdir(outDir, { recursive: true });
   // Write then rename, so a concurrent reader never sees half a bundle.
   const tmp = `${codePath}.${process.pid}.tmp`;
@@ -35,7 +37,7 @@ export async function bundleWorkflows(outDir = path.join(ROOT, '.cache')): Promi
 }
 
 if (require.main === module) {
-  bundleWorkflows().then((p) => console.log(p), (error: unknown) => {
+  bundleWorkflows({ tracing: process.argv.includes('--tracing') }).then((p) => console.log(p), (error: unknown) => {
     console.error(error);
     process.exit(1);
   });

@@ -33,8 +33,8 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     activities,
     stickyQueueScheduleToStartTimeout: settings.temporal.stickyQueueTimeoutMs,
     ...workflowSource,
-    // A prebuilt bundle already holds the workflow interceptors; a bundle built here needs them named.
-    interceptors: settings.temporal.workflowBundlePath ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
+    // A prebuilt bundle holds its workflow interceptors (bundle-workflows.ts --tracing); one built here gets them when tracing is on.
+    interceptors: settings.temporal.workflowBundlePath || !tracing ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
     sinks,
   });
   return { worker, connection };
