@@ -197,3 +197,25 @@ test('interrupt while the model is streaming: the turn stops, the new message is
   const { rows } = await stack.db.query("SELECT turn FROM messages WHERE session_id = $1 AND role = 'assistant'", [sessionId]);
   expect(rows.map((r) => r.turn)).toEqual([2]);
 }, 40_000);
+
+test('a cancel that lands while the tool calls are being recorded still leaves every call answered', async () => {
+  // The window between the model's reply (stream.end) and the workflow learning the planned calls.
+  const runs = await Promise.all(
+    Array.from({ length: 4 }, async (_, i) => {
+      const { sessionId, ws } = await session();
+      stack.model.script(sessionId, { toolCalls: [note(`race ${i}`), call('calculator', { expression: '1 + 1' })] });
+      ws.send({ type: 'message', content: 'save it' });
+      await ws.waitFor(of('stream.end'));
+      ws.send({ type: 'cancel' });
+      expect((await ws.waitFor(of('turn.done'))).data.status).toBe('cancelled');
+      return { sessionId, ws };
+    }),
+  );
+  for (const { sessionId, ws } of runs) {
+    const { rows } = await stack.db.query("SELECT count(*)::int AS n FROM tool_calls WHERE session_id = $1 AND status IN ('requested', 'pending_approval', 'approved', 'running')", [sessionId]);
+    expect(rows[0].n).toBe(0);
+    ws.send({ type: 'message', content: 'next' });
+    await ws.waitForCount(of('turn.done'), 2);
+    wellFormed(sessionId);
+  }
+});

@@ -62,7 +62,9 @@ async function steps(ctx: TurnContext, unrecorded: PendingMessage[]): Promise<vo
     });
     state.recordReply(reply.usage);
     if (reply.toolCalls.length === 0) return;
-    const planned = await acts.recordToolCalls({
+    // Not cancellable: the reply asking for these calls is stored, so the calls must be known
+    // here (in ctx.open) before a cancel can land, or they would be left without results.
+    const planned = await CancellationScope.nonCancellable(() => acts.recordToolCalls({
       sessionId: state.sessionId,
       turn: message.turn,
       step,
@@ -70,7 +72,7 @@ async function steps(ctx: TurnContext, unrecorded: PendingMessage[]): Promise<vo
       calls: reply.toolCalls,
       policies: agent.tools.map(({ name, requiresApproval, approvalTtlMs }) => ({ name, requiresApproval, approvalTtlMs })),
       nowMs: workflowNow(),
-    });
+    }));
     for (const call of planned) ctx.open.set(call.toolCallId, call);
     await Promise.all(planned.map((call) => runToolCall(ctx, call)));
   }
