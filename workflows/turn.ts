@@ -15,6 +15,8 @@ interface TurnContext {
   message: PendingMessage;
   /** Tool calls of this turn that have no result yet; each gets one before the turn ends. */
   open: Map<string, PlannedToolCall>;
+  /** Calls whose approval decision is already stored: a later cancel must not record another. */
+  decided: Set<string>;
 }
 
 /**
@@ -24,7 +26,7 @@ interface TurnContext {
  * conversation in which every tool call has a result.
  */
 export async function runTurn(state: SessionState, scope: CancellationScope, message: PendingMessage, unrecorded: PendingMessage[]): Promise<void> {
-  const ctx: TurnContext = { state, acts: sessionActivities(state.config), message, open: new Map() };
+  const ctx: TurnContext = { state, acts: sessionActivities(state.config), message, open: new Map(), decided: new Set() };
   const base = { sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId, ...(message.requestId ? { requestId: message.requestId } : {}) };
   try {
     await scope.run(() => steps(ctx, unrecorded));
@@ -91,7 +93,8 @@ async function runToolCall(ctx: TurnContext, call: PlannedToolCall): Promise<voi
       const status: ToolResultStatus = outcome.outcome;
       return settle(ctx, call, { status, approval: outcome });
     }
-    await ctx.acts.settleToolCall({ ...settleBase(ctx, call), approval: outcome });
+    await CancellationScope.nonCancellable(() => ctx.acts.settleToolCall({ ...settleBase(ctx, call), approval: outcome }));
+    ctx.decided.add(call.toolCallId);
   }
   await execute(ctx, call);
   ctx.open.delete(call.toolCallId);
@@ -140,14 +143,15 @@ function settleBase(ctx: TurnContext, call: PlannedToolCall) {
 }
 
 async function settle(ctx: TurnContext, call: PlannedToolCall, outcome: Omit<Parameters<SessionActivityProxies['settleToolCall']>[0], keyof ReturnType<typeof settleBase>>): Promise<void> {
-  await ctx.acts.settleToolCall({ ...settleBase(ctx, call), ...outcome });
+  // A stored result is never half-known: a cancel waits for the write to finish.
+  await CancellationScope.nonCancellable(() => ctx.acts.settleToolCall({ ...settleBase(ctx, call), ...outcome }));
   ctx.open.delete(call.toolCallId);
 }
 
 /** Gives every call still open a result, so the next model request is well formed. */
 async function closeOpenCalls(ctx: TurnContext, why: 'cancelled' | 'failed'): Promise<void> {
   for (const call of [...ctx.open.values()]) {
-    const pending = ctx.state.approvals.has(call.toolCallId) || (call.requiresApproval && why === 'cancelled');
+    const pending = !ctx.decided.has(call.toolCallId) && (ctx.state.approvals.has(call.toolCallId) || (call.requiresApproval && why === 'cancelled'));
     ctx.state.settle(call.toolCallId, 'cancelled');
     await settle(ctx, call, {
       status: why === 'cancelled' ? 'cancelled' : 'failed',
