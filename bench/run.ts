@@ -96,7 +96,11 @@ async function runKeel(temporalAddress: string, databaseUrl: string, modelUrl: s
         const before = client.frames.length;
         const sentAt = performance.now();
         client.send({ type: 'message', content: `turn ${turn}` });
-        await client.waitFor((f) => client.frames.indexOf(f) >= before && f.type === 'stream.delta', 120_000);
+        const first = await client.waitFor((f) => client.frames.indexOf(f) >= before && (f.type === 'stream.delta' || f.type === 'error'), 120_000);
+        if (first.type === 'error') {
+          // Most likely RATE_LIMIT_EXCEEDED: the limits stay at their defaults unless set in the environment.
+          throw new Error(`turn ${turn} refused with ${first.data.code}: ${first.data.message} (raise KEEL_RATE_MESSAGES_PER_SESSION or --think)`);
+        }
         overheads.push(performance.now() - sentAt - MODEL_TTFT_MS);
         await client.waitFor((f) => client.frames.indexOf(f) >= before && f.type === 'turn.done', 120_000);
       }
