@@ -172,6 +172,9 @@ export function createSessionActivities(deps: ActivityDeps) {
 
   async function streamReply(input: StreamReplyInput): Promise<StreamReplyResult> {
     const ctx = Context.current();
+    const activityStartedAt = performance.now();
+    // Time on the task queue: how long the turn waited for a worker (same clock when co-located).
+    const scheduleToStartMs = Math.max(0, Date.now() - ctx.info.currentAttemptScheduledTimestampMs);
     const attempt = ctx.info.attempt;
     const streamId = streamIdOf(input.turn, input.step);
     // An earlier attempt may have committed its reply and died before reporting completion.
@@ -308,6 +311,8 @@ export function createSessionActivities(deps: ActivityDeps) {
         toolCalls: calls.length,
         inputTokens: usage.inputTokens,
         outputTokens: usage.outputTokens,
+        scheduleToStartMs,
+        beforeRequestMs: Math.round(requestedAt - activityStartedAt),
         ...(firstTokenAt === null ? {} : { ttftMs: Math.round(firstTokenAt - requestedAt) }),
         ms: Math.round(performance.now() - requestedAt),
       },

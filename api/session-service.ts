@@ -93,9 +93,11 @@ export class SessionService {
     channel: 'websocket' | 'rest' | 'chat',
     requestId: string,
   ): Promise<{ messageId: string }> {
+    const startedAt = performance.now();
     const row = await this.require(sessionId, caller);
     if (row.status === 'expired') throw expired();
     await this.limiter.messageToSession(sessionId);
+    const checkedAt = performance.now();
     if (row.agent_id && this.agents.get(row.agent_id)?.busyPolicy === 'reject') await this.refuseWhenBusy(sessionId);
     const messageId = messageIdFor(sessionId, clientMessageId);
     try {
@@ -106,7 +108,8 @@ export class SessionService {
       throw await this.mapTemporalError(sessionId, error);
     }
     this.metrics.messagesAccepted.inc({ channel });
-    this.log.info({ requestId, sessionId, messageId, channel }, 'message accepted');
+    const checksMs = Math.round(checkedAt - startedAt);
+    this.log.info({ requestId, sessionId, messageId, channel, checksMs, signalMs: Math.round(performance.now() - checkedAt) }, 'message accepted');
     return { messageId };
   }
 

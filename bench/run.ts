@@ -58,67 +58,72 @@ async function runKeel(temporalAddress: string, databaseUrl: string, modelUrl: s
     KEEL_LOG_LEVEL: 'warn',
     KEEL_DB_POOL_SIZE: '20',
     KEEL_ADMIN_API_KEY: BENCH_ADMIN_KEY,
+    KEEL_WORKER_METRICS_PORT: '0',
   };
   const worker = spawnEntry('worker/main.ts', { ...env, KEEL_LOG_LEVEL: 'info' });
   await worker.waitForLine(/worker started/, 60_000);
   const api = spawnEntry('api/main.ts', { ...env, KEEL_LOG_LEVEL: 'info' });
   const port = Number((await api.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
-  const base = `http://127.0.0.1:${port}`;
-  const memory = memorySampler({ worker: worker.child.pid!, api: api.child.pid! });
+  // Whatever happens, the children go: a failed run must not leave a worker holding its ports.
+  try {
+    const base = `http://127.0.0.1:${port}`;
+    const memory = memorySampler({ worker: worker.child.pid!, api: api.child.pid! });
 
-  // Each session belongs to a user of its own, as in production: every limit stays at its default.
-  const sessions = await Promise.all(
-    Array.from({ length: SESSIONS }, async (_, i) => {
-      const issued = await fetch(`${base}/api/v1/admin/tokens`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'x-api-key': BENCH_ADMIN_KEY },
-        body: JSON.stringify({ userId: `bench-user-${i}` }),
-      });
-      const { token } = (await issued.json()) as { token: string };
-      const res = await fetch(`${base}/api/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{}' });
-      return { id: ((await res.json()) as { id: string }).id, token };
-    }),
-  );
-  const clients = await Promise.all(sessions.map(({ id, token }) => WsClient.connect(`ws://127.0.0.1:${port}/api/v1/sessions/${id}/ws?token=${token}`)));
-  // One warm-up turn per session, not measured: JIT, pools and caches.
-  await Promise.all(clients.map(async (c) => {
-    c.send({ type: 'message', content: 'warm up' });
-    await c.waitFor((f) => f.type === 'turn.done', 120_000);
-  }));
-  const writesBefore = await rowsWritten(databaseUrl);
+    // Each session belongs to a user of its own, as in production: every limit stays at its default.
+    const sessions = await Promise.all(
+      Array.from({ length: SESSIONS }, async (_, i) => {
+        const issued = await fetch(`${base}/api/v1/admin/tokens`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-api-key': BENCH_ADMIN_KEY },
+          body: JSON.stringify({ userId: `bench-user-${i}` }),
+        });
+        const { token } = (await issued.json()) as { token: string };
+        const res = await fetch(`${base}/api/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{}' });
+        return { id: ((await res.json()) as { id: string }).id, token };
+      }),
+    );
+    const clients = await Promise.all(sessions.map(({ id, token }) => WsClient.connect(`ws://127.0.0.1:${port}/api/v1/sessions/${id}/ws?token=${token}`)));
+    // One warm-up turn per session, not measured: JIT, pools and caches.
+    await Promise.all(clients.map(async (c) => {
+      c.send({ type: 'message', content: 'warm up' });
+      await c.waitFor((f) => f.type === 'turn.done', 120_000);
+    }));
+    const writesBefore = await rowsWritten(databaseUrl);
 
-  const overheads: number[] = [];
-  const started = performance.now();
-  await Promise.all(
-    clients.map(async (client) => {
-      for (let turn = 2; turn <= TURNS + 1; turn++) {
-        await think();
-        const before = client.frames.length;
-        const sentAt = performance.now();
-        client.send({ type: 'message', content: `turn ${turn}` });
-        const first = await client.waitFor((f) => client.frames.indexOf(f) >= before && (f.type === 'stream.delta' || f.type === 'error'), 120_000);
-        if (first.type === 'error') {
-          // Most likely RATE_LIMIT_EXCEEDED: the limits stay at their defaults unless set in the environment.
-          throw new Error(`turn ${turn} refused with ${first.data.code}: ${first.data.message} (raise KEEL_RATE_MESSAGES_PER_SESSION or --think)`);
+    const overheads: number[] = [];
+    const started = performance.now();
+    await Promise.all(
+      clients.map(async (client) => {
+        for (let turn = 2; turn <= TURNS + 1; turn++) {
+          await think();
+          const before = client.frames.length;
+          const sentAt = performance.now();
+          client.send({ type: 'message', content: `turn ${turn}` });
+          const first = await client.waitFor((f) => client.frames.indexOf(f) >= before && (f.type === 'stream.delta' || f.type === 'error'), 120_000);
+          if (first.type === 'error') {
+            // Most likely RATE_LIMIT_EXCEEDED: the limits stay at their defaults unless set in the environment.
+            throw new Error(`turn ${turn} refused with ${first.data.code}: ${first.data.message} (raise KEEL_RATE_MESSAGES_PER_SESSION or --think)`);
+          }
+          overheads.push(performance.now() - sentAt - MODEL_TTFT_MS);
+          await client.waitFor((f) => client.frames.indexOf(f) >= before && f.type === 'turn.done', 120_000);
         }
-        overheads.push(performance.now() - sentAt - MODEL_TTFT_MS);
-        await client.waitFor((f) => client.frames.indexOf(f) >= before && f.type === 'turn.done', 120_000);
-      }
-    }),
-  );
-  const elapsed = (performance.now() - started) / 1000;
-  const writesAfter = await rowsWritten(databaseUrl);
-  const peak = memory.stop();
-  await Promise.all(clients.map((c) => c.close()));
-  await Promise.all([worker.kill(), api.kill()]);
-  const turns = SESSIONS * TURNS;
-  return {
-    turns,
-    turnsPerSecond: turns / elapsed,
-    overhead: summarize(overheads),
-    rowsPerTurn: (writesAfter - writesBefore) / turns,
-    memoryMb: peak,
-  };
+      }),
+    );
+    const elapsed = (performance.now() - started) / 1000;
+    const writesAfter = await rowsWritten(databaseUrl);
+    const peak = memory.stop();
+    await Promise.all(clients.map((c) => c.close()));
+    const turns = SESSIONS * TURNS;
+    return {
+      turns,
+      turnsPerSecond: turns / elapsed,
+      overhead: summarize(overheads),
+      rowsPerTurn: (writesAfter - writesBefore) / turns,
+      memoryMb: peak,
+    };
+  } finally {
+    await Promise.all([worker.kill(), api.kill()]);
+  }
 }
 
 async function runBare(temporalAddress: string, modelUrl: string) {
