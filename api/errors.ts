@@ -21,7 +21,7 @@ export function toKeelError(error: unknown): KeelError {
   if (status === 413 || type === 'entity.too.large') return new KeelError('PAYLOAD_TOO_LARGE', 'The request body is too large');
   if (type === 'entity.parse.failed' || (error instanceof SyntaxError && status === 400)) return new KeelError('INVALID_JSON', 'The request body is not valid JSON');
   if (status === 415 || type === 'encoding.unsupported' || type === 'charset.unsupported') {
-    return new KeelError('VALIDATION_ERROR', 'Unsupported request encoding');
+    return new KeelError('UNSUPPORTED_MEDIA_TYPE', 'Unsupported request encoding');
   }
   return new KeelError('INTERNAL_ERROR', 'Internal error', undefined, { cause: error });
 }
@@ -77,7 +77,7 @@ export function errorMiddleware(log: Logger, metrics: Metrics) {
       ctx.body = envelopeOf(error, requestId);
     } finally {
       // One line per request; the path carries IDs only, never the query (a WebSocket token may be there) or the body.
-      const sessionId = (ctx.params as Record<string, string> | undefined)?.id;
+      const sessionId = ctx.path.startsWith('/api/v1/sessions/') ? (ctx.params as Record<string, string> | undefined)?.id : undefined;
       log.info({ requestId, method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(performance.now() - started), ...(sessionId ? { sessionId } : {}) }, 'request');
     }
   };

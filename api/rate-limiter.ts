@@ -1,7 +1,7 @@
 import type { DatabasePool } from 'slonik';
 import { KeelError } from '../contracts/errors';
 import type { Settings } from '../config/settings';
-import { deleteOldWindows, hit } from '../db/rate-limits';
+import { deleteOldWindows, hit, unhit } from '../db/rate-limits';
 
 const SWEEP_INTERVAL_MS = 60_000;
 
@@ -21,9 +21,15 @@ export class RateLimiter {
     this.sweeper.unref();
   }
 
-  /** KEEL_RATE_MESSAGES_PER_SESSION per KEEL_RATE_MESSAGES_WINDOW_MS, across REST, WebSocket and SSE. */
-  messageToSession(sessionId: string): Promise<void> {
-    return this.check(`msg:${sessionId}`, this.limits.messagesPerSession, this.limits.messagesWindowMs, 'messages to this session');
+  /**
+   * KEEL_RATE_MESSAGES_PER_SESSION per KEEL_RATE_MESSAGES_WINDOW_MS, across REST, WebSocket and
+   * SSE. Returns a function that gives the slot back, for a send that then fails.
+   */
+  async messageToSession(sessionId: string): Promise<() => Promise<void>> {
+    const key = `msg:${sessionId}`;
+    const { messagesPerSession: limit, messagesWindowMs: windowMs } = this.limits;
+    await this.check(key, limit, windowMs, 'messages to this session');
+    return () => (limit > 0 ? unhit(this.pool, key, windowMs).catch(() => undefined) : Promise.resolve());
   }
 
   /** KEEL_RATE_REQUESTS_PER_TOKEN per KEEL_RATE_REQUESTS_WINDOW_MS; `tokenKey` is the token's hash, never the token. */

@@ -23,6 +23,7 @@ import type { Metrics } from '../config/metrics';
 import type { Logger } from '../config/logger';
 import { temporalAddressOf, type Settings } from '../config/settings';
 import { tracingClientInterceptors } from './tracing';
+import { messageExists } from '../db/messages';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import type { sessionWorkflow } from '../workflows';
 
@@ -96,15 +97,18 @@ export class SessionService {
     const startedAt = performance.now();
     const row = await this.require(sessionId, caller);
     if (row.status === 'expired') throw expired();
-    await this.limiter.messageToSession(sessionId);
-    const checkedAt = performance.now();
     if (row.agent_id && this.agents.get(row.agent_id)?.busyPolicy === 'reject') await this.refuseWhenBusy(sessionId);
     const messageId = messageIdFor(sessionId, clientMessageId);
+    // A resend of a stored message (same clientMessageId) is answered, not counted again.
+    const repeat = clientMessageId !== undefined && (await messageExists(this.pool, messageId));
+    const release = repeat ? undefined : await this.limiter.messageToSession(sessionId);
+    const checkedAt = performance.now();
     try {
       await this.client.workflow
         .getHandle(sessionWorkflowId(sessionId))
         .signal(userMessageSignal, { messageId, content, requestId, ...(clientMessageId ? { clientMessageId } : {}) });
     } catch (error) {
+      await release?.();
       throw await this.mapTemporalError(sessionId, error);
     }
     this.metrics.messagesAccepted.inc({ channel });

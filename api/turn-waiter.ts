@@ -47,8 +47,10 @@ export async function waitForTurn(deps: ApiDeps, sessionId: string, replyTo: str
   try {
     await stream.ready();
     // A repeated request for a turn that already ended is answered from the log.
-    for (const event of await turnOutcome(deps.pool, sessionId, replyTo)) onEvent(event);
-    await send();
+    const logged = await turnOutcome(deps.pool, sessionId, replyTo);
+    for (const event of logged) onEvent(event);
+    // Its turn is over: nothing to send (and no message budget to spend).
+    if (!logged.some((e) => e.type === 'turn.done')) await send();
     const result = await outcome;
     if (result instanceof KeelError) throw result;
     return result;

@@ -3,7 +3,7 @@ import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { checkClientFrame } from '../contracts/frames';
-import { KeelError, type ErrorCode } from '../contracts/errors';
+import { KeelError } from '../contracts/errors';
 import { durableFrame, type ServerFrame } from '../contracts/events';
 import { ID_PATTERN } from '../contracts/ids';
 import { AfterSeqQuery } from '../contracts/rest';
@@ -32,9 +32,11 @@ function tokenOf(req: IncomingMessage, url: URL): string | undefined {
   return /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1];
 }
 
-function rejectUpgrade(socket: Duplex, status: number, code: ErrorCode, message: string) {
-  const body = JSON.stringify({ error: new KeelError(code, message).toBody(randomUUID()) });
-  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+function rejectUpgrade(socket: Duplex, error: KeelError) {
+  const body = JSON.stringify({ error: error.toBody(randomUUID()) });
+  const retryAfter = (error.details as { retryAfter?: unknown } | undefined)?.retryAfter;
+  const extra = typeof retryAfter === 'number' ? `Retry-After: ${retryAfter}\r\n` : '';
+  socket.end(`HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`);
 }
 
 /** The WebSocket bridge: client frames become signals, session events become server frames. */
@@ -49,10 +51,10 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
     void (async () => {
       const url = new URL(req.url ?? '/', 'http://localhost');
       const match = WS_PATH.exec(url.pathname);
-      if (!match) return rejectUpgrade(socket, 404, 'NOT_FOUND', 'No such route');
+      if (!match) return rejectUpgrade(socket, new KeelError('NOT_FOUND', 'No such route'));
       const sessionId = decodeURIComponent(match[1]!);
       const query = AfterSeqQuery.safeParse(Object.fromEntries(url.searchParams));
-      if (!ID_PATTERN.test(sessionId) || !query.success) return rejectUpgrade(socket, 400, 'VALIDATION_ERROR', 'Invalid session id or query');
+      if (!ID_PATTERN.test(sessionId) || !query.success) return rejectUpgrade(socket, new KeelError('VALIDATION_ERROR', 'Invalid session id or query'));
       const caller = await deps.auth.callerFor(tokenOf(req, url));
       if (!caller) {
         // Close codes need an open socket: accept, then close with 4001 before anything else is sent.
@@ -63,9 +65,10 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         await deps.sessions.require(sessionId, caller);
       } catch (error) {
         const e = toKeelError(error);
-        return rejectUpgrade(socket, e.status, e.code, e.message);
+        return rejectUpgrade(socket, e);
       }
-      if ((socketsByUser.get(caller.userId) ?? 0) >= deps.settings.rateLimits.socketsPerUser) {
+      const maxSockets = deps.settings.rateLimits.socketsPerUser;
+      if (maxSockets > 0 && (socketsByUser.get(caller.userId) ?? 0) >= maxSockets) {
         // An error frame a browser can read, then a close code it can branch on.
         return wss.handleUpgrade(req, socket, head, (ws) => {
           const error = new KeelError('RATE_LIMIT_EXCEEDED', `At most ${deps.settings.rateLimits.socketsPerUser} open WebSockets per user`, { retryAfter: 1 });

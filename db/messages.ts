@@ -80,3 +80,7 @@ export async function usageTotals(db: CommonQueryMethods, sessionId: string): Pr
            COALESCE(SUM(cost_usd), 0)::text AS cost_usd
     FROM messages WHERE session_id = ${sessionId} AND deleted_at IS NULL`);
 }
+
+export async function messageExists(db: CommonQueryMethods, id: string): Promise<boolean> {
+  return db.exists(sql.unsafe`SELECT 1 FROM messages WHERE id = ${id}`);
+}

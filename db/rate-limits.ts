@@ -10,7 +10,8 @@ export interface RateDecision {
 /**
  * Sliding-window counter: the previous fixed window's hits weighted by how much of it still
  * overlaps the sliding window, plus the current window's hits. Unlike a bare fixed window it
- * never lets 2x the limit through around a window boundary.
+ * never lets 2x the limit through around a window boundary. (The decision itself is taken in
+ * SQL, in integers: see rate_limit_hit in db/migrations/005_rate_limits.sql.)
  */
 export function slidingEstimate(prev: number, cur: number, elapsedMs: number, windowMs: number): number {
   return prev * (1 - elapsedMs / windowMs) + cur;
@@ -30,29 +31,30 @@ export function retryAfterMs(prev: number, cur: number, elapsedMs: number, windo
   return Math.ceil(windowMs - elapsedMs + Math.max(0, at));
 }
 
+const HitRow = z.object({ allowed: z.boolean(), cur: z.number(), prev: z.number(), elapsed_ms: z.coerce.number() });
+
 /**
- * Counts one hit for `key` and says whether it is within `limit` per `windowMs`. The increment
- * is one atomic upsert shared by every API process; a refused hit is taken back, so a client
- * that retries too early is not kept out longer for it.
+ * Counts one hit for `key` if it is within `limit` per `windowMs`: one round trip, atomic
+ * across every API process, on the database's clock. A refused hit is not counted, so a
+ * client that retries too early is not kept out longer for it.
  */
-export async function hit(db: CommonQueryMethods, key: string, limit: number, windowMs: number, now = Date.now()): Promise<RateDecision> {
-  const windowStart = now - (now % windowMs);
-  const counts = await db.one(sql.type(z.object({ cur: z.number(), prev: z.number() }))`
-    WITH cur AS (
-      INSERT INTO rate_limits (key, window_start, hits) VALUES (${key}, ${windowStart}, 1)
-      ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_limits.hits + 1
-      RETURNING hits)
-    SELECT cur.hits AS cur,
-           COALESCE((SELECT hits FROM rate_limits WHERE key = ${key} AND window_start = ${windowStart - windowMs}), 0) AS prev
-    FROM cur`);
-  const elapsed = now - windowStart;
-  if (slidingEstimate(counts.prev, counts.cur, elapsed, windowMs) <= limit) return { allowed: true, retryAfterMs: 0 };
-  await db.query(sql.unsafe`UPDATE rate_limits SET hits = hits - 1 WHERE key = ${key} AND window_start = ${windowStart}`);
-  return { allowed: false, retryAfterMs: Math.max(1, retryAfterMs(counts.prev, counts.cur - 1, elapsed, windowMs, limit)) };
+export async function hit(db: CommonQueryMethods, key: string, limit: number, windowMs: number): Promise<RateDecision> {
+  const row = await db.one(sql.type(HitRow)`SELECT allowed, cur, prev, elapsed_ms FROM rate_limit_hit(${key}, ${limit}, ${windowMs})`);
+  if (row.allowed) return { allowed: true, retryAfterMs: 0 };
+  return { allowed: false, retryAfterMs: Math.max(1, retryAfterMs(row.prev, row.cur, row.elapsed_ms, windowMs, limit)) };
+}
+
+/** Takes back one hit counted in the current window (a send that failed after it was counted). */
+export async function unhit(db: CommonQueryMethods, key: string, windowMs: number): Promise<void> {
+  await db.query(sql.unsafe`
+    UPDATE rate_limits SET hits = hits - 1
+    WHERE key = ${key} AND hits > 0
+      AND window_start = (extract(epoch FROM clock_timestamp()) * 1000)::bigint - (extract(epoch FROM clock_timestamp()) * 1000)::bigint % ${windowMs}`);
 }
 
 /** Windows that can no longer count; the table holds only live keys, so its size stays bounded. */
-export async function deleteOldWindows(db: CommonQueryMethods, olderThanMs: number, now = Date.now()): Promise<number> {
-  const result = await db.query(sql.unsafe`DELETE FROM rate_limits WHERE window_start < ${now - olderThanMs}`);
+export async function deleteOldWindows(db: CommonQueryMethods, olderThanMs: number): Promise<number> {
+  const result = await db.query(sql.unsafe`
+    DELETE FROM rate_limits WHERE window_start < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - ${olderThanMs}`);
   return result.rowCount;
 }

@@ -5,6 +5,7 @@ import type { WsClient } from './support/ws-client';
 
 const REQUESTS_PER_TOKEN = 30;
 const SOCKETS_PER_USER = 3;
+const MESSAGE_WINDOW_MS = 60_000;
 
 describe('sliding window arithmetic', () => {
   test('the previous window counts by how much of it still overlaps', () => {
@@ -33,6 +34,8 @@ beforeAll(async () => {
     env: {
       KEEL_RATE_REQUESTS_PER_TOKEN: String(REQUESTS_PER_TOKEN),
       KEEL_RATE_REQUESTS_WINDOW_MS: '60000',
+      // A long message window, so the checks below cannot race it on a slow machine.
+      KEEL_RATE_MESSAGES_WINDOW_MS: String(MESSAGE_WINDOW_MS),
       KEEL_MAX_SOCKETS_PER_USER: String(SOCKETS_PER_USER),
     },
   });
@@ -151,7 +154,7 @@ test('messages per session hold across two API processes: the 11th in the window
     expect(body.error).toMatchObject({ code: 'RATE_LIMIT_EXCEEDED', recoverable: true });
     expect(body.error.details.retryAfter).toBeGreaterThanOrEqual(1);
     // At most the rest of this window plus the time for its share to decay by one hit.
-    expect(body.error.details.retryAfter).toBeLessThanOrEqual(11);
+    expect(body.error.details.retryAfter).toBeLessThanOrEqual((MESSAGE_WINDOW_MS * 1.1) / 1000);
     expect(Number(res.headers.get('retry-after'))).toBe(body.error.details.retryAfter);
     expect(body.error.requestId).toBeTruthy();
   }
@@ -167,6 +170,19 @@ test('messages per session hold across two API processes: the 11th in the window
   }, 60_000, 'ten answered turns');
   const { rows } = await stack.db.query("SELECT count(*)::int AS n FROM messages WHERE session_id = $1 AND role = 'user'", [sessionId]);
   expect(rows[0].n).toBe(10);
+
+  // A resend of a stored message is answered, not counted: still 202 with the budget spent.
+  const resent = await send(second.base, 3);
+  expect(resent.status).toBe(202);
+  expect((await send(stack.base, 100)).status).toBe(429);
+  // A repeated POST /chat for a turn that already ended is answered from the log, budget or not.
+  const chat = await fetch(`${stack.base}/api/v1/sessions/${sessionId}/chat`, {
+    method: 'POST',
+    headers: { ...as(token), 'content-type': 'application/json' },
+    body: JSON.stringify({ content: 'message 4', clientMessageId: 'rate-4', stream: false }),
+  });
+  expect(chat.status).toBe(200);
+  expect(((await chat.json()) as { content: string }).content).toContain('message 4');
 }, 90_000);
 
 test('requests per token hold across two API processes under concurrent load; other tokens are unaffected', async () => {
@@ -182,6 +198,21 @@ test('requests per token hold across two API processes under concurrent load; ot
   expect(refused.error.code).toBe('RATE_LIMIT_EXCEEDED');
   expect(refused.error.details.retryAfter).toBeGreaterThanOrEqual(1);
   expect((await get(second.base, other)).status).toBe(200);
+  // A WebSocket connect is a request too: refused at the upgrade with 429 and Retry-After.
+  const sessionOfOther = await createSession(other);
+  const upgrade = await new Promise<{ status: number; retryAfter: string | undefined; body: string }>((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${new URL(stack.base).port}/api/v1/sessions/${sessionOfOther}/ws?token=${token}`);
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'], body }));
+    });
+    ws.on('open', () => reject(new Error('upgrade accepted')));
+    ws.on('error', () => undefined);
+  });
+  expect(upgrade.status).toBe(429);
+  expect(Number(upgrade.retryAfter)).toBeGreaterThanOrEqual(1);
+  expect(JSON.parse(upgrade.body).error.code).toBe('RATE_LIMIT_EXCEEDED');
   // Health and readiness are not counted, and stay reachable.
   expect((await fetch(`${stack.base}/api/v1/health`)).status).toBeLessThan(500);
 });

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
@@ -26,6 +27,10 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     ? { workflowBundle: { codePath: settings.temporal.workflowBundlePath } }
     : { workflowsPath: require.resolve('../workflows') };
   const { interceptors, sinks } = tracingWorkerOptions(tracing);
+  const bundle = settings.temporal.workflowBundlePath;
+  if (tracing && bundle && !readFileSync(bundle, 'utf8').includes('OpenTelemetryInboundInterceptor')) {
+    log.warn({ bundle }, 'tracing is on but the workflow bundle has no tracing interceptors (build it with scripts/bundle-workflows.ts --tracing): workflow spans are missing');
+  }
   const worker = await Worker.create({
     connection,
     namespace: settings.temporal.namespace,

@@ -1,8 +1,9 @@
 /**
  * Not a workflow: the workflow interceptors the bundle registers (scripts/bundle-workflows.ts,
  * worker/tracing.ts). They continue the caller's trace into the workflow and on to its activities,
- * and hand finished spans to the worker's `exporter` sink, which drops them when tracing is off.
- * Always bundled, so turning tracing on or off never changes what a replay runs.
+ * and hand finished spans to the worker's `exporter` sink. Only in a traced bundle
+ * (scripts/bundle-workflows.ts --tracing); they add no commands, so a history replays the same
+ * with or without them.
  */
 import {
   OpenTelemetryInboundInterceptor,

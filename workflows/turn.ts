@@ -76,7 +76,11 @@ async function steps(ctx: TurnContext, unrecorded: PendingMessage[]): Promise<vo
       nowMs: workflowNow(),
     }));
     for (const call of planned) ctx.open.set(call.toolCallId, call);
-    await Promise.all(planned.map((call) => runToolCall(ctx, call)));
+    // allSettled, not all: on a cancel, every sibling's in-flight write finishes before the
+    // turn closes the calls still open, so none is settled twice.
+    const results = await Promise.allSettled(planned.map((call) => runToolCall(ctx, call)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
   throw Object.assign(new Error('step limit'), {
     turnError: { code: 'STEP_LIMIT_REACHED', message: `The agent used its ${agent.maxStepsPerTurn} steps for this turn without a final answer.`, recoverable: true },
@@ -93,8 +97,8 @@ async function runToolCall(ctx: TurnContext, call: PlannedToolCall): Promise<voi
       const status: ToolResultStatus = outcome.outcome;
       return settle(ctx, call, { status, approval: outcome });
     }
-    await CancellationScope.nonCancellable(() => ctx.acts.settleToolCall({ ...settleBase(ctx, call), approval: outcome }));
     ctx.decided.add(call.toolCallId);
+    await CancellationScope.nonCancellable(() => ctx.acts.settleToolCall({ ...settleBase(ctx, call), approval: outcome }));
   }
   await execute(ctx, call);
   ctx.open.delete(call.toolCallId);
