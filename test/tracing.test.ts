@@ -206,6 +206,17 @@ test('without an OTLP endpoint tracing is off and turns still run', async () => 
     expect((await ws.waitFor(of('turn.done'))).data.content).toContain('42');
     const lines = [...untraced.worker.lines, ...untraced.api.lines];
     expect(lines.filter((l) => /unregistered external sink|trace_id/.test(l))).toEqual([]);
+
+    // Switching tracing on later must not break this session: its history replays on the traced bundle.
+    const { Client, Connection } = await import('@temporalio/client');
+    const { Worker } = await import('@temporalio/worker');
+    const connection = await Connection.connect({ address: untraced.env.TEMPORAL_ADDRESS! });
+    try {
+      const history = await new Client({ connection }).workflow.getHandle(`session-${sessionId}`).fetchHistory();
+      await Worker.runReplayHistory({ workflowBundle: { codePath: await bundleWorkflows({ tracing: true }) }, sinks: tracingWorkerOptions(undefined).sinks }, history);
+    } finally {
+      await connection.close();
+    }
   } finally {
     await untraced.stop();
   }
