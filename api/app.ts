@@ -1,7 +1,6 @@
 import { bodyParser } from '@koa/bodyparser';
 import Koa from 'koa';
 import type { ApiDeps } from './deps';
-import type { Caller } from './auth';
 import { errorMiddleware, requireJsonBody } from './errors';
 import { sessionRoutes } from './routes/sessions';
 import { streamRoutes } from './routes/streams';
@@ -18,11 +17,7 @@ export function createApp(deps: ApiDeps): Koa {
   app.use(httpMetrics(deps.metrics));
   app.use(errorMiddleware(deps.log, deps.metrics));
   app.use(deps.auth.middleware());
-  app.use(async (ctx, next) => {
-    const caller = ctx.state.caller as Caller | undefined;
-    if (caller) await deps.limiter.requestByToken(caller.tokenKey);
-    return next();
-  });
+  app.use(deps.limiter.middleware());
   app.use(requireJsonBody());
   app.use(
     bodyParser({

@@ -72,8 +72,7 @@ export function errorMiddleware(log: Logger, metrics: Metrics) {
         log.error({ err: error.cause ?? raw, requestId, path: ctx.path }, 'request failed');
       }
       ctx.status = error.status;
-      const retryAfter = (error.details as { retryAfter?: unknown } | undefined)?.retryAfter;
-      if (typeof retryAfter === 'number') ctx.set('retry-after', String(retryAfter));
+      if (error.retryAfter !== undefined) ctx.set('retry-after', String(error.retryAfter));
       ctx.body = envelopeOf(error, requestId);
     } finally {
       // One line per request; the path carries IDs only, never the query (a WebSocket token may be there) or the body.

@@ -1,4 +1,6 @@
+import type { Context, Next } from 'koa';
 import type { DatabasePool } from 'slonik';
+import type { Caller } from './auth';
 import { KeelError } from '../contracts/errors';
 import type { Settings } from '../config/settings';
 import { deleteOldWindows, hit, unhit } from '../db/rate-limits';
@@ -35,6 +37,15 @@ export class RateLimiter {
   /** KEEL_RATE_REQUESTS_PER_TOKEN per KEEL_RATE_REQUESTS_WINDOW_MS; `tokenKey` is the token's hash, never the token. */
   requestByToken(tokenKey: string): Promise<void> {
     return this.check(`req:${tokenKey}`, this.limits.requestsPerToken, this.limits.requestsWindowMs, 'requests with this token');
+  }
+
+  /** Counts every authenticated REST request against its token (after auth, which sets the caller). */
+  middleware() {
+    return async (ctx: Context, next: Next) => {
+      const caller = ctx.state.caller as Caller | undefined;
+      if (caller) await this.requestByToken(caller.tokenKey);
+      return next();
+    };
   }
 
   private async check(key: string, limit: number, windowMs: number, what: string): Promise<void> {

@@ -112,8 +112,7 @@ export class SessionService {
       throw await this.mapTemporalError(sessionId, error);
     }
     this.metrics.messagesAccepted.inc({ channel });
-    const checksMs = Math.round(checkedAt - startedAt);
-    this.log.info({ requestId, sessionId, messageId, channel, checksMs, signalMs: Math.round(performance.now() - checkedAt) }, 'message accepted');
+    this.log.info({ requestId, sessionId, messageId, channel, checksMs: Math.round(checkedAt - startedAt), signalMs: Math.round(performance.now() - checkedAt) }, 'message accepted');
     return { messageId };
   }
 

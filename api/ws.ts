@@ -34,8 +34,7 @@ function tokenOf(req: IncomingMessage, url: URL): string | undefined {
 
 function rejectUpgrade(socket: Duplex, error: KeelError) {
   const body = JSON.stringify({ error: error.toBody(randomUUID()) });
-  const retryAfter = (error.details as { retryAfter?: unknown } | undefined)?.retryAfter;
-  const extra = typeof retryAfter === 'number' ? `Retry-After: ${retryAfter}\r\n` : '';
+  const extra = error.retryAfter === undefined ? '' : `Retry-After: ${error.retryAfter}\r\n`;
   socket.end(`HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`);
 }
 
@@ -142,12 +141,11 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
         const context = frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : frame.type === 'approval' ? { toolCallId: frame.toolCallId } : {};
         try {
+          // Messages count against the session's limit (in sendMessage); other acting frames against the token's.
+          if (frame.type !== 'message') await deps.limiter.requestByToken(caller.tokenKey);
           if (frame.type === 'message') await deps.sessions.sendMessage(caller, sessionId, frame.content, frame.clientMessageId, 'websocket', requestId);
-          else if (frame.type === 'cancel') {
-            await deps.limiter.requestByToken(caller.tokenKey);
-            await deps.sessions.cancelTurn(caller, sessionId);
-          } else {
-            await deps.limiter.requestByToken(caller.tokenKey);
+          else if (frame.type === 'cancel') await deps.sessions.cancelTurn(caller, sessionId);
+          else {
             const { toolCallId, approved, feedback, digest } = frame;
             const result = await deps.sessions.decideApproval(caller, sessionId, { toolCallId, approved, decidedBy: caller.userId, ...(feedback === undefined ? {} : { feedback }), ...(digest === undefined ? {} : { digest }) });
             send({ type: 'approval.accepted', sessionId, data: result });

@@ -138,6 +138,12 @@ export class KeelError extends Error {
     super(message, options);
   }
 
+  /** Seconds to wait before retrying, when the failure says (RATE_LIMIT_EXCEEDED). */
+  get retryAfter(): number | undefined {
+    const value = (this.details as { retryAfter?: unknown } | undefined)?.retryAfter;
+    return typeof value === 'number' ? value : undefined;
+  }
+
   get status(): number {
     return httpStatusOf(this.code);
   }

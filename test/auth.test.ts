@@ -7,12 +7,7 @@ let bob: string;
 let admin: string;
 beforeAll(async () => {
   stack = await startStack();
-  const issue = async (userId: string, isAdmin = false) => {
-    const res = await stack.request('POST', '/api/v1/admin/tokens', { userId, admin: isAdmin }, { 'x-api-key': ADMIN_KEY, authorization: '' });
-    expect(res.status).toBe(201);
-    return res.body.token as string;
-  };
-  [alice, bob, admin] = [await issue('alice'), await issue('bob'), await issue('root', true)];
+  [alice, bob, admin] = [await stack.issueToken('alice'), await stack.issueToken('bob'), await stack.issueToken('root', true)];
 });
 afterAll(async () => {
   await stack?.stop();

@@ -23,11 +23,9 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs, prices: settings.prices, metrics, log }),
     ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools, metrics }),
   };
-  const workflowSource = settings.temporal.workflowBundlePath
-    ? { workflowBundle: { codePath: settings.temporal.workflowBundlePath } }
-    : { workflowsPath: require.resolve('../workflows') };
-  const { interceptors, sinks } = tracingWorkerOptions(tracing);
   const bundle = settings.temporal.workflowBundlePath;
+  const workflowSource = bundle ? { workflowBundle: { codePath: bundle } } : { workflowsPath: require.resolve('../workflows') };
+  const { interceptors, sinks } = tracingWorkerOptions(tracing);
   if (tracing && bundle && !readFileSync(bundle, 'utf8').includes('OpenTelemetryInboundInterceptor')) {
     log.warn({ bundle }, 'tracing is on but the workflow bundle has no tracing interceptors (build it with scripts/bundle-workflows.ts --tracing): workflow spans are missing');
   }
@@ -39,7 +37,7 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     stickyQueueScheduleToStartTimeout: settings.temporal.stickyQueueTimeoutMs,
     ...workflowSource,
     // A prebuilt bundle holds its workflow interceptors (bundle-workflows.ts --tracing); one built here gets them when tracing is on.
-    interceptors: settings.temporal.workflowBundlePath || !tracing ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
+    interceptors: bundle || !tracing ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
     sinks,
   });
   return { worker, connection };
