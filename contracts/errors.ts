@@ -33,6 +33,10 @@ export const ErrorCode = z.enum([
   'RATE_LIMIT_EXCEEDED',
   'METHOD_NOT_ALLOWED',
   'UNSUPPORTED_MEDIA_TYPE',
+  'LLM_AUTH_ERROR',
+  'CHAT_TIMEOUT',
+  'APPROVAL_PENDING',
+  'CONSUMER_TOO_SLOW',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
@@ -68,6 +72,10 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   RATE_LIMIT_EXCEEDED: 429,
   METHOD_NOT_ALLOWED: 405,
   UNSUPPORTED_MEDIA_TYPE: 415,
+  LLM_AUTH_ERROR: 502,
+  CHAT_TIMEOUT: 504,
+  APPROVAL_PENDING: 409,
+  CONSUMER_TOO_SLOW: 429,
 };
 
 /** Whether retrying the same request later can succeed. */
@@ -103,6 +111,14 @@ const recoverableByCode: Record<ErrorCode, boolean> = {
   RATE_LIMIT_EXCEEDED: true,
   METHOD_NOT_ALLOWED: false,
   UNSUPPORTED_MEDIA_TYPE: false,
+  // The deployment's provider credentials were refused: retrying the same request cannot help.
+  LLM_AUTH_ERROR: false,
+  // /chat stopped waiting; the turn goes on and its events stay readable with ?after=.
+  CHAT_TIMEOUT: true,
+  // /chat stopped waiting because the turn waits on a human approval.
+  APPROVAL_PENDING: true,
+  // A stream reader fell too far behind and was cut off; it resumes with ?after=.
+  CONSUMER_TOO_SLOW: true,
 };
 
 export function httpStatusOf(code: ErrorCode): number {
