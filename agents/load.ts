@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
@@ -135,20 +134,4 @@ function lineOf(doc: Document, counter: LineCounter, at: FieldPath): number | un
   }
   const offset = deepest?.range?.[0];
   return offset === undefined ? undefined : counter.linePos(offset).line;
-}
-
-/** sha256 of the definition as JSON with sorted keys, so formatting and key order do not make a new version. */
-export function digestOf(def: AgentDefinition): string {
-  return createHash('sha256').update(canonicalJson(def)).digest('hex');
-}
-
-function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (value !== null && typeof value === 'object') {
-    const entries = Object.entries(value)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
-  }
-  return JSON.stringify(value);
 }

@@ -1,8 +1,9 @@
 import type { CommonQueryMethods } from 'slonik';
 import { DEFAULT_AGENT_ID, resolveAgent, type ResolvedAgent } from '../contracts/agents';
+import { digestOf } from '../contracts/canonical';
 import type { ToolDefinition } from '../contracts/tools';
 import { syncAgents } from '../db/agents';
-import { AgentConfigError, digestOf, loadAgentFile } from './load';
+import { AgentConfigError, loadAgentFile } from './load';
 
 /** The agents of this deployment, each at the version its current definition is stored under. */
 export class AgentRegistry {

@@ -2,6 +2,7 @@ import { bodyParser } from '@koa/bodyparser';
 import Koa from 'koa';
 import type { ApiDeps } from './deps';
 import { errorMiddleware, requireJsonBody } from './errors';
+import { requestLog } from './request-log';
 import { sessionRoutes } from './routes/sessions';
 import { streamRoutes } from './routes/streams';
 import { agentRoutes } from './routes/agents';
@@ -15,6 +16,7 @@ export function createApp(deps: ApiDeps): Koa {
   app.silent = true;
   if (deps.settings.tracing.otlpTracesUrl) app.use(httpServerSpans());
   app.use(httpMetrics(deps.metrics));
+  app.use(requestLog(deps.log));
   app.use(errorMiddleware(deps.log, deps.metrics));
   app.use(deps.auth.middleware());
   app.use(deps.limiter.middleware());

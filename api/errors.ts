@@ -1,10 +1,9 @@
-import { randomUUID } from 'node:crypto';
 import type { Context, Next } from 'koa';
 import { z } from 'zod';
-import { ID_PATTERN } from '../contracts/ids';
 import { describeIssues, KeelError, type ErrorEnvelope } from '../contracts/errors';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
+import { requestIdOf } from './request-log';
 
 /** Parses input with a schema, turning failures into VALIDATION_ERROR naming the fields. */
 export function parseInput<T extends z.ZodTypeAny>(schema: T, value: unknown): z.infer<T> {
@@ -26,7 +25,11 @@ export function toKeelError(error: unknown): KeelError {
   return new KeelError('INTERNAL_ERROR', 'Internal error', undefined, { cause: error });
 }
 
-/** The media types @koa/bodyparser reads as JSON (its defaults); every other body is refused. */
+/**
+ * The media types @koa/bodyparser reads as JSON (its defaults); every other body is refused.
+ * A hand copy: the package exports only `bodyParser` (its `getMimeTypes` and the default list
+ * live in a module its `exports` map does not expose). Keep it in step when upgrading the package.
+ */
 export const JSON_BODY_TYPES = ['application/json', 'application/json-patch+json', 'application/vnd.api+json', 'application/csp-report', 'application/reports+json', 'application/scim+json'];
 
 /**
@@ -50,14 +53,10 @@ export function envelopeOf(error: KeelError, requestId?: string): ErrorEnvelope 
   return { error: error.toBody(requestId) };
 }
 
+/** Turns every failure below it into the one error envelope (the per-request log line is api/request-log.ts). */
 export function errorMiddleware(log: Logger, metrics: Metrics) {
   return async (ctx: Context, next: Next) => {
-    // A caller's own request ID is kept only when it is a plain ID (it ends up in log lines).
-    const given = ctx.get('x-request-id');
-    const requestId = ID_PATTERN.test(given) ? given : randomUUID();
-    ctx.state.requestId = requestId;
-    ctx.set('x-request-id', requestId);
-    const started = performance.now();
+    const requestId = requestIdOf(ctx);
     try {
       await next();
       if (ctx.status === 404 && ctx.body === undefined) throw new KeelError('NOT_FOUND', 'No such route');
@@ -74,10 +73,6 @@ export function errorMiddleware(log: Logger, metrics: Metrics) {
       ctx.status = error.status;
       if (error.retryAfter !== undefined) ctx.set('retry-after', String(error.retryAfter));
       ctx.body = envelopeOf(error, requestId);
-    } finally {
-      // One line per request; the path carries IDs only, never the query (a WebSocket token may be there) or the body.
-      const sessionId = ctx.path.startsWith('/api/v1/sessions/') ? (ctx.params as Record<string, string> | undefined)?.id : undefined;
-      log.info({ requestId, method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(performance.now() - started), ...(sessionId ? { sessionId } : {}) }, 'request');
     }
   };
 }

@@ -15,6 +15,3 @@ export interface ToolDefinition {
   timeoutMs: number;
   retry: { maxAttempts: number };
 }
-
-export const ToolErrorCode = z.enum(['TOOL_NOT_FOUND', 'TOOL_EXECUTION_ERROR', 'TOOL_TIMEOUT', 'TOOL_PERMISSION_DENIED']);
-export type ToolErrorCode = z.infer<typeof ToolErrorCode>;

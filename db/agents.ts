@@ -1,6 +1,6 @@
 import { sql, type CommonQueryMethods } from 'slonik';
 import { z } from 'zod';
-import { digestOf } from '../agents/load';
+import { digestOf } from '../contracts/canonical';
 import { AgentDefinition } from '../contracts/agents';
 
 export const StoredAgent = z.object({

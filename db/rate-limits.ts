@@ -7,17 +7,17 @@ export interface RateDecision {
   retryAfterMs: number;
 }
 
-/**
+/*
  * Sliding-window counter: the previous fixed window's hits weighted by how much of it still
  * overlaps the sliding window, plus the current window's hits. Unlike a bare fixed window it
- * never lets 2x the limit through around a window boundary. (The decision itself is taken in
- * SQL, in integers: see rate_limit_hit in db/migrations/005_rate_limits.sql.)
+ * never lets 2x the limit through around a window boundary. The decision is taken in SQL, in
+ * integers, by rate_limit_hit (db/migrations/005_rate_limits.sql); only the wait is computed here.
  */
-export function slidingEstimate(prev: number, cur: number, elapsedMs: number, windowMs: number): number {
-  return prev * (1 - elapsedMs / windowMs) + cur;
-}
 
-/** The wait until `estimate + 1 <= limit`, assuming no other hits arrive meanwhile. */
+/**
+ * The wait until `prev * (1 - elapsed / window) + cur + 1 <= limit`, assuming no other hits
+ * arrive meanwhile.
+ */
 export function retryAfterMs(prev: number, cur: number, elapsedMs: number, windowMs: number, limit: number): number {
   const room = limit - 1;
   if (cur <= room) {

@@ -8,7 +8,9 @@ import readline from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { Connection } from '@temporalio/client';
+import type { SearchAttributeType } from '@temporalio/common';
 import { Client } from 'pg';
+import { CUSTOM_SEARCH_ATTRIBUTES } from '../contracts/search-attributes';
 import { findOrInstallTemporalCli } from './temporal-cli';
 
 /**
@@ -16,13 +18,19 @@ import { findOrInstallTemporalCli } from './temporal-cli';
  * `temporal` CLI) and an embedded PostgreSQL, each as a child process we start and stop.
  */
 
-export const SEARCH_ATTRIBUTES = {
-  KeelSessionStatus: 'Keyword',
-  KeelAgentId: 'Keyword',
-  KeelOwner: 'Keyword',
-  KeelPendingApprovals: 'Int',
-  KeelLastActivityAt: 'Datetime',
-} as const;
+/** The `temporal` CLI's name of each search attribute type. */
+const CLI_TYPE_NAMES: Record<SearchAttributeType, string> = {
+  TEXT: 'Text',
+  KEYWORD: 'Keyword',
+  INT: 'Int',
+  DOUBLE: 'Double',
+  BOOL: 'Bool',
+  DATETIME: 'Datetime',
+  KEYWORD_LIST: 'KeywordList',
+};
+
+/** The custom search attributes (contracts/search-attributes.ts) as `[name, CLI type]`. */
+const SEARCH_ATTRIBUTES: readonly (readonly [string, string])[] = CUSTOM_SEARCH_ATTRIBUTES.map((key) => [key.name, CLI_TYPE_NAMES[key.type]] as const);
 
 export type Log = (line: string) => void;
 const quiet: Log = () => undefined;
@@ -194,7 +202,7 @@ function devServerArgs(port: number, uiPort: number | undefined, dbFile: string 
     ...(uiPort === undefined ? ['--headless'] : ['--ui-port', String(uiPort)]),
     ...(dbFile ? ['--db-filename', dbFile] : []),
     '--log-level', 'warn',
-    ...Object.entries(SEARCH_ATTRIBUTES).flatMap(([name, type]) => ['--search-attribute', `${name}=${type}`]),
+    ...SEARCH_ATTRIBUTES.flatMap(([name, type]) => ['--search-attribute', `${name}=${type}`]),
     ...DEV_DYNAMIC_CONFIG.flatMap((kv) => ['--dynamic-config-value', kv]),
   ];
 }
@@ -222,7 +230,7 @@ async function ensureSearchAttributes(cli: string, address: string, log: Log): P
   } finally {
     await connection.close();
   }
-  const missing = Object.entries(SEARCH_ATTRIBUTES).filter(([name]) => !(name in existing));
+  const missing = SEARCH_ATTRIBUTES.filter(([name]) => !(name in existing));
   if (missing.length === 0) return;
   log(`registering search attributes ${missing.map(([name]) => name).join(', ')}`);
   const flags = missing.flatMap(([name, type]) => ['--name', name, '--type', type]);

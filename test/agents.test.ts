@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -6,8 +7,9 @@ import { createTestDatabase, dropTestDatabase } from './support/database';
 import { sql } from 'slonik';
 import { z } from 'zod';
 import { AgentDefinition, resolveAgent } from '../contracts/agents';
+import { canonicalJson, digestOf } from '../contracts/canonical';
 import type { ToolDefinition, ToolPermission } from '../contracts/tools';
-import { AgentConfigError, DEFAULT_AGENTS_FILE, digestOf, loadAgentFile } from '../agents/load';
+import { AgentConfigError, DEFAULT_AGENTS_FILE, loadAgentFile } from '../agents/load';
 import { AgentRegistry } from '../agents/registry';
 import { agentVersion, latestAgent, listLatestAgents, syncAgents } from '../db/agents';
 import { migrate } from '../db/migrate';
@@ -137,6 +139,13 @@ describe('agent definitions file', () => {
     const reordered = AgentDefinition.parse({ model: { temperature: 0, name: 'm' }, tools: ['calculator'], systemPrompt: 'Be useful.', name: 'A', id: 'a', busyPolicy: 'queue' });
     expect(digestOf(reordered)).toBe(digestOf(a));
     expect(digestOf(agent({ tools: ['calculator'], model: { name: 'm', temperature: 0.1 } }))).not.toBe(digestOf(a));
+  });
+
+  test('canonical JSON: keys sorted at every level, no whitespace, undefined members left out', () => {
+    // Stored digests depend on this exact text: a change here would make every agent a new version.
+    const text = '{"a":{"c":true,"d":[1,{"e":"x","f":null}]},"b":1.5,"é":"\\"q\\""}';
+    expect(canonicalJson({ é: '"q"', b: 1.5, a: { d: [1, { f: null, e: 'x', g: undefined }], c: true } })).toBe(text);
+    expect(digestOf({ b: 1.5, é: '"q"', a: { c: true, d: [1, { e: 'x', f: null }] } })).toBe(createHash('sha256').update(text).digest('hex'));
   });
 });
 

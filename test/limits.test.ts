@@ -1,5 +1,9 @@
+import fc from 'fast-check';
+import { Pool, type PoolClient } from 'pg';
 import WebSocket from 'ws';
-import { retryAfterMs, slidingEstimate } from '../db/rate-limits';
+import { migrate } from '../db/migrate';
+import { retryAfterMs } from '../db/rate-limits';
+import { createTestDatabase, dropTestDatabase } from './support/database';
 import { eventually, startStack, type Stack } from './support/stack';
 import type { WsClient } from './support/ws-client';
 
@@ -7,11 +11,156 @@ const REQUESTS_PER_TOKEN = 30;
 const SOCKETS_PER_USER = 3;
 const MESSAGE_WINDOW_MS = 60_000;
 
-describe('sliding window arithmetic', () => {
-  test('the previous window counts by how much of it still overlaps', () => {
-    expect(slidingEstimate(10, 0, 0, 10_000)).toBe(10);
-    expect(slidingEstimate(10, 2, 5_000, 10_000)).toBe(7);
-    expect(slidingEstimate(10, 2, 10_000, 10_000)).toBe(2);
+/**
+ * The documented rule (docs/configuration.md), as a model independent of the SQL: the previous
+ * fixed window's count weighted by its remaining overlap with the sliding window, plus the
+ * current window's count, plus this hit, must not exceed the limit. Exact arithmetic (BigInt
+ * over the common denominator `window`), so a case on the boundary cannot be decided by rounding.
+ */
+function modelAllows(prev: number, cur: number, elapsedMs: number, windowMs: number, limit: number): boolean {
+  const [p, c, e, w, l] = [prev, cur, elapsedMs, windowMs, limit].map(BigInt) as [bigint, bigint, bigint, bigint, bigint];
+  const estimateTimesW = p * (w - e) + c * w;
+  return estimateTimesW + w <= l * w;
+}
+
+describe('rate_limit_hit, the SQL function that decides every rate limit', () => {
+  const dbName = `keel_rate_${process.pid}`;
+  let pool: Pool;
+  /**
+   * A connection on which the function reads a clock the test sets. It calls clock_timestamp()
+   * unqualified, so a schema put before pg_catalog in the search path shadows it.
+   */
+  let clocked: PoolClient;
+  let keys = 0;
+  const newKey = () => `model-${++keys}`;
+  /** The database clock in ms, rounded down (`floor`) or up (`ceil`). */
+  const dbNow = async (round: 'floor' | 'ceil') => Number((await pool.query(`SELECT ${round}(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms`)).rows[0].ms);
+  const hitOnce = async (key: string, limit: number, windowMs: number, db: Pool | PoolClient = pool) => {
+    const { rows } = await db.query('SELECT allowed, cur, prev, elapsed_ms FROM rate_limit_hit($1, $2, $3)', [key, limit, windowMs]);
+    return { allowed: rows[0].allowed as boolean, cur: rows[0].cur as number, prev: rows[0].prev as number, elapsedMs: Number(rows[0].elapsed_ms) };
+  };
+  const hitAt = async (nowMs: number, key: string, limit: number, windowMs: number) => {
+    await clocked.query(`SET fake_clock.now_ms = '${nowMs}'`);
+    return hitOnce(key, limit, windowMs, clocked);
+  };
+  const seed = async (key: string, rows: [number, number][]) => {
+    for (const [start, hits] of rows.filter(([, hits]) => hits > 0)) await pool.query('INSERT INTO rate_limits (key, window_start, hits) VALUES ($1, $2, $3)', [key, start, hits]);
+  };
+  const rowsOf = async (key: string) =>
+    (await pool.query('SELECT window_start, hits FROM rate_limits WHERE key = $1 ORDER BY window_start', [key])).rows.map((r) => [Number(r.window_start), r.hits as number]);
+
+  beforeAll(async () => {
+    const url = await createTestDatabase(dbName);
+    await migrate(url);
+    pool = new Pool({ connectionString: url, max: 10 });
+    await pool.query(`CREATE SCHEMA fake_clock`);
+    await pool.query(`CREATE FUNCTION fake_clock.clock_timestamp() RETURNS timestamptz LANGUAGE sql
+      AS $$ SELECT timestamptz 'epoch' + current_setting('fake_clock.now_ms')::bigint * interval '1 millisecond' $$`);
+    clocked = await pool.connect();
+    await clocked.query('SET search_path = fake_clock, public, pg_catalog');
+  });
+  afterAll(async () => {
+    clocked?.release();
+    await pool?.end();
+    await dropTestDatabase(dbName);
+  });
+
+  test('decides as the sliding-window formula says, at every point of the window and on the boundary', async () => {
+    const outcomes = { allowed: 0, refused: 0, onBoundary: 0 };
+    const windowIndex = Math.floor(Date.now() / 1_000);
+    const cases = fc
+      .record({
+        windowMs: fc.integer({ min: 1_000, max: 3_600_000 }),
+        limit: fc.integer({ min: 1, max: 30 }),
+        prev: fc.nat({ max: 60 }),
+        cur: fc.nat({ max: 32 }),
+        older: fc.nat({ max: 60 }),
+        at: fc.oneof(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }).map((share) => ({ share })), fc.integer({ min: -2, max: 2 }).map((offset) => ({ offset }))),
+      })
+      .map(({ at, ...c }) => {
+        // Either anywhere in the window, or a few ms around the first elapsed time at which the
+        // previous window has decayed enough for one more hit (when there is such a time).
+        const room = c.limit - c.cur - 1;
+        const flipsAt = room >= 0 && c.prev > room ? Math.ceil((c.windowMs * (c.prev - room)) / c.prev) : undefined;
+        const elapsedMs = 'share' in at || flipsAt === undefined ? Math.floor(('share' in at ? at.share : 0.5) * c.windowMs) : Math.min(c.windowMs - 1, Math.max(0, flipsAt + at.offset));
+        return { ...c, elapsedMs, nearFlip: flipsAt !== undefined && Math.abs(elapsedMs - flipsAt) <= 2 };
+      });
+    await fc.assert(
+      fc.asyncProperty(cases, async ({ windowMs, limit, prev, cur, older, elapsedMs, nearFlip }) => {
+        const key = newKey();
+        // Fixed windows start at multiples of the window length (db/migrations/005_rate_limits.sql).
+        const windowStart = Math.floor((windowIndex * 1_000) / windowMs) * windowMs;
+        const seeded: [number, number][] = [
+          [windowStart - 2 * windowMs, older],
+          [windowStart - windowMs, prev],
+          [windowStart, cur],
+        ];
+        await seed(key, seeded);
+        const result = await hitAt(windowStart + elapsedMs, key, limit, windowMs);
+        expect(result.elapsedMs).toBe(elapsedMs);
+        expect(result.allowed).toBe(modelAllows(prev, cur, elapsedMs, windowMs, limit));
+        const counted = cur + (result.allowed ? 1 : 0);
+        expect([result.prev, result.cur]).toEqual([prev, counted]);
+        // Only an allowed hit is counted; the other windows are untouched.
+        expect(await rowsOf(key)).toEqual(seeded.map(([start, hits]) => [start, start === windowStart ? counted : hits]).filter(([, hits]) => hits! > 0));
+        outcomes[result.allowed ? 'allowed' : 'refused']++;
+        if (nearFlip) outcomes.onBoundary++;
+      }),
+      { numRuns: 400, seed: 20260427 },
+    );
+    // Both answers, and the boundary itself, were exercised.
+    expect(outcomes.allowed).toBeGreaterThan(40);
+    expect(outcomes.refused).toBeGreaterThan(40);
+    expect(outcomes.onBoundary).toBeGreaterThan(40);
+  }, 60_000);
+
+  test('on the database clock: the elapsed time it decides with is the time of the call', async () => {
+    const windowMs = 60_000;
+    for (let attempt = 0; ; attempt++) {
+      const key = newKey();
+      const before = await dbNow('floor');
+      const result = await hitOnce(key, 5, windowMs);
+      const after = await dbNow('ceil');
+      const windowStart = before - (before % windowMs);
+      if (after - (after % windowMs) !== windowStart && attempt < 3) continue;
+      expect(result.elapsedMs).toBeGreaterThanOrEqual(before - windowStart);
+      expect(result.elapsedMs).toBeLessThanOrEqual(after - windowStart);
+      expect(await rowsOf(key)).toEqual([[windowStart, 1]]);
+      return;
+    }
+  });
+
+  test('at the limit: the hit that fills it is allowed, the next one is refused and not counted', async () => {
+    const windowMs = 3_600_000;
+    for (let attempt = 0; ; attempt++) {
+      const key = newKey();
+      const before = await dbNow('floor');
+      const windowStart = before - (before % windowMs);
+      await pool.query('INSERT INTO rate_limits (key, window_start, hits) VALUES ($1, $2, 4)', [key, windowStart]);
+      const filling = await hitOnce(key, 5, windowMs);
+      const over = await hitOnce(key, 5, windowMs);
+      const after = await dbNow('ceil');
+      if (after - (after % windowMs) !== windowStart && attempt < 3) continue;
+      expect([filling.allowed, filling.cur]).toEqual([true, 5]);
+      expect([over.allowed, over.cur]).toEqual([false, 5]);
+      expect(await rowsOf(key)).toEqual([[windowStart, 5]]);
+      return;
+    }
+  });
+
+  test('concurrent hits from many connections: exactly the limit is allowed and counted', async () => {
+    const windowMs = 3_600_000;
+    const limit = 7;
+    for (let attempt = 0; ; attempt++) {
+      const key = newKey();
+      const before = await dbNow('floor');
+      const results = await Promise.all(Array.from({ length: 30 }, () => hitOnce(key, limit, windowMs)));
+      const after = await dbNow('ceil');
+      if (before - (before % windowMs) !== after - (after % windowMs) && attempt < 3) continue;
+      expect(results.filter((r) => r.allowed)).toHaveLength(limit);
+      expect((await rowsOf(key)).map(([, hits]) => hits)).toEqual([limit]);
+      return;
+    }
   });
 
   test('retryAfter is the wait until one more hit fits', () => {
@@ -21,6 +170,13 @@ describe('sliding window arithmetic', () => {
     // This window is full: wait for it to end, then for its share to decay by one hit.
     expect(retryAfterMs(0, 10, 2_000, 10_000, 10)).toBe(8_000 + 1_000);
     expect(retryAfterMs(0, 0, 0, 10_000, 10)).toBe(0);
+    // After the computed wait the model allows the hit, and not a millisecond before it.
+    for (const [prev, cur, elapsed, limit] of [[10, 0, 0, 10], [7, 3, 1_234, 9], [3, 5, 9_999, 6], [0, 10, 2_000, 10]] as const) {
+      const wait = retryAfterMs(prev, cur, elapsed, 10_000, limit);
+      const at = (ms: number) => (elapsed + ms < 10_000 ? modelAllows(prev, cur, elapsed + ms, 10_000, limit) : modelAllows(cur, 0, elapsed + ms - 10_000, 10_000, limit));
+      expect(at(wait)).toBe(true);
+      if (wait > 0) expect(at(wait - 1)).toBe(false);
+    }
   });
 });
 

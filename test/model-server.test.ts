@@ -39,8 +39,12 @@ async function apiError(promise: Promise<unknown>): Promise<InstanceType<typeof 
   return error;
 }
 
-async function until(check: () => boolean): Promise<void> {
-  while (!check()) await new Promise((r) => setTimeout(r, 5));
+async function until(check: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 describe('completions', () => {
@@ -170,7 +174,10 @@ describe('scripted failures', () => {
       for await (const _ of s);
     });
     const outcomes = Promise.allSettled([hanging, slow]);
-    await until(() => own.requests().length === 2);
+    await until(() => own.requests().length === 2, 'two recorded requests').catch(async (error: unknown) => {
+      await own.stop();
+      throw error;
+    });
     const started = Date.now();
     await own.stop();
     const [hung, slowed] = await outcomes;

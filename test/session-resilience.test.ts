@@ -100,12 +100,19 @@ test('reconnect with after= receives exactly the missed events', async () => {
 
   const again = await stack.ws(sessionId, `?after=${seen}`);
   await again.waitFor((f) => f.type === 'turn.done');
-  await new Promise((r) => setTimeout(r, 200));
+  // A second turn on the new socket: everything of the first that the replay could still send
+  // (twice, or late) would come before its events, so the sequence below has to be exact.
+  again.send({ type: 'message', content: 'two' });
+  await again.waitForCount((f) => f.type === 'turn.done', 2);
   const durable = again.frames.filter((f) => f.seq !== undefined);
   expect(durable.map((f) => [f.seq, f.type])).toEqual([
     [seen + 1, 'stream.start'],
     [seen + 2, 'stream.end'],
     [seen + 3, 'turn.done'],
+    [seen + 4, 'message.accepted'],
+    [seen + 5, 'stream.start'],
+    [seen + 6, 'stream.end'],
+    [seen + 7, 'turn.done'],
   ]);
   expect(again.frames[0]).toMatchObject({ type: 'connected', lastSeq: seen + 3 });
 });

@@ -79,18 +79,27 @@ test('three messages at once are answered in order; a repeated client message ID
   const rest = await stack.request('POST', `/api/v1/sessions/${sessionId}/messages`, { content: 'two via rest', clientMessageId: 'b' });
   expect(rest.status).toBe(202);
 
-  const dones = await ws.waitForCount((f) => f.type === 'turn.done', 3);
+  // A fresh message after both repeats: messages are answered in the order they arrive, so a
+  // repeat that got through would be accepted and answered before this one.
+  ws.send({ type: 'message', content: 'four', clientMessageId: 'd' });
+  const dones = await ws.waitForCount((f) => f.type === 'turn.done', 4);
   expect(dones.map((d) => d.data.content)).toEqual([
     expect.stringMatching(/^You said: one\./),
     expect.stringMatching(/^You said: two\./),
     expect.stringMatching(/^You said: three\./),
+    expect.stringMatching(/^You said: four\./),
   ]);
-  await new Promise((r) => setTimeout(r, 500));
-  expect(ws.frames.filter((f) => f.type === 'message.accepted')).toHaveLength(3);
-  expect(ws.frames.filter((f) => f.type === 'turn.done')).toHaveLength(3);
+  expect(ws.frames.filter((f) => f.type === 'message.accepted').map((f) => [f.data.clientMessageId, f.data.content])).toEqual([
+    ['a', 'one'],
+    ['b', 'two'],
+    ['c', 'three'],
+    ['d', 'four'],
+  ]);
+  const { rows } = await stack.db.query("SELECT data->>'content' AS content FROM session_events WHERE session_id = $1 AND type = 'message.accepted' ORDER BY seq", [sessionId]);
+  expect(rows.map((r) => r.content)).toEqual(['one', 'two', 'three', 'four']);
   const stored = await storedMessages(sessionId);
-  expect(stored.filter((m) => m.role === 'user').map((m) => m.content)).toEqual(['one', 'two', 'three']);
-  expect(stack.model.requests(sessionId)).toHaveLength(3);
+  expect(stored.filter((m) => m.role === 'user').map((m) => m.content)).toEqual(['one', 'two', 'three', 'four']);
+  expect(stack.model.requests(sessionId)).toHaveLength(4);
 });
 
 test('a streamed reply costs a constant number of database writes', async () => {

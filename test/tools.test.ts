@@ -239,6 +239,11 @@ async function startServer(): Promise<TestServer> {
   };
 }
 
+/** A string no other test sends: a request's hits are found by it, whatever ran before. */
+let probes = 0;
+const probe = () => `probe-${process.pid}-${++probes}`;
+const hitsWith = (server: TestServer, marker: string) => server.hits.filter((h) => h.url.includes(marker));
+
 describe('http_request', () => {
   const httpRequest = builtinTools.http_request!;
   let a: TestServer;
@@ -274,10 +279,11 @@ describe('http_request', () => {
   });
 
   test('refuses a host name that resolves to loopback, even on an allow-listed port of 127.0.0.1', async () => {
-    const error = await failure(run(httpRequest, { url: `http://localhost:${a.port}/ok` }, allowA));
+    const marker = probe();
+    const error = await failure(run(httpRequest, { url: `http://localhost:${a.port}/ok?probe=${marker}` }, allowA));
     expect(error).toBeInstanceOf(ToolRefusedError);
     expect(error.message).toMatch(/host "localhost" is refused: it resolves to a loopback/);
-    expect(a.hits).toHaveLength(0);
+    expect(hitsWith(a, marker)).toEqual([]);
   });
 
   test('refuses methods other than GET and HEAD', async () => {
@@ -323,15 +329,18 @@ describe('http_request', () => {
   });
 
   test.each([
-    ['a host name resolving to loopback', () => `http://localhost:${b.port}/`, /^redirect 1 to http:\/\/localhost:\d+: host "localhost" is refused: .*loopback/],
+    ['a host name resolving to loopback', (marker: string) => `http://localhost:${b.port}/?probe=${marker}`, /^redirect 1 to http:\/\/localhost:\d+: host "localhost" is refused: .*loopback/],
     ['the metadata address', () => 'http://169.254.169.254/latest/meta-data', /^redirect 1 to http:\/\/169\.254\.169\.254: host "169\.254\.169\.254" is refused: .*link-local/],
     ['a non-http scheme', () => 'file:///etc/passwd', /^redirect 1 to a file: URL: scheme "file" is not allowed/],
   ])('re-checks every hop: a redirect to %s is refused', async (_what, target, rule) => {
-    const error = await failure(run(httpRequest, { url: `http://127.0.0.1:${a.port}/redirect?to=${encodeURIComponent(target())}` }, allowA));
+    const marker = probe();
+    const error = await failure(run(httpRequest, { url: `http://127.0.0.1:${a.port}/redirect?probe=${marker}&to=${encodeURIComponent(target(marker))}` }, allowA));
     expect(error).toBeInstanceOf(ToolRefusedError);
     expect(error.message).toMatch(rule);
     expect(error.message).not.toMatch(/moved/);
-    expect(b.hits).toHaveLength(0);
+    // The first hop reached a, once; the refused second hop reached nothing.
+    expect(hitsWith(a, marker).map((h) => new URL(h.url, 'http://x').pathname)).toEqual(['/redirect']);
+    expect(hitsWith(b, marker)).toEqual([]);
   });
 
   test('stops after 5 redirects', async () => {
