@@ -1,2 +1,3 @@
-export { createSessionActivities, type SessionActivities, type ActivityDeps } from './session-activities';
+export { createStreamReplyActivities, type StreamReplyActivities } from './llm/stream-reply';
+export { createPersistenceActivities, type PersistenceActivities } from './persistence';
 export { createToolActivities, type ToolActivities } from './tool-activities';

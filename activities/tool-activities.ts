@@ -1,65 +1,18 @@
 import { createHash } from 'node:crypto';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import type { DatabasePool, DatabaseTransactionConnection } from 'slonik';
-import type { ApprovalOutcome, ToolResultStatus } from '../contracts/events';
+import { canonicalJson } from '../contracts/canonical';
+import { assistantPosition, ExecuteToolInput, RecordToolCallsInput, SettleInput, type PlannedToolCall, type ToolOutcome } from '../contracts/turn';
 import type { Metrics } from '../config/metrics';
 import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
 import { ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolSettings } from '../tools';
-
-export interface ModelToolCall {
-  modelCallId: string;
-  name: string;
-  /** The model's JSON text, exactly as it sent it. */
-  arguments: string;
-}
-
-export interface PlannedToolCall extends ModelToolCall {
-  toolCallId: string;
-  /** Where the tool's result message sits in the turn's conversation. */
-  position: number;
-  known: boolean;
-  requiresApproval: boolean;
-  digest: string;
-  expiresAt: string | null;
-  timeoutMs: number;
-  maxAttempts: number;
-}
-
-export interface ToolOutcome {
-  status: 'succeeded' | 'failed';
-  result?: unknown;
-  error?: { code: string; message: string };
-}
-
-export interface SettleInput {
-  sessionId: string;
-  toolCallId: string;
-  modelCallId: string;
-  name: string;
-  turn: number;
-  position: number;
-  approval?: { outcome: ApprovalOutcome; decidedBy: string | null; feedback: string | null };
-  status?: ToolResultStatus;
-  result?: unknown;
-  error?: { code: string; message: string };
-}
-
-/** Assistant messages sit at step * 1000 within a turn; their tool results right after. */
-export const assistantPosition = (step: number) => step * 1000;
+import { classifyingPersistenceErrors } from './persistence-errors';
 
 export function toolCallIdOf(sessionId: string, turn: number, step: number, modelCallId: string): string {
   return `tc_${createHash('sha256').update(`${sessionId}\0${turn}\0${step}\0${modelCallId}`).digest('hex').slice(0, 32)}`;
-}
-
-function canonical(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(canonical);
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.keys(value).sort().map((k) => [k, canonical((value as Record<string, unknown>)[k])]));
-  }
-  return value;
 }
 
 function parsedArguments(text: string): unknown {
@@ -72,7 +25,7 @@ function parsedArguments(text: string): unknown {
 
 /** Binds an approval to this exact call: tool name, arguments and the policy (agent version) that asked for it. */
 export function approvalDigest(name: string, args: string, agent: { id: string; version: number }): string {
-  return createHash('sha256').update(JSON.stringify([name, canonical(parsedArguments(args)), agent.id, agent.version])).digest('hex');
+  return createHash('sha256').update(canonicalJson([name, parsedArguments(args), agent.id, agent.version])).digest('hex');
 }
 
 /** The text the model reads as the tool's answer. */
@@ -80,42 +33,37 @@ function modelContent(input: SettleInput): string {
   const status = input.status;
   if (status === 'rejected') return `Rejected by the approver${input.approval?.feedback ? `: ${input.approval.feedback}` : ''}. The tool did not run.`;
   if (status === 'expired') return 'The approval request expired; the tool did not run. Offer the user to try again.';
-  if (status === 'cancelled') return 'Cancelled: the tool did not run.';
+  if (status === 'cancelled') {
+    return input.ran ? 'Cancelled while running: the tool was stopped before it finished, and its result is unknown.' : 'Cancelled: the tool did not run.';
+  }
   if (status === 'failed') return JSON.stringify({ error: input.error ?? { code: 'TOOL_EXECUTION_ERROR', message: 'failed' } });
   return JSON.stringify(input.result ?? null);
 }
 
+/** How often a running tool reports life (the workflow's heartbeat time-out is a few of these). */
+const TOOL_HEARTBEAT_MS = 1_000;
+
 export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly<Record<string, Tool>>; toolSettings: ToolSettings; metrics: Metrics }) {
   const { pool } = deps;
 
-  async function recordToolCalls(input: {
-    sessionId: string;
-    turn: number;
-    step: number;
-    agent: { id: string; version: number };
-    calls: ModelToolCall[];
-    policies: { name: string; requiresApproval: boolean; approvalTtlMs: number }[];
-    nowMs: number;
-  }): Promise<PlannedToolCall[]> {
+  /** Stores the model's calls with the policy the session resolved for each; nothing is re-derived here. */
+  async function recordToolCalls(raw: RecordToolCallsInput): Promise<PlannedToolCall[]> {
+    const input = RecordToolCallsInput.parse(raw);
     const planned = input.calls.map((call, index): PlannedToolCall => {
-      const policy = input.policies.find((p) => p.name === call.name);
-      const tool = policy ? deps.tools[call.name] : undefined;
-      const requiresApproval = Boolean(tool && policy?.requiresApproval);
+      const policy = input.policies.find((p) => p.name === call.name) ?? null;
       return {
         ...call,
         toolCallId: toolCallIdOf(input.sessionId, input.turn, input.step, call.modelCallId),
         position: assistantPosition(input.step) + index + 1,
-        known: Boolean(tool),
-        requiresApproval,
+        policy,
         digest: approvalDigest(call.name, call.arguments, input.agent),
-        expiresAt: requiresApproval ? new Date(input.nowMs + policy!.approvalTtlMs).toISOString() : null,
-        timeoutMs: tool?.definition.timeoutMs ?? 1000,
-        maxAttempts: tool?.definition.retry.maxAttempts ?? 1,
+        expiresAt: policy?.requiresApproval ? new Date(input.nowMs + policy.approvalTtlMs).toISOString() : null,
       };
     });
     await pool.transaction(async (tx) => {
       for (const call of planned) {
         const args = parsedArguments(call.arguments);
+        const requiresApproval = call.policy?.requiresApproval === true;
         await insertToolCall(tx, {
           id: call.toolCallId,
           modelCallId: call.modelCallId,
@@ -124,14 +72,14 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
           step: input.step,
           name: call.name,
           arguments: args,
-          status: call.requiresApproval ? 'pending_approval' : 'requested',
+          status: requiresApproval ? 'pending_approval' : 'requested',
           digest: call.digest,
-          requiresApproval: call.requiresApproval,
+          requiresApproval,
           expiresAt: call.expiresAt,
         });
         const ids = { sessionId: input.sessionId };
-        await appendEvent(tx, { ...ids, key: `toolcall:${call.toolCallId}`, type: 'tool.call', data: { toolCallId: call.toolCallId, name: call.name, arguments: args, turn: input.turn, step: input.step, requiresApproval: call.requiresApproval } });
-        if (call.requiresApproval) {
+        await appendEvent(tx, { ...ids, key: `toolcall:${call.toolCallId}`, type: 'tool.call', data: { toolCallId: call.toolCallId, name: call.name, arguments: args, turn: input.turn, step: input.step, requiresApproval } });
+        if (requiresApproval) {
           await appendEvent(tx, { ...ids, key: `approval:${call.toolCallId}`, type: 'approval.required', data: { toolCallId: call.toolCallId, name: call.name, arguments: args, digest: call.digest, expiresAt: call.expiresAt!, turn: input.turn } });
         }
       }
@@ -145,18 +93,27 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
       await appendEvent(tx, { sessionId: input.sessionId, key: `approved:${input.toolCallId}`, type: 'approval.resolved', data: { toolCallId: input.toolCallId, ...input.approval } });
     }
     if (!input.status) return;
+    // The first result recorded is the one that stands: a later close of the same call is a no-op.
     await recordToolStatus(tx, input.toolCallId, { status: input.status, result: input.result, ...(input.error ? { errorCode: input.error.code } : {}) });
     await insertMessage(tx, { id: `${input.toolCallId}-result`, sessionId: input.sessionId, turn: input.turn, position: input.position, role: 'tool', content: modelContent(input), toolCallId: input.modelCallId });
     await appendEvent(tx, {
       sessionId: input.sessionId,
       key: `toolresult:${input.toolCallId}`,
       type: 'tool.result',
-      data: { toolCallId: input.toolCallId, name: input.name, status: input.status, ...(input.result === undefined ? {} : { result: input.result }), ...(input.error ? { error: input.error } : {}) },
+      data: {
+        toolCallId: input.toolCallId,
+        name: input.name,
+        status: input.status,
+        ...(input.result === undefined ? {} : { result: input.result }),
+        ...(input.error ? { error: input.error } : {}),
+        ...(input.status === 'cancelled' ? { ran: input.ran === true } : {}),
+      },
     });
   }
 
-  /** Records an approval decision and/or a result that needs no execution. Idempotent. */
-  async function settleToolCall(input: SettleInput): Promise<void> {
+  /** Records an approval decision and/or a result. Idempotent. */
+  async function settleToolCall(raw: SettleInput): Promise<void> {
+    const input = SettleInput.parse(raw);
     await pool.transaction((tx) => settleIn(tx, input));
     if (input.approval) deps.metrics.approvals.inc({ outcome: input.approval.outcome });
     if (input.status) deps.metrics.toolCalls.inc({ tool: deps.tools[input.name] ? input.name : 'unknown', status: input.status });
@@ -164,35 +121,56 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
   }
 
   /**
-   * Runs a tool. Its idempotency key is derived from the workflow and tool call IDs, so a
-   * retry after a crash finds the effect already applied. Refusals and bad arguments are
-   * results the model reads; anything else is thrown for Temporal to retry.
+   * Runs a tool and records what happened before reporting back. Its idempotency key comes from
+   * the workflow and tool call IDs, so a retry after a crash finds the effect already applied.
+   * It heartbeats, so a cancel reaches it: the tool's signal is aborted, and a tool that stops
+   * is recorded as cancelled while running; one that finishes anyway keeps its real result.
+   * Refusals and bad arguments are results the model reads; other failures are thrown for
+   * Temporal to retry.
    */
-  async function executeTool(input: Omit<SettleInput, 'approval' | 'status' | 'result' | 'error'> & { arguments: string; idempotencyKey: string }): Promise<ToolOutcome> {
+  async function executeTool(raw: ExecuteToolInput): Promise<ToolOutcome> {
+    const input = ExecuteToolInput.parse(raw);
     const tool = deps.tools[input.name];
     const ctx = Context.current();
+    if (!tool) throw ApplicationFailure.nonRetryable(`No tool named ${input.name}`, 'TOOL_NOT_FOUND');
+    await recordToolStatus(pool, input.toolCallId, { status: 'running' });
+    const beat = setInterval(() => ctx.heartbeat(), TOOL_HEARTBEAT_MS);
+    const timeout = AbortSignal.timeout(input.timeoutMs);
     let outcome: ToolOutcome;
     try {
-      if (!tool) throw ApplicationFailure.nonRetryable(`No tool named ${input.name}`, 'TOOL_NOT_FOUND');
-      await recordToolStatus(pool, input.toolCallId, { status: 'running' });
       const args = tool.parse(parsedArguments(input.arguments));
-      const timeout = AbortSignal.timeout(tool.definition.timeoutMs);
       const signal = AbortSignal.any([timeout, ctx.cancellationSignal]);
       const result = await tool.execute(args, { sessionId: input.sessionId, toolCallId: input.toolCallId, idempotencyKey: input.idempotencyKey, pool, signal, settings: deps.toolSettings });
-      if (timeout.aborted) throw ApplicationFailure.retryable(`${input.name} timed out`, 'TOOL_TIMEOUT');
       outcome = { status: 'succeeded', result };
     } catch (error) {
-      if (error instanceof ToolInputError) outcome = { status: 'failed', error: { code: 'TOOL_EXECUTION_ERROR', message: error.message } };
-      else if (error instanceof ToolRefusedError) outcome = { status: 'failed', error: { code: 'TOOL_PERMISSION_DENIED', message: error.message } };
-      else if (error instanceof ApplicationFailure) throw error;
-      else if (error instanceof ToolTimeoutError || (error as Error).name === 'TimeoutError' || (error as Error).name === 'AbortError') throw ApplicationFailure.retryable(`${input.name} timed out`, 'TOOL_TIMEOUT');
-      else throw ApplicationFailure.retryable(`${input.name} failed: ${(error as Error).message}`, 'TOOL_EXECUTION_ERROR');
+      outcome = outcomeOfFailure(error, input.name, timeout, ctx.cancellationSignal);
+    } finally {
+      clearInterval(beat);
     }
-    await settleToolCall({ ...input, status: outcome.status, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
+    await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
+    if (outcome.status === 'cancelled') throw new CancelledFailure(`${input.name} was cancelled while running`);
     return outcome;
   }
 
-  return { recordToolCalls, settleToolCall, executeTool };
+  return { ...classifyingPersistenceErrors({ recordToolCalls, settleToolCall }), executeTool };
+}
+
+/**
+ * A failure the model reads (bad arguments, a refusal), a cancel the workflow asked for, or an
+ * error to retry. An abort by a worker shutdown is not the workflow's cancel: it is retried.
+ */
+function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, cancellation: AbortSignal): ToolOutcome {
+  if (error instanceof ToolInputError) return { status: 'failed', error: { code: 'TOOL_EXECUTION_ERROR', message: error.message } };
+  if (error instanceof ToolRefusedError) return { status: 'failed', error: { code: 'TOOL_PERMISSION_DENIED', message: error.message } };
+  if (cancellation.aborted && isWorkflowCancel(cancellation.reason)) return { status: 'cancelled' };
+  if (error instanceof ApplicationFailure) throw error;
+  if (timeout.aborted || error instanceof ToolTimeoutError) throw ApplicationFailure.retryable(`${name} timed out`, 'TOOL_TIMEOUT');
+  if (cancellation.aborted) throw ApplicationFailure.retryable(`${name} was interrupted (${String((cancellation.reason as Error | undefined)?.message ?? 'worker stopping')})`, 'TOOL_INTERRUPTED');
+  throw ApplicationFailure.retryable(`${name} failed: ${(error as Error).message}`, 'TOOL_EXECUTION_ERROR');
+}
+
+function isWorkflowCancel(reason: unknown): boolean {
+  return reason instanceof CancelledFailure && reason.message === 'CANCELLED';
 }
 
 export type ToolActivities = ReturnType<typeof createToolActivities>;

@@ -7,24 +7,20 @@ import type { RateLimiter } from './rate-limiter';
 import { ErrorCode } from '../contracts/errors';
 import { findToolCall, type ToolCallRow } from '../db/tool-calls';
 import type { DatabasePool } from 'slonik';
-import { KeelError } from '../contracts/errors';
+import { KeelError, SESSION_EXPIRED_MESSAGE } from '../contracts/errors';
 import { sessionWorkflowId } from '../contracts/ids';
 import { AgentIdKey, LastActivityKey, OwnerKey, PendingApprovalsKey, SessionStatusKey } from '../contracts/search-attributes';
-import {
-  cancelTurnSignal,
-  decideApprovalUpdate,
-  sessionStateQuery,
-  userMessageSignal,
-  type ApprovalDecision,
-  type ApprovalDecisionResult,
-  type SessionStateView,
-} from '../contracts/session';
+import type { ApprovalDecision, ApprovalDecisionResult, CancelTurnResult, SessionStateView } from '../contracts/session';
+import { cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
 import type { Metrics } from '../config/metrics';
 import type { Logger } from '../config/logger';
 import { temporalAddressOf, type Settings } from '../config/settings';
 import { tracingClientInterceptors } from './tracing';
-import { messageExists } from '../db/messages';
+import { messageAccepted, storeIncomingMessage } from '../db/messages';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
+import { sessionAgentOf } from '../agents/session-agent';
+import { AgentVersions } from '../agents/versions';
+import { toolDefinitions } from '../tools';
 import type { sessionWorkflow } from '../workflows';
 
 /** A message ID derived from the client's ID, so a repeated send names the same message. */
@@ -44,12 +40,13 @@ export class SessionService {
     private readonly metrics: Metrics,
     private readonly limiter: RateLimiter,
     private readonly log: Logger,
+    private readonly versions: AgentVersions,
   ) {}
 
   static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry, metrics: Metrics, limiter: RateLimiter, log: Logger): Promise<SessionService> {
     const connection = await Connection.connect({ address: temporalAddressOf(settings) });
     const client = new Client({ connection, namespace: settings.temporal.namespace, interceptors: tracingClientInterceptors(settings) });
-    return new SessionService(client, connection, pool, settings, agents, metrics, limiter, log);
+    return new SessionService(client, connection, pool, settings, agents, metrics, limiter, log, new AgentVersions(pool, toolDefinitions(settings.tools)));
   }
 
   async create(caller: Caller, input: { title?: string; agentId?: string }): Promise<SessionRow> {
@@ -62,7 +59,7 @@ export class SessionService {
       await this.client.workflow.start<typeof sessionWorkflow>('sessionWorkflow', {
         taskQueue: this.settings.temporal.taskQueue,
         workflowId: sessionWorkflowId(id),
-        args: [{ sessionId: id, config: { ...this.settings.session, agent } }],
+        args: [{ sessionId: id, config: { ...this.settings.session, agent: sessionAgentOf(agent, this.settings.llm.model) } }],
         typedSearchAttributes: [
           { key: SessionStatusKey, value: 'active' },
           { key: AgentIdKey, value: agentId },
@@ -73,10 +70,21 @@ export class SessionService {
         memo: { title: input.title ?? '', agentVersion: agent.version },
       });
     } catch (error) {
+      // A start can fail after the server took it (a timeout on the answer): keep the row then.
+      if (await this.workflowExists(id)) return row;
       await deleteSessionRow(this.pool, id).catch(() => undefined);
       throw new KeelError('SERVICE_UNAVAILABLE', 'Could not start the session', undefined, { cause: error });
     }
     return row;
+  }
+
+  private async workflowExists(sessionId: string): Promise<boolean> {
+    try {
+      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).describe();
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** The session row, or SESSION_NOT_FOUND, also when it belongs to someone else (no existence leak). */
@@ -86,6 +94,11 @@ export class SessionService {
     return row;
   }
 
+  /**
+   * Stores the message, then tells the session workflow its ID (never its content). A resend of
+   * a message already answered in a turn is not signalled again and costs nothing; a resend of
+   * one stored but not taken (refused as busy, or still on its way) is signalled again.
+   */
   async sendMessage(
     caller: Caller,
     sessionId: string,
@@ -97,23 +110,30 @@ export class SessionService {
     const startedAt = performance.now();
     const row = await this.require(sessionId, caller);
     if (row.status === 'expired') throw expired();
-    if (row.agent_id && this.agents.get(row.agent_id)?.busyPolicy === 'reject') await this.refuseWhenBusy(sessionId);
     const messageId = messageIdFor(sessionId, clientMessageId);
-    // A resend of a stored message (same clientMessageId) is answered, not counted again.
-    const repeat = clientMessageId !== undefined && (await messageExists(this.pool, messageId));
-    const release = repeat ? undefined : await this.limiter.messageToSession(sessionId);
+    if (clientMessageId !== undefined && (await messageAccepted(this.pool, messageId))) return { messageId };
+    if ((await this.policyOf(row)) === 'reject') await this.refuseWhenBusy(sessionId);
+    const release = await this.limiter.messageToSession(sessionId);
     const checkedAt = performance.now();
     try {
+      await storeIncomingMessage(this.pool, { id: messageId, sessionId, content, ...(clientMessageId ? { clientMessageId } : {}) });
       await this.client.workflow
         .getHandle(sessionWorkflowId(sessionId))
-        .signal(userMessageSignal, { messageId, content, requestId, ...(clientMessageId ? { clientMessageId } : {}) });
+        .signal(userMessageSignal, { messageId, requestId, ...(clientMessageId ? { clientMessageId } : {}) });
     } catch (error) {
       await release?.();
-      throw await this.mapTemporalError(sessionId, error);
+      throw error instanceof KeelError ? error : await this.mapTemporalError(sessionId, error);
     }
     this.metrics.messagesAccepted.inc({ channel });
     this.log.info({ requestId, sessionId, messageId, channel, checksMs: Math.round(checkedAt - startedAt), signalMs: Math.round(performance.now() - checkedAt) }, 'message accepted');
     return { messageId };
+  }
+
+  /** The busy policy of the agent version the session runs (not the file's current one). */
+  private async policyOf(row: SessionRow): Promise<string | undefined> {
+    if (!row.agent_id) return undefined;
+    if (row.agent_version === null) return this.agents.get(row.agent_id)?.busyPolicy;
+    return (await this.versions.get(row.agent_id, row.agent_version))?.busyPolicy;
   }
 
   /** The `reject` policy answers at once; the workflow enforces it too, for the sends that race this check. */
@@ -124,12 +144,19 @@ export class SessionService {
     }
   }
 
-  async cancelTurn(caller: Caller, sessionId: string): Promise<void> {
-    const requestedBy = caller.userId;
+  /**
+   * Cancels turn `turn`, or the turn running now when it is left out. A turn that has already
+   * ended is not cancelled, and neither is the next one: the answer says what happened.
+   */
+  async cancelTurn(caller: Caller, sessionId: string, opts: { turn?: number; requestId: string }): Promise<CancelTurnResult> {
     const row = await this.require(sessionId, caller);
     if (row.status === 'expired') throw expired();
     try {
-      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(cancelTurnSignal, { requestedBy });
+      const result = await this.client.workflow
+        .getHandle(sessionWorkflowId(sessionId))
+        .executeUpdate(cancelTurnUpdate, { args: [{ requestedBy: caller.userId, ...(opts.turn === undefined ? {} : { turn: opts.turn }) }] });
+      this.log.info({ requestId: opts.requestId, sessionId, requestedBy: caller.userId, ...result }, 'cancel requested');
+      return result;
     } catch (error) {
       throw await this.mapTemporalError(sessionId, error);
     }
@@ -152,15 +179,20 @@ export class SessionService {
     }
   }
 
-  /** Marks the session and its messages deleted, then ends its workflow; afterwards the session answers 404. */
+  /**
+   * Marks the session and its messages deleted, then tells its workflow to end: the turn stops,
+   * pending approvals are cancelled and its search attributes say `deleted`. Afterwards the
+   * session answers 404 everywhere.
+   */
   async delete(caller: Caller, sessionId: string): Promise<void> {
     await this.require(sessionId, caller);
     if (!(await softDeleteSession(this.pool, sessionId))) throw new KeelError('SESSION_NOT_FOUND', 'No such session');
     try {
-      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).terminate('session deleted');
+      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(endSessionSignal, { reason: 'deleted', requestedBy: caller.userId });
     } catch (error) {
-      // Already ended (expired): nothing left to stop.
-      if (!(error instanceof WorkflowNotFoundError)) throw error;
+      // Already ended (expired): nothing left to stop. Otherwise the deletion stands (the row is
+      // gone for every reader) and the workflow ends at its idle time-out at the latest.
+      if (!(error instanceof WorkflowNotFoundError)) this.log.error({ err: error, sessionId }, 'deleted session: its workflow could not be told to end');
     }
   }
 
@@ -226,5 +258,5 @@ function refuseSettled(call: ToolCallRow, decision: ApprovalDecision): void {
 }
 
 function expired(): KeelError {
-  return new KeelError('SESSION_EXPIRED', 'Session expired. Please start a new conversation.');
+  return new KeelError('SESSION_EXPIRED', SESSION_EXPIRED_MESSAGE);
 }

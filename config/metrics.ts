@@ -19,6 +19,7 @@ export function createMetrics(component: 'api' | 'worker', sources: { activeSess
     approvals: m(new Counter({ name: 'keel_approvals_total', help: 'Approval requests by outcome', labelNames: ['outcome'], registers: [registry] })),
     errors: m(new Counter({ name: 'keel_errors_total', help: 'Errors by stable code', labelNames: ['code'], registers: [registry] })),
     tokens: m(new Counter({ name: 'keel_tokens_total', help: 'Model tokens by direction', labelNames: ['direction'], registers: [registry] })),
+    deltaPublishFailures: m(new Counter({ name: 'keel_delta_publish_failures_total', help: 'Streamed deltas that could not be published (clients get the whole text with stream.end)', registers: [registry] })),
     costUsd: m(new Counter({ name: 'keel_cost_usd_total', help: 'Model cost in USD from the price table', registers: [registry] })),
     activeSessions: m(
       new Gauge({

@@ -78,6 +78,8 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   CONSUMER_TOO_SLOW: 429,
 };
 
+export const SESSION_EXPIRED_MESSAGE = 'Session expired. Please start a new conversation.';
+
 /** Whether retrying the same request later can succeed. */
 const recoverableByCode: Record<ErrorCode, boolean> = {
   SESSION_NOT_FOUND: false,

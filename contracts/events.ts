@@ -79,6 +79,8 @@ export const ToolResultData = z.object({
   status: ToolResultStatus,
   result: z.unknown().optional(),
   error: z.object({ code: z.string(), message: z.string() }).optional(),
+  /** On a cancelled call: whether the tool had started (it was stopped while running) or never ran. */
+  ran: z.boolean().optional(),
 });
 
 export const TurnDoneData = z.object({
@@ -88,6 +90,8 @@ export const TurnDoneData = z.object({
   messageId: z.string().nullable(),
   content: z.string().nullable(),
   usage: Usage.nullable(),
+  /** On a cancelled turn: the user who cancelled it, or `interrupt` when a new message did. */
+  cancelledBy: z.string().optional(),
 });
 
 export const ErrorEventData = ErrorBody.extend({

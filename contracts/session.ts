@@ -1,105 +1,134 @@
-import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { ResolvedAgent } from './agents';
-import type { Usage } from './events';
+import { z } from 'zod';
+import { BusyPolicy } from './agents';
+import { Usage } from './events';
+import { MessageRef, RefusedMessage, ToolPolicy } from './turn';
+
+/**
+ * The session workflow's input, state and message payloads. The signal, update and query
+ * definitions that use these types are in contracts/workflow-messages.ts (no zod there: it is
+ * part of the workflow bundle).
+ */
+
+/** What the workflow needs of its agent: IDs and decisions. Prompt and schemas stay in Postgres. */
+export const SessionAgent = z.object({
+  id: z.string(),
+  version: z.number().int().nonnegative(),
+  digest: z.string(),
+  busyPolicy: BusyPolicy,
+  maxStepsPerTurn: z.number().int().positive(),
+  /** The model to call: the agent's, else the deployment's KEEL_MODEL. */
+  model: z.string(),
+  temperature: z.number().optional(),
+  tools: z.array(ToolPolicy),
+});
+export type SessionAgent = z.infer<typeof SessionAgent>;
 
 /** Settings a session workflow runs with. Fixed at start, carried across continue-as-new. */
-export interface SessionConfig {
-  /** The agent, at the version the session started with. */
-  agent: ResolvedAgent;
-  idleTtlMs: number;
+export const SessionConfig = z.object({
+  agent: SessionAgent,
+  idleTtlMs: z.number().int().positive(),
   /** Continue-as-new once the workflow history holds this many events. */
-  continueAsNewAfterEvents: number;
-  llm: {
-    model: string;
-    startToCloseTimeoutMs: number;
-    heartbeatTimeoutMs: number;
-    maxAttempts: number;
-    initialIntervalMs: number;
-    maximumIntervalMs: number;
-    backoffCoefficient: number;
-  };
-}
+  continueAsNewAfterEvents: z.number().int().positive(),
+  /** Messages waiting for their turn beyond this are refused with SESSION_BUSY. */
+  maxQueuedMessages: z.number().int().positive(),
+  llm: z.object({
+    startToCloseTimeoutMs: z.number().int().positive(),
+    heartbeatTimeoutMs: z.number().int().positive(),
+    maxAttempts: z.number().int().positive(),
+    initialIntervalMs: z.number().int().positive(),
+    maximumIntervalMs: z.number().int().positive(),
+    backoffCoefficient: z.number().min(1),
+  }),
+});
+export type SessionConfig = z.infer<typeof SessionConfig>;
 
-export interface PendingMessage {
-  messageId: string;
-  clientMessageId?: string;
-  /** The API request that sent it, carried into the turn's log lines. */
-  requestId?: string;
-  content: string;
-  turn: number;
-}
+/** A message waiting for its turn; `accepted` once its row has its turn and message.accepted is written. */
+export const QueuedMessage = MessageRef.extend({ accepted: z.boolean() });
+export type QueuedMessage = z.infer<typeof QueuedMessage>;
 
-export type SessionStatus = 'active' | 'expired';
 
-/** The workflow's whole state: also its continue-as-new input. */
-export interface SessionSnapshot {
-  sessionId: string;
-  config: SessionConfig;
-  status: SessionStatus;
-  /** Messages accepted but not yet answered, oldest first. */
-  queue: PendingMessage[];
-  /** Accepted messages whose persistence has not run yet. */
-  unrecorded: PendingMessage[];
-  nextTurn: number;
-  messageCount: number;
-  usage: Usage;
+export const SessionStatus = z.enum(['active', 'expired', 'deleted']);
+export type SessionStatus = z.infer<typeof SessionStatus>;
+
+/** The workflow's whole state between turns: also its continue-as-new input. IDs only. */
+export const SessionSnapshot = z.object({
+  sessionId: z.string(),
+  config: SessionConfig,
+  status: SessionStatus,
+  /** Messages taken but not yet answered, in turn order; at most config.maxQueuedMessages. */
+  queue: z.array(QueuedMessage),
+  /** Refusals not yet written to the event log. */
+  refused: z.array(RefusedMessage),
+  refusals: z.number().int().nonnegative(),
+  nextTurn: z.number().int().positive(),
+  messageCount: z.number().int().nonnegative(),
+  usage: Usage,
   /** Recent client message IDs, for de-duplication across retries of a send. */
-  recentClientIds: string[];
-  generation: number;
+  recentClientIds: z.array(z.string()),
+  generation: z.number().int().nonnegative(),
+});
+export type SessionSnapshot = z.infer<typeof SessionSnapshot>;
+
+export const SessionWorkflowInput = z.object({
+  sessionId: z.string(),
+  config: SessionConfig,
+  resume: SessionSnapshot.optional(),
+});
+export type SessionWorkflowInput = z.infer<typeof SessionWorkflowInput>;
+
+export interface SessionWorkflowResult {
+  status: 'expired' | 'deleted';
 }
 
-export interface SessionWorkflowInput {
-  sessionId: string;
-  config: SessionConfig;
-  resume?: SessionSnapshot;
-}
+export const PendingApprovalView = z.object({
+  toolCallId: z.string(),
+  name: z.string(),
+  digest: z.string(),
+  expiresAt: z.string(),
+});
+export type PendingApprovalView = z.infer<typeof PendingApprovalView>;
 
-export interface PendingApprovalView {
-  toolCallId: string;
-  name: string;
-  digest: string;
-  expiresAt: string;
-}
+export const SessionStateView = z.object({
+  sessionId: z.string(),
+  status: SessionStatus,
+  agent: z.object({ id: z.string(), version: z.number(), busyPolicy: BusyPolicy }),
+  turnInProgress: z.object({ turn: z.number(), replyTo: z.string() }).nullable(),
+  pendingApprovals: z.array(PendingApprovalView),
+  queued: z.array(z.object({ messageId: z.string(), turn: z.number() })),
+  messageCount: z.number(),
+  usage: Usage,
+  generation: z.number(),
+});
+export type SessionStateView = z.infer<typeof SessionStateView>;
 
-export interface SessionStateView {
-  sessionId: string;
-  status: SessionStatus;
-  agent: { id: string; version: number; busyPolicy: string };
-  turnInProgress: { turn: number; replyTo: string } | null;
-  pendingApprovals: PendingApprovalView[];
-  queued: { messageId: string; turn: number }[];
-  messageCount: number;
-  usage: Usage;
-  generation: number;
-}
+/** A user message has arrived; its content is already in Postgres (the API stores it before signalling). */
+export const UserMessageSignal = z.object({
+  messageId: z.string(),
+  clientMessageId: z.string().optional(),
+  requestId: z.string().optional(),
+});
+export type UserMessageSignal = z.infer<typeof UserMessageSignal>;
 
-export interface UserMessageSignal {
-  messageId: string;
-  clientMessageId?: string;
-  requestId?: string;
-  content: string;
-}
-
-export interface ApprovalDecision {
-  toolCallId: string;
-  approved: boolean;
-  feedback?: string;
+export const ApprovalDecision = z.object({
+  toolCallId: z.string(),
+  approved: z.boolean(),
+  feedback: z.string().optional(),
   /** When given, must equal the digest announced in approval.required. */
-  digest?: string;
-  decidedBy: string;
-}
+  digest: z.string().optional(),
+  decidedBy: z.string(),
+});
+export type ApprovalDecision = z.infer<typeof ApprovalDecision>;
 
-export interface ApprovalDecisionResult {
-  toolCallId: string;
-  outcome: 'approved' | 'rejected';
-}
+export const ApprovalDecisionResult = z.object({ toolCallId: z.string(), outcome: z.enum(['approved', 'rejected']) });
+export type ApprovalDecisionResult = z.infer<typeof ApprovalDecisionResult>;
 
-export const userMessageSignal = defineSignal<[UserMessageSignal]>('userMessage');
-/** Cancels the turn in progress; pending approvals resolve as cancelled. */
-export const cancelTurnSignal = defineSignal<[{ requestedBy: string }]>('cancelTurn');
-/** An update, not a signal: the approver needs to hear whether the decision counted. */
-export const decideApprovalUpdate = defineUpdate<ApprovalDecisionResult, [ApprovalDecision]>('decideApproval');
-export const sessionStateQuery = defineQuery<SessionStateView>('sessionState');
+/** Cancels a turn: the named one, or whichever runs when `turn` is left out. */
+export const CancelTurnRequest = z.object({ turn: z.number().int().positive().optional(), requestedBy: z.string() });
+export type CancelTurnRequest = z.infer<typeof CancelTurnRequest>;
 
-/** How many client message IDs a session remembers for de-duplication. */
-export const RECENT_CLIENT_ID_LIMIT = 1000;
+export const CancelTurnResult = z.object({ cancelled: z.boolean(), turn: z.number().int().positive().nullable() });
+export type CancelTurnResult = z.infer<typeof CancelTurnResult>;
+
+/** Ends the session for good (it was deleted): the turn stops, approvals are cancelled. */
+export const EndSessionSignal = z.object({ reason: z.literal('deleted'), requestedBy: z.string() });
+export type EndSessionSignal = z.infer<typeof EndSessionSignal>;

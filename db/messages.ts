@@ -4,8 +4,8 @@ import { z } from 'zod';
 export const MessageRow = z.object({
   id: z.string(),
   session_id: z.string(),
-  turn: z.number(),
-  position: z.number(),
+  turn: z.number().nullable(),
+  position: z.number().nullable(),
   role: z.enum(['user', 'assistant', 'tool', 'system']),
   content: z.string(),
   client_message_id: z.string().nullable(),
@@ -47,19 +47,64 @@ export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Prom
     ON CONFLICT DO NOTHING`);
 }
 
-/** The conversation as the model sees it for `turn`: every message of that turn and before. */
-export async function conversationUpTo(db: CommonQueryMethods, sessionId: string, turn: number): Promise<MessageRow[]> {
+/** The conversation as the model sees it for `turn`: every message of that turn and before, and the message it answers. */
+export async function conversationUpTo(db: CommonQueryMethods, sessionId: string, turn: number, replyTo: string): Promise<MessageRow[]> {
   const rows = await db.any(sql.type(MessageRow)`
     SELECT ${MESSAGE_COLUMNS}
-    FROM messages WHERE session_id = ${sessionId} AND turn <= ${turn} AND deleted_at IS NULL
-    ORDER BY turn, position`);
+    FROM messages WHERE session_id = ${sessionId} AND (turn <= ${turn} OR id = ${replyTo}) AND deleted_at IS NULL
+    ORDER BY turn NULLS LAST, position`);
   return [...rows];
+}
+
+/** What a send found: a new message, one stored but not (yet) taken by the session, or one already answered in a turn. */
+export type IncomingMessage = 'new' | 'pending' | 'accepted';
+
+/** Stores a user message as it arrives, without a turn; a resend of the same ID stores nothing. */
+export async function storeIncomingMessage(db: CommonQueryMethods, m: { id: string; sessionId: string; content: string; clientMessageId?: string }): Promise<IncomingMessage> {
+  const row = await db.maybeOne(sql.type(z.object({ turn: z.number().nullable(), inserted: z.boolean() }))`
+    WITH ins AS (
+      INSERT INTO messages (id, session_id, role, content, client_message_id)
+      VALUES (${m.id}, ${m.sessionId}, 'user', ${m.content}, ${m.clientMessageId ?? null})
+      ON CONFLICT DO NOTHING
+      RETURNING turn
+    )
+    SELECT turn, true AS inserted FROM ins
+    UNION ALL
+    SELECT turn, false AS inserted FROM messages WHERE id = ${m.id} AND NOT EXISTS (SELECT 1 FROM ins)`);
+  if (!row || row.inserted) return 'new';
+  return row.turn === null ? 'pending' : 'accepted';
+}
+
+/** Whether a message is stored and already has its turn: a resend of it needs no signal. */
+export async function messageAccepted(db: CommonQueryMethods, id: string): Promise<boolean> {
+  return db.exists(sql.unsafe`SELECT 1 FROM messages WHERE id = ${id} AND turn IS NOT NULL`);
+}
+
+const AcceptedRow = z.object({ content: z.string(), client_message_id: z.string().nullable() });
+
+/**
+ * Gives a stored user message its turn, once: 'accepted' with the message when this call gave
+ * it the turn, 'already' when it had one, 'missing' when no such message is stored.
+ */
+export async function acceptMessage(
+  db: CommonQueryMethods,
+  sessionId: string,
+  id: string,
+  turn: number,
+): Promise<{ outcome: 'accepted'; content: string; clientMessageId: string | null } | { outcome: 'already' | 'missing' }> {
+  const updated = await db.maybeOne(sql.type(AcceptedRow)`
+    UPDATE messages SET turn = ${turn}, position = 0
+    WHERE id = ${id} AND session_id = ${sessionId} AND turn IS NULL
+    RETURNING content, client_message_id`);
+  if (updated) return { outcome: 'accepted', content: updated.content, clientMessageId: updated.client_message_id };
+  const existing = await db.exists(sql.unsafe`SELECT 1 FROM messages WHERE id = ${id} AND session_id = ${sessionId}`);
+  return { outcome: existing ? 'already' : 'missing' };
 }
 
 export async function listMessages(db: CommonQueryMethods, sessionId: string, page: { limit: number; offset: number }): Promise<MessageRow[]> {
   const rows = await db.any(sql.type(MessageRow)`
     SELECT ${MESSAGE_COLUMNS}
-    FROM messages WHERE session_id = ${sessionId} AND deleted_at IS NULL
+    FROM messages WHERE session_id = ${sessionId} AND turn IS NOT NULL AND deleted_at IS NULL
     ORDER BY turn, position LIMIT ${page.limit} OFFSET ${page.offset}`);
   return [...rows];
 }
@@ -81,6 +126,3 @@ export async function usageTotals(db: CommonQueryMethods, sessionId: string): Pr
     FROM messages WHERE session_id = ${sessionId} AND deleted_at IS NULL`);
 }
 
-export async function messageExists(db: CommonQueryMethods, id: string): Promise<boolean> {
-  return db.exists(sql.unsafe`SELECT 1 FROM messages WHERE id = ${id}`);
-}

@@ -65,12 +65,12 @@ export async function findToolCall(db: CommonQueryMethods, id: string): Promise<
   return db.maybeOne(sql.type(ToolCallRow)`SELECT ${COLUMNS} FROM tool_calls WHERE id = ${id}`);
 }
 
-/** Pending approvals, oldest first; of one owner's sessions, or of all when ownerId is null. */
+/** Pending approvals of active sessions, oldest first; of one owner's sessions, or of all when ownerId is null. */
 export async function pendingApprovals(db: CommonQueryMethods, limit: number, ownerId: string | null): Promise<ToolCallRow[]> {
   const rows = await db.any(sql.type(ToolCallRow)`
     SELECT ${COLUMNS} FROM tool_calls
     WHERE status = 'pending_approval' AND expires_at > now()
-      AND (${ownerId}::text IS NULL OR session_id IN (SELECT id FROM sessions WHERE owner_id = ${ownerId}))
+      AND session_id IN (SELECT id FROM sessions WHERE status = 'active' AND (${ownerId}::text IS NULL OR owner_id = ${ownerId}))
     ORDER BY created_at LIMIT ${limit}`);
   return [...rows];
 }

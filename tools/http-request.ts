@@ -352,6 +352,9 @@ async function fetchFollowingRedirects(args: HttpRequestArgs, ctx: ToolContext, 
 }
 
 /** Builds the tool; tests inject `lookup` to play DNS. */
+/** How much longer than its own request time-out the http_request tool may run. */
+export const HTTP_TIMEOUT_MARGIN_MS = 2_000;
+
 export function createHttpRequestTool(deps: { lookup?: LookupAll } = {}): Tool<HttpRequestArgs> {
   const lookup = deps.lookup ?? systemLookup;
   return {
@@ -371,8 +374,9 @@ export function createHttpRequestTool(deps: { lookup?: LookupAll } = {}): Tool<H
       },
       permission: 'read',
       requiresApproval: false,
-      // Above the request's own time-out (settings.httpTimeoutMs), which ends the call first with a clearer message.
-      timeoutMs: DEFAULT_TOOL_SETTINGS.httpTimeoutMs + 2_000,
+      // Above the request's own time-out (settings.httpTimeoutMs), which ends the call first with a
+      // clearer message; toolDefinitions() raises it with KEEL_HTTP_TIMEOUT_MS.
+      timeoutMs: DEFAULT_TOOL_SETTINGS.httpTimeoutMs + HTTP_TIMEOUT_MARGIN_MS,
       retry: { maxAttempts: 2 },
     },
     parse(args) {

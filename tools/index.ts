@@ -2,8 +2,8 @@ import type { ToolDefinition } from '../contracts/tools';
 import { calculator } from './calculator';
 import { createNote } from './create-note';
 import { currentTime } from './current-time';
-import { httpRequest } from './http-request';
-import type { Tool } from './tool';
+import { HTTP_TIMEOUT_MARGIN_MS, httpRequest } from './http-request';
+import type { Tool, ToolSettings } from './tool';
 
 export type { Tool, ToolContext, ToolSettings } from './tool';
 export { DEFAULT_TOOL_SETTINGS, ToolInputError, ToolRefusedError, ToolTimeoutError } from './tool';
@@ -20,6 +20,19 @@ export const builtinTools: Readonly<Record<string, Tool>> = Object.freeze(
     [createNote.definition.name]: createNote,
   }),
 );
+
+/**
+ * Every built-in tool's definition as this deployment runs it: http_request's time-out follows
+ * KEEL_HTTP_TIMEOUT_MS (plus a margin, so the request's own, clearer time-out ends it first).
+ * Agents are resolved against these, so the session's tool policy carries the real limit.
+ */
+export function toolDefinitions(settings: ToolSettings): Record<string, ToolDefinition> {
+  const defs: Record<string, ToolDefinition> = Object.create(null) as Record<string, ToolDefinition>;
+  for (const [name, tool] of Object.entries(builtinTools)) defs[name] = tool.definition;
+  const http = defs[httpRequest.definition.name]!;
+  defs[http.name] = { ...http, timeoutMs: Math.max(http.timeoutMs, settings.httpTimeoutMs + HTTP_TIMEOUT_MARGIN_MS) };
+  return defs;
+}
 
 /** The definitions of the named tools, in the given order; throws on a name that is not a built-in tool. */
 export function toolDefinitionsFor(names: string[]): ToolDefinition[] {

@@ -2,8 +2,9 @@ import { readFileSync } from 'node:fs';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
-import { createSessionActivities, createToolActivities } from '../activities';
-import { builtinTools } from '../tools';
+import { createPersistenceActivities, createStreamReplyActivities, createToolActivities } from '../activities';
+import { builtinTools, toolDefinitions } from '../tools';
+import { AgentVersions } from '../agents/versions';
 import type { Metrics } from '../config/metrics';
 import type { Logger } from '../config/logger';
 import { temporalAddressOf, type Settings } from '../config/settings';
@@ -19,8 +20,10 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     maxRetries: 0,
     timeout: settings.llm.timeoutMs,
   });
+  const agents = new AgentVersions(pool, toolDefinitions(settings.tools));
   const activities = {
-    ...createSessionActivities({ pool, openai, streamCoalesceMs: settings.llm.streamCoalesceMs, llmTimeoutMs: settings.llm.timeoutMs, prices: settings.prices, metrics, log }),
+    ...createStreamReplyActivities({ pool, openai, agents, streamCoalesceMs: settings.llm.streamCoalesceMs, prices: settings.prices, metrics, log }),
+    ...createPersistenceActivities({ pool, metrics, log }),
     ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools, metrics }),
   };
   const bundle = settings.temporal.workflowBundlePath;
@@ -35,6 +38,8 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     taskQueue: settings.temporal.taskQueue,
     activities,
     stickyQueueScheduleToStartTimeout: settings.temporal.stickyQueueTimeoutMs,
+    // A deploy lets running model streams and tools finish instead of restarting them elsewhere.
+    shutdownGraceTime: settings.worker.shutdownGraceMs,
     ...workflowSource,
     // A prebuilt bundle holds its workflow interceptors (bundle-workflows.ts --tracing); one built here gets them when tracing is on.
     interceptors: bundle || !tracing ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },

@@ -1,23 +1,22 @@
-import { ActivityCancellationType, proxyActivities, proxyLocalActivities } from '@temporalio/workflow';
-import type { SessionActivities, ToolActivities } from '../activities';
-import type { PlannedToolCall } from '../activities/tool-activities';
+import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
+import type { PersistenceActivities, StreamReplyActivities, ToolActivities } from '../activities';
 import type { SessionConfig } from '../contracts/session';
+import type { ToolPolicy } from '../contracts/turn';
+
+/** Activity failure types that retrying cannot fix (see activities/persistence-errors.ts). */
+const PERSISTENCE_NON_RETRYABLE = ['PERSISTENCE_INVALID'];
+/** How often a running tool must report life; it heartbeats every third of this. */
+const TOOL_HEARTBEAT_TIMEOUT_MS = 5_000;
 
 /** Every activity's timeouts and retries, set on purpose from the session's config. */
 export function sessionActivities(config: SessionConfig) {
-  // Persistence must never give up: a message that was accepted is not lost while the database is down.
-  const retry = { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds' } as const;
-  const persistence = proxyActivities<Pick<SessionActivities, 'recordTurnFailure' | 'expireSession' | 'rejectMessages'> & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall'>>({
+  // Persistence keeps trying while the database is down (an accepted message is never lost),
+  // but gives up at once on a failure that retrying cannot fix.
+  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall'>>({
     startToCloseTimeout: '30 seconds',
-    retry,
+    retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
   });
-  // A local activity: acknowledging a message is one short transaction on the hot path of
-  // every turn, and skipping the task queue round trip cuts time to first token.
-  const acknowledge = proxyLocalActivities<Pick<SessionActivities, 'recordUserMessages'>>({
-    startToCloseTimeout: '10 seconds',
-    retry,
-  });
-  const llm = proxyActivities<Pick<SessionActivities, 'streamReply'>>({
+  const llm = proxyActivities<StreamReplyActivities>({
     // A cancelled turn waits for the stream to stop, so a reply can never land after the turn ended.
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     startToCloseTimeout: config.llm.startToCloseTimeoutMs,
@@ -27,15 +26,15 @@ export function sessionActivities(config: SessionConfig) {
       initialInterval: config.llm.initialIntervalMs,
       maximumInterval: config.llm.maximumIntervalMs,
       backoffCoefficient: config.llm.backoffCoefficient,
-      nonRetryableErrorTypes: ['LLM_CONTENT_FILTER'],
+      nonRetryableErrorTypes: ['LLM_CONTENT_FILTER', 'LLM_AUTH_ERROR', ...PERSISTENCE_NON_RETRYABLE],
     },
   });
   // proxyActivities returns a Proxy, which object spread cannot copy.
   return {
-    recordUserMessages: acknowledge.recordUserMessages,
+    acceptMessages: persistence.acceptMessages,
+    rejectMessages: persistence.rejectMessages,
     recordTurnFailure: persistence.recordTurnFailure,
     expireSession: persistence.expireSession,
-    rejectMessages: persistence.rejectMessages,
     recordToolCalls: persistence.recordToolCalls,
     settleToolCall: persistence.settleToolCall,
     streamReply: llm.streamReply,
@@ -44,10 +43,16 @@ export function sessionActivities(config: SessionConfig) {
 
 export type SessionActivityProxies = ReturnType<typeof sessionActivities>;
 
-/** Each tool call runs with its tool's own timeout and retry policy. */
-export function toolActivities(call: PlannedToolCall) {
+/**
+ * A tool call runs with its resolved policy's timeout and attempts. It heartbeats, and a cancel
+ * waits until the activity has stopped and recorded what really happened.
+ */
+export function toolActivities(policy: ToolPolicy) {
   return proxyActivities<Pick<ToolActivities, 'executeTool'>>({
-    startToCloseTimeout: call.timeoutMs + 1_000,
-    retry: { maximumAttempts: call.maxAttempts, initialInterval: '200 milliseconds', nonRetryableErrorTypes: ['TOOL_NOT_FOUND'] },
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    // The extra second lets the activity record its own time-out before Temporal's fires.
+    startToCloseTimeout: policy.timeoutMs + 1_000,
+    heartbeatTimeout: TOOL_HEARTBEAT_TIMEOUT_MS,
+    retry: { maximumAttempts: policy.maxAttempts, initialInterval: '200 milliseconds', nonRetryableErrorTypes: ['TOOL_NOT_FOUND', ...PERSISTENCE_NON_RETRYABLE] },
   });
 }

@@ -1,25 +1,40 @@
 import type { Usage } from '../contracts/events';
-import {
-  RECENT_CLIENT_ID_LIMIT,
-  type ApprovalDecision,
-  type PendingApprovalView,
-  type PendingMessage,
-  type SessionSnapshot,
-  type SessionStateView,
-  type SessionWorkflowInput,
-  type UserMessageSignal,
+import type {
+  ApprovalDecision,
+  PendingApprovalView,
+  QueuedMessage,
+  SessionSnapshot,
+  SessionStateView,
+  SessionWorkflowInput,
+  UserMessageSignal,
 } from '../contracts/session';
+import type { MessageRef, RefusedMessage } from '../contracts/turn';
+import { RECENT_CLIENT_ID_LIMIT } from '../contracts/workflow-messages';
+
+export type ApprovalProblem = 'APPROVAL_NOT_FOUND' | 'APPROVAL_ALREADY_DECIDED' | 'APPROVAL_EXPIRED' | 'APPROVAL_DIGEST_MISMATCH';
+/** Why a turn stopped early: a user's cancel, a message under the `interrupt` policy, or the session's deletion. */
+export interface TurnStop {
+  reason: 'cancel' | 'interrupt' | 'deleted';
+  by: string | null;
+}
+export type TurnOutcome = 'completed' | 'failed' | 'cancelled';
+const OUTCOME_MEMORY = 16;
+type PendingApproval = PendingApprovalView & { expiresAtMs: number; decision?: ApprovalDecision };
+
+/** Recently settled approvals remembered, so a second decision is told it came too late rather than "unknown". */
+const SETTLED_MEMORY = 500;
 
 /** The session's state and the rules that change it; no I/O, so it is safe in workflow code. */
 export class SessionState {
-  private current: PendingMessage | null = null;
-  /** Messages that arrived after the session expired: each is answered with SESSION_EXPIRED. */
-  private lateArrivals: UserMessageSignal[] = [];
-  /** Messages refused by the agent's `reject` busy policy: each is answered with SESSION_BUSY. */
-  private refused: UserMessageSignal[] = [];
+  private current: QueuedMessage | null = null;
+  /** Why the current turn was stopped, and by whom, once it has been. */
+  private stopped: TurnStop | null = null;
+  /** Messages whose acceptance an activity is writing now. Empty between turns, so never carried. */
+  private readonly accepting = new Set<string>();
+  /** How the last few turns ended, for cancel requests waiting on them. Never carried: a cancel waits within one run. */
+  private readonly outcomes = new Map<number, TurnOutcome>();
   /** Approvals the current turn waits for. Turns never span continue-as-new, so these are not carried. */
-  readonly approvals = new Map<string, PendingApprovalView & { expiresAtMs: number; decision?: ApprovalDecision }>();
-  /** Recently settled approvals, so a second decision is told it came too late rather than "unknown". */
+  private readonly approvals = new Map<string, PendingApproval>();
   private readonly settled = new Map<string, 'decided' | 'expired' | 'cancelled'>();
 
   constructor(private readonly s: SessionSnapshot) {}
@@ -31,7 +46,8 @@ export class SessionState {
       config: input.config,
       status: 'active',
       queue: [],
-      unrecorded: [],
+      refused: [],
+      refusals: 0,
       nextTurn: 1,
       messageCount: 0,
       usage: { inputTokens: 0, outputTokens: 0, costUsd: 0 },
@@ -46,62 +62,89 @@ export class SessionState {
   get config() {
     return this.s.config;
   }
+  get status() {
+    return this.s.status;
+  }
 
-  /** Accepts a user message once per client message ID; returns false for a repeat. */
-  accept(m: UserMessageSignal): boolean {
-    if (this.s.status !== 'active') {
-      this.lateArrivals.push(m);
-      return false;
-    }
-    if (this.s.config.agent.busyPolicy === 'reject' && !this.isIdle() && !this.knows(m.messageId)) {
-      if (!m.clientMessageId || !this.s.recentClientIds.includes(m.clientMessageId)) this.refused.push(m);
-      return false;
-    }
+  /**
+   * Takes a user message once per message and client message ID. A message the session cannot
+   * take (ended, busy under the `reject` policy, or a full queue) is refused and told so.
+   */
+  accept(m: UserMessageSignal): 'taken' | 'repeat' | 'refused' {
+    if (this.knows(m)) return 'repeat';
+    if (this.s.status !== 'active') return this.refuse(m, 'SESSION_EXPIRED');
+    const busy = this.s.config.agent.busyPolicy === 'reject' && !this.isIdle();
+    if (busy || this.s.queue.length >= this.s.config.maxQueuedMessages) return this.refuse(m, 'SESSION_BUSY');
     if (m.clientMessageId) {
-      if (this.s.recentClientIds.includes(m.clientMessageId)) return false;
       this.s.recentClientIds.push(m.clientMessageId);
       if (this.s.recentClientIds.length > RECENT_CLIENT_ID_LIMIT) this.s.recentClientIds.shift();
     }
-    if (this.knows(m.messageId)) return false;
-    this.s.unrecorded.push({ ...m, turn: this.s.nextTurn++ });
+    this.s.queue.push({ ...m, turn: this.s.nextTurn++, accepted: false });
     this.s.messageCount += 1;
-    return true;
+    return 'taken';
   }
 
-  private knows(messageId: string): boolean {
-    return [...this.s.unrecorded, ...this.s.queue].some((p) => p.messageId === messageId) || this.current?.messageId === messageId;
+  private knows(m: UserMessageSignal): boolean {
+    if (m.clientMessageId && this.s.recentClientIds.includes(m.clientMessageId)) return true;
+    return this.current?.messageId === m.messageId || this.s.queue.some((q) => q.messageId === m.messageId);
   }
 
-  hasUnrecorded(): boolean {
-    return this.s.unrecorded.length > 0;
+  private refuse(m: UserMessageSignal, code: RefusedMessage['code']): 'refused' {
+    this.s.refused.push({ messageId: m.messageId, ...(m.clientMessageId ? { clientMessageId: m.clientMessageId } : {}), code, refusal: this.s.refusals++ });
+    return 'refused';
   }
-  hasQueued(): boolean {
-    return this.s.queue.length > 0;
-  }
+
   isIdle(): boolean {
-    return !this.hasUnrecorded() && !this.hasQueued() && this.current === null;
+    return this.s.queue.length === 0 && this.current === null;
   }
-
-  takeUnrecorded(): PendingMessage[] {
-    return [...this.s.unrecorded];
-  }
-
-  /** Recorded messages become answerable, in turn order. Marking a message twice is harmless. */
-  markRecorded(batch: PendingMessage[]): void {
-    const ids = new Set(batch.map((m) => m.messageId));
-    const moving = this.s.unrecorded.filter((m) => ids.has(m.messageId));
-    this.s.unrecorded = this.s.unrecorded.filter((m) => !ids.has(m.messageId));
-    this.s.queue.push(...moving);
-    this.s.queue.sort((a, b) => a.turn - b.turn);
-  }
-
   inTurn(): boolean {
     return this.current !== null;
   }
 
-  beginNextTurn(): PendingMessage | null {
+  /**
+   * Claims the messages (the current one and the queued ones) whose acceptance is not yet
+   * written and not already being written, for one activity to write.
+   */
+  claimUnaccepted(): MessageRef[] {
+    const claimed = [...(this.current ? [this.current] : []), ...this.s.queue].filter((m) => !m.accepted && !this.accepting.has(m.messageId));
+    for (const m of claimed) this.accepting.add(m.messageId);
+    return claimed.map(({ accepted: _accepted, ...ref }) => ref);
+  }
+
+  hasUnclaimed(): boolean {
+    return [...(this.current ? [this.current] : []), ...this.s.queue].some((m) => !m.accepted && !this.accepting.has(m.messageId));
+  }
+
+  markAccepted(messages: MessageRef[]): void {
+    const ids = new Set(messages.map((m) => m.messageId));
+    for (const m of [...(this.current ? [this.current] : []), ...this.s.queue]) if (ids.has(m.messageId)) m.accepted = true;
+    for (const id of ids) this.accepting.delete(id);
+  }
+
+  takeRefused(): RefusedMessage[] {
+    return this.s.refused.splice(0);
+  }
+  hasRefused(): boolean {
+    return this.s.refused.length > 0;
+  }
+
+  beginNextTurn(): QueuedMessage | null {
     this.current = this.s.queue.shift() ?? null;
+    this.stopped = null;
     return this.current;
+  }
+
+  /** Marks turn `turn` (or the current one) as stopped; false when that turn is not running. */
+  stopTurn(stop: TurnStop, turn?: number): boolean {
+    if (!this.current || (turn !== undefined && turn !== this.current.turn)) return false;
+    this.stopped ??= stop;
+    return true;
+  }
+  get currentTurn(): number | null {
+    return this.current?.turn ?? null;
+  }
+  get turnStop(): TurnStop | null {
+    return this.stopped;
   }
 
   recordReply(usage: Usage): void {
@@ -109,33 +152,45 @@ export class SessionState {
     this.s.usage = {
       inputTokens: this.s.usage.inputTokens + usage.inputTokens,
       outputTokens: this.s.usage.outputTokens + usage.outputTokens,
-      // Sessions continued from before cost was tracked carry no costUsd.
-      costUsd: (this.s.usage.costUsd ?? 0) + (usage.costUsd ?? 0),
+      costUsd: this.s.usage.costUsd + usage.costUsd,
     };
   }
 
-  endTurn(): void {
+  endTurn(outcome: TurnOutcome): void {
+    if (this.current) this.outcomes.set(this.current.turn, outcome);
+    if (this.outcomes.size > OUTCOME_MEMORY) this.outcomes.delete(this.outcomes.keys().next().value!);
     this.current = null;
+  }
+
+  /** How a recent turn ended; undefined while it runs (or when it is too old to remember). */
+  outcomeOf(turn: number): TurnOutcome | undefined {
+    return this.outcomes.get(turn);
   }
 
   expire(): void {
     this.s.status = 'expired';
   }
 
-  takeLateArrivals(): UserMessageSignal[] {
-    return this.lateArrivals.splice(0);
+  /** The session was deleted: it takes nothing more, and what waits in the queue is dropped with it. */
+  end(): void {
+    this.s.status = 'deleted';
+    this.s.queue = [];
   }
 
-  takeRefused(): UserMessageSignal[] {
-    return this.refused.splice(0);
+  awaitApproval(view: PendingApprovalView): void {
+    this.approvals.set(view.toolCallId, { ...view, expiresAtMs: new Date(view.expiresAt).getTime() });
   }
 
-  hasRefused(): boolean {
-    return this.refused.length > 0;
+  decisionFor(toolCallId: string): ApprovalDecision | undefined {
+    return this.approvals.get(toolCallId)?.decision;
+  }
+
+  isAwaitingApproval(toolCallId: string): boolean {
+    return this.approvals.has(toolCallId);
   }
 
   /** Why a decision cannot be taken, or null when it can. */
-  approvalProblem(d: ApprovalDecision, nowMs: number): 'APPROVAL_NOT_FOUND' | 'APPROVAL_ALREADY_DECIDED' | 'APPROVAL_EXPIRED' | 'APPROVAL_DIGEST_MISMATCH' | null {
+  approvalProblem(d: ApprovalDecision, nowMs: number): ApprovalProblem | null {
     const pending = this.approvals.get(d.toolCallId);
     if (!pending) {
       const settled = this.settled.get(d.toolCallId);
@@ -148,10 +203,15 @@ export class SessionState {
     return null;
   }
 
-  settle(toolCallId: string, how: 'decided' | 'expired' | 'cancelled'): void {
+  /** Stores a decision that approvalProblem allowed. */
+  decide(d: ApprovalDecision): void {
+    this.approvals.get(d.toolCallId)!.decision = d;
+  }
+
+  settleApproval(toolCallId: string, how: 'decided' | 'expired' | 'cancelled'): void {
     this.approvals.delete(toolCallId);
     this.settled.set(toolCallId, how);
-    if (this.settled.size > 500) this.settled.delete(this.settled.keys().next().value!);
+    if (this.settled.size > SETTLED_MEMORY) this.settled.delete(this.settled.keys().next().value!);
   }
 
   snapshot(): SessionSnapshot {
@@ -167,7 +227,7 @@ export class SessionState {
       agent: { id: agent.id, version: agent.version, busyPolicy: agent.busyPolicy },
       pendingApprovals: [...this.approvals.values()].filter((a) => !a.decision).map(({ toolCallId, name, digest, expiresAt }) => ({ toolCallId, name, digest, expiresAt })),
       turnInProgress: this.current ? { turn: this.current.turn, replyTo: this.current.messageId } : null,
-      queued: [...this.s.unrecorded, ...this.s.queue].map((m) => ({ messageId: m.messageId, turn: m.turn })),
+      queued: this.s.queue.map((m) => ({ messageId: m.messageId, turn: m.turn })),
       messageCount: this.s.messageCount,
       usage: { ...this.s.usage },
       generation: this.s.generation,

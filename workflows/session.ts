@@ -1,13 +1,6 @@
-import {
-  allHandlersFinished,
-  ApplicationFailure,
-  CancellationScope,
-  condition,
-  continueAsNew,
-  setHandler,
-  workflowInfo,
-} from '@temporalio/workflow';
-import { cancelTurnSignal, decideApprovalUpdate, sessionStateQuery, userMessageSignal, type SessionWorkflowInput } from '../contracts/session';
+import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, continueAsNew, setHandler, workflowInfo } from '@temporalio/workflow';
+import type { SessionWorkflowInput, SessionWorkflowResult } from '../contracts/session';
+import { cancelTurnSignal, cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
 import { sessionActivities } from './activities';
 import { workflowNow } from './clock';
 import { SessionState } from './session-state';
@@ -17,13 +10,10 @@ import { MessageTraces } from './trace-context';
 
 const APPROVAL_REPLAY_GRACE_MS = 10_000;
 
-export interface SessionWorkflowResult {
-  status: 'expired';
-}
-
 /**
- * One chat session. Messages arrive by signal, are recorded by a background loop (so they are
- * acknowledged while a turn runs), and are answered one turn at a time, in order.
+ * One chat session. Messages arrive by signal as IDs (their content is already in Postgres), are
+ * accepted in the event log by a background loop while a turn runs, and are answered one turn
+ * at a time, in order.
  */
 export async function sessionWorkflow(input: SessionWorkflowInput): Promise<SessionWorkflowResult> {
   const state = SessionState.fromInput(input);
@@ -33,11 +23,27 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 
   setHandler(userMessageSignal, (m) => {
     const interrupting = state.config.agent.busyPolicy === 'interrupt' && state.inTurn();
-    const accepted = state.accept(m);
-    if (accepted) traces.remember(m.messageId);
-    if (accepted && interrupting) turnScope?.cancel();
+    const taken = state.accept(m) === 'taken';
+    if (taken) traces.remember(m.messageId);
+    if (taken && interrupting && state.stopTurn({ reason: 'interrupt', by: null })) turnScope?.cancel();
   });
-  setHandler(cancelTurnSignal, () => turnScope?.cancel());
+  // Answers once the turn has ended, with whether the cancel is what ended it: a turn that
+  // finished in the meantime (its reply was already committed) was not cancelled.
+  setHandler(cancelTurnUpdate, async ({ turn, requestedBy }) => {
+    const target = turn ?? state.currentTurn;
+    if (target === null || !state.stopTurn({ reason: 'cancel', by: requestedBy }, turn)) return { cancelled: false, turn: target };
+    turnScope?.cancel();
+    await condition(() => state.outcomeOf(target) !== undefined);
+    return { cancelled: state.outcomeOf(target) === 'cancelled', turn: target };
+  });
+  setHandler(cancelTurnSignal, ({ turn, requestedBy }) => {
+    if (state.stopTurn({ reason: 'cancel', by: requestedBy }, turn)) turnScope?.cancel();
+  });
+  setHandler(endSessionSignal, ({ requestedBy }) => {
+    state.stopTurn({ reason: 'deleted', by: requestedBy });
+    state.end();
+    turnScope?.cancel();
+  });
   setHandler(sessionStateQuery, () => state.view());
   const refuse = (problem: string) => ApplicationFailure.create({ type: problem, message: problem.toLowerCase().replace(/_/g, ' '), nonRetryable: true });
   setHandler(
@@ -48,7 +54,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       await condition(() => state.approvalProblem(decision, workflowNow()) !== 'APPROVAL_NOT_FOUND', APPROVAL_REPLAY_GRACE_MS);
       const problem = state.approvalProblem(decision, workflowNow());
       if (problem) throw refuse(problem);
-      state.approvals.get(decision.toolCallId)!.decision = decision;
+      state.decide(decision);
       return { toolCallId: decision.toolCallId, outcome: decision.approved ? 'approved' : 'rejected' };
     },
     {
@@ -60,56 +66,57 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     },
   );
 
-  // Messages that arrive during a turn are acknowledged at once by this loop; a message that
-  // arrives while the session is idle is recorded by the turn that answers it, saving a hop.
+  // Tells refused senders, and accepts messages that arrive during a turn at once (a message
+  // that arrives while the session is idle is accepted by the turn that answers it, saving a hop).
   let recording = false;
   let stopRecording = false;
+  const work = () => state.hasRefused() || (state.inTurn() && state.hasUnclaimed());
   const recorder = (async () => {
     for (;;) {
-      await condition(() => (state.hasUnrecorded() && state.inTurn()) || state.hasRefused() || stopRecording);
-      if (stopRecording) return;
+      await condition(() => work() || stopRecording);
+      if (!work()) return;
       recording = true;
       const refused = state.takeRefused();
-      if (refused.length > 0) await acts.rejectMessages({ sessionId: state.sessionId, messages: refused, code: 'SESSION_BUSY' });
-      const batch = state.takeUnrecorded();
-      if (batch.length > 0) await acts.recordUserMessages({ sessionId: state.sessionId, messages: batch });
-      state.markRecorded(batch);
+      if (refused.length > 0) await acts.rejectMessages({ sessionId: state.sessionId, messages: refused });
+      const batch = state.inTurn() ? state.claimUnaccepted() : [];
+      if (batch.length > 0) {
+        await acts.acceptMessages({ sessionId: state.sessionId, messages: batch });
+        state.markAccepted(batch);
+      }
       recording = false;
     }
   })();
 
   for (;;) {
-    const woke = await condition(() => !state.isIdle(), state.config.idleTtlMs);
-    if (!woke) break;
-    const unrecorded = state.takeUnrecorded();
-    state.markRecorded(unrecorded);
-    const message = state.beginNextTurn();
+    const woke = await condition(() => !state.isIdle() || state.status !== 'active', state.config.idleTtlMs);
+    if (!woke || state.status !== 'active') break;
+    await condition(() => !recording);
+    const message = state.beginNextTurn()!;
     reflectInSearchAttributes(state, true);
-    if (message) {
-      const scope = (turnScope = new CancellationScope());
-      await traces.runTurn(message.messageId, () => runTurn(state, scope, message, unrecorded));
-      turnScope = null;
-    }
-    state.endTurn();
+    const scope = (turnScope = new CancellationScope());
+    const outcome = await traces.runTurn(message.messageId, () => runTurn(state, acts, scope, message));
+    turnScope = null;
+    state.endTurn(outcome);
+    if (state.status !== 'active') break;
     if (shouldContinueAsNew(state)) {
       stopRecording = true;
-      await condition(() => !recording);
       await recorder;
       await condition(allHandlersFinished);
       await continueAsNew<typeof sessionWorkflow>({ sessionId: state.sessionId, config: state.config, resume: state.snapshot() });
     }
   }
 
-  state.expire();
+  const deleted = state.status === 'deleted';
+  if (!deleted) state.expire();
   stopRecording = true;
   await recorder;
-  await acts.expireSession({ sessionId: state.sessionId, idleMs: state.config.idleTtlMs });
+  if (!deleted) await acts.expireSession({ sessionId: state.sessionId, idleMs: state.config.idleTtlMs });
   reflectInSearchAttributes(state, false);
   // Completion fails while new signals are pending, so every late message gets its answer here.
-  for (let late = state.takeLateArrivals(); late.length > 0; late = state.takeLateArrivals()) {
-    await acts.rejectMessages({ sessionId: state.sessionId, messages: late, code: 'SESSION_EXPIRED' });
+  for (let late = state.takeRefused(); late.length > 0; late = state.takeRefused()) {
+    if (!deleted) await acts.rejectMessages({ sessionId: state.sessionId, messages: late });
   }
-  return { status: 'expired' };
+  return { status: deleted ? 'deleted' : 'expired' };
 }
 
 function shouldContinueAsNew(state: SessionState): boolean {

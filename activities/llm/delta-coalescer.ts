@@ -1,4 +1,4 @@
-import type { StreamDeltaData } from '../contracts/events';
+import type { StreamDeltaData } from '../../contracts/events';
 
 type Publish = (delta: StreamDeltaData) => Promise<void>;
 
@@ -13,13 +13,13 @@ export class DeltaCoalescer {
   private inFlight: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
   private lastSentAt = 0;
-  failures = 0;
 
   constructor(
     private readonly streamId: string,
     private readonly attempt: number,
     private readonly intervalMs: number,
     private readonly publish: Publish,
+    private readonly onPublishFailure: (error: unknown) => void,
   ) {}
 
   push(text: string): void {
@@ -46,9 +46,7 @@ export class DeltaCoalescer {
     this.pending = '';
     this.lastSentAt = Date.now();
     // A lost delta is not fatal: offsets let clients see the gap and stream.end carries the whole text.
-    this.inFlight = this.inFlight.then(() => this.publish(delta)).catch(() => {
-      this.failures += 1;
-    });
+    this.inFlight = this.inFlight.then(() => this.publish(delta)).catch(this.onPublishFailure);
   }
 
   dispose(): void {

@@ -1,6 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import OpenAI from 'openai';
-import type { ErrorCode } from '../contracts/errors';
+import type { ErrorCode } from '../../contracts/errors';
 
 function failure(code: ErrorCode, message: string, opts: { nonRetryable?: boolean; retryAfterMs?: number; cause?: Error } = {}) {
   return ApplicationFailure.create({
@@ -37,6 +37,7 @@ export function classifyLlmError(error: unknown): Error {
     const status = error.status;
     if (status === 429) return failure('LLM_RATE_LIMIT', 'The model provider is rate limiting requests', { retryAfterMs: retryAfterMs(error.headers), cause: error });
     if (status === 408) return failure('LLM_TIMEOUT', 'The model did not answer in time', { cause: error });
+    if (status === 401 || status === 403) return failure('LLM_AUTH_ERROR', `The model provider refused the credentials (HTTP ${status})`, { nonRetryable: true, cause: error });
     if (status >= 500) return failure('LLM_API_ERROR', `The model provider failed (HTTP ${status})`, { cause: error });
     if (isContentFilter(error)) return failure('LLM_CONTENT_FILTER', 'The model provider refused the content', { nonRetryable: true, cause: error });
     return failure('LLM_API_ERROR', `The model provider rejected the request (HTTP ${status})`, { nonRetryable: true, cause: error });

@@ -1,6 +1,6 @@
 import Router from '@koa/router';
 import { Id } from '../../contracts/ids';
-import { ApprovalBody, ApprovalListQuery } from '../../contracts/rest';
+import { ApprovalBody, ApprovalListQuery, CancelBody } from '../../contracts/rest';
 import { pendingApprovals, type ToolCallRow } from '../../db/tool-calls';
 import type { ApiDeps } from '../deps';
 import { callerOf } from '../auth';
@@ -57,9 +57,8 @@ export function agentRoutes(deps: ApiDeps): Router {
 
   router.post('/sessions/:id/cancel', async (ctx) => {
     const sessionId = parseInput(Id, ctx.params.id);
-    await deps.sessions.cancelTurn(callerOf(ctx), sessionId);
-    ctx.status = 202;
-    ctx.body = { cancelled: true };
+    const body = parseInput(CancelBody, ctx.request.body ?? {});
+    ctx.body = await deps.sessions.cancelTurn(callerOf(ctx), sessionId, { ...body, requestId: ctx.state.requestId as string });
   });
 
   return router;

@@ -62,7 +62,14 @@ export async function startStack(opts: StackOptions = {}) {
   };
   let worker: Spawned = await startWorker();
   const api = spawnEntry('api/main.ts', env);
-  const port = Number((await api.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
+  let port: number;
+  try {
+    port = Number((await api.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
+  } catch (error) {
+    // A stack that fails to start leaves no process behind.
+    await Promise.all([worker.kill(), api.kill(), model.stop()]);
+    throw error;
+  }
   const db = new Pool({ connectionString: databaseUrl, max: 3 });
   const base = `http://127.0.0.1:${port}`;
   const sockets: WsClient[] = [];

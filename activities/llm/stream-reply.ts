@@ -1,0 +1,245 @@
+import { Context } from '@temporalio/activity';
+import type OpenAI from 'openai';
+import { sql, type DatabasePool } from 'slonik';
+import { z } from 'zod';
+import type { ResolvedAgent } from '../../contracts/agents';
+import type { StreamDeltaData, Usage } from '../../contracts/events';
+import { assistantPosition, PERSISTENCE_INVALID, replyMessageIdOf, StreamReplyInput, streamIdOf, type StreamReplyResult } from '../../contracts/turn';
+import { appendEvent, notify } from '../../db/events';
+import { conversationUpTo, insertMessage, MessageRow } from '../../db/messages';
+import type { Logger } from '../../config/logger';
+import type { Metrics } from '../../config/metrics';
+import { costOf, type PriceTable } from '../../config/pricing';
+import { ApplicationFailure } from '@temporalio/common';
+import type { AgentVersions } from '../../agents/versions';
+import { acceptMessagesIn, turnLogIds } from '../persistence';
+import { classifyPersistenceError } from '../persistence-errors';
+import { toChatMessages } from './conversation';
+import { DeltaCoalescer } from './delta-coalescer';
+import { classifyLlmError, contentFilterFailure } from './llm-errors';
+import { ToolCallAssembler } from './tool-call-assembler';
+
+export interface StreamReplyDeps {
+  pool: DatabasePool;
+  openai: OpenAI;
+  agents: AgentVersions;
+  streamCoalesceMs: number;
+  prices: PriceTable;
+  metrics: Metrics;
+  log: Logger;
+}
+
+const StreamEndRow = z.object({ data: z.object({ messageId: z.string(), finishReason: z.string(), usage: z.object({ inputTokens: z.number(), outputTokens: z.number(), costUsd: z.number() }) }) });
+
+/** NOTIFY payloads are limited to 8000 bytes; 1,000 UTF-16 units stay under it even when every one is a 6-byte JSON escape. */
+const MAX_DELTA_CHARS = 1_000;
+
+function splitDelta(delta: StreamDeltaData): StreamDeltaData[] {
+  if (delta.text.length <= MAX_DELTA_CHARS) return [delta];
+  const pieces: StreamDeltaData[] = [];
+  for (let at = 0; at < delta.text.length; at += MAX_DELTA_CHARS) {
+    pieces.push({ ...delta, offset: delta.offset + at, text: delta.text.slice(at, at + MAX_DELTA_CHARS) });
+  }
+  return pieces;
+}
+
+/** The streaming model call: the one activity that talks to the model provider. */
+export function createStreamReplyActivities(deps: StreamReplyDeps) {
+  const { pool } = deps;
+
+  /** The reply an earlier attempt (or an earlier run, before a `workflow reset`) already committed. */
+  async function committedReply(sessionId: string, streamId: string): Promise<StreamReplyResult | null> {
+    const row = await pool.maybeOne(sql.type(StreamEndRow)`
+      SELECT data FROM session_events WHERE session_id = ${sessionId} AND event_key = ${`${streamId}:end`}`);
+    if (!row) return null;
+    const message = await pool.maybeOne(sql.type(z.object({ tool_calls: MessageRow.shape.tool_calls }))`
+      SELECT tool_calls FROM messages WHERE id = ${row.data.messageId}`);
+    const toolCalls = (message?.tool_calls ?? []).map((c) => ({ modelCallId: c.id, name: c.name, arguments: c.arguments }));
+    return { messageId: row.data.messageId, finishReason: row.data.finishReason, usage: row.data.usage, toolCalls };
+  }
+
+  async function streamReply(raw: StreamReplyInput): Promise<StreamReplyResult> {
+    const input = StreamReplyInput.parse(raw);
+    const ctx = Context.current();
+    const activityStartedAt = performance.now();
+    // Time on the task queue: how long the turn waited for a worker (same clock when co-located).
+    const scheduleToStartMs = Math.max(0, Date.now() - ctx.info.currentAttemptScheduledTimestampMs);
+    const attempt = ctx.info.attempt;
+    const streamId = streamIdOf(input.turn, input.step);
+    // Checked on every attempt: an earlier attempt may have committed and died before reporting,
+    // and a `workflow reset` re-runs a committed step as attempt 1.
+    const done = await committedReply(input.sessionId, streamId).catch((error: unknown) => {
+      throw classifyPersistenceError(error);
+    });
+    if (done) return done;
+
+    // Written while the model request is in flight: it only has to land before the first delta.
+    const started = pool.transaction(async (tx) => {
+      await acceptMessagesIn(tx, input.sessionId, input.accept);
+      await appendEvent(tx, {
+        sessionId: input.sessionId,
+        key: `${streamId}:start:${attempt}`,
+        type: 'stream.start',
+        data: { streamId, turn: input.turn, replyTo: input.replyTo, attempt },
+      });
+    });
+    started.catch(() => undefined);
+    let history: MessageRow[];
+    let agent: ResolvedAgent | null;
+    try {
+      [history, agent] = await Promise.all([conversationUpTo(pool, input.sessionId, input.turn, input.replyTo), deps.agents.get(input.agent.id, input.agent.version)]);
+    } catch (error) {
+      await started.catch(() => undefined);
+      throw classifyPersistenceError(error);
+    }
+    if (!agent) {
+      await started.catch(() => undefined);
+      throw ApplicationFailure.nonRetryable(`agent ${input.agent.id} version ${input.agent.version} is not stored`, PERSISTENCE_INVALID);
+    }
+    const coalescer = new DeltaCoalescer(
+      streamId,
+      attempt,
+      deps.streamCoalesceMs,
+      async (delta) => {
+        await started;
+        for (const piece of splitDelta(delta)) await notify(pool, { k: 'd', sessionId: input.sessionId, ...piece });
+      },
+      () => deps.metrics.deltaPublishFailures.inc(),
+    );
+    // The model may be slow to start; keep the attempt alive while the request is pending.
+    // Heartbeats go out on a timer, not per chunk (each one crosses into the native bridge), and
+    // only while the model shows life: before its first chunk, or with a chunk since the last beat.
+    // A stream that stalls stops heartbeating, and Temporal retries the attempt.
+    let chunkSinceBeat = true;
+    let awaitingFirstChunk = true;
+    const beat = setInterval(() => {
+      if (!awaitingFirstChunk && !chunkSinceBeat) return;
+      chunkSinceBeat = false;
+      ctx.heartbeat();
+    }, Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));
+    let content = '';
+    const requestedAt = performance.now();
+    let firstTokenAt: number | null = null;
+    const toolCalls = new ToolCallAssembler();
+    let finishReason: string | null = null;
+    let usage: Usage = { inputTokens: 0, outputTokens: 0, costUsd: 0 };
+    const tools = agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name, description, parameters } }));
+    try {
+      // The client's own time-out (KEEL_LLM_TIMEOUT_MS, set on the client) bounds the request.
+      const stream = await deps.openai.chat.completions.create(
+        {
+          model: input.model,
+          messages: toChatMessages(history, agent.systemPrompt),
+          stream: true,
+          stream_options: { include_usage: true },
+          user: input.sessionId,
+          ...(input.temperature === undefined ? {} : { temperature: input.temperature }),
+          ...(tools.length ? { tools } : {}),
+        },
+        { signal: ctx.cancellationSignal },
+      );
+      for await (const chunk of stream) {
+        awaitingFirstChunk = false;
+        chunkSinceBeat = true;
+        const choice = chunk.choices[0];
+        const text = choice?.delta?.content ?? '';
+        if (text) {
+          firstTokenAt ??= performance.now();
+          content += text;
+          coalescer.push(text);
+        }
+        toolCalls.add(choice?.delta?.tool_calls);
+        if (choice?.finish_reason) finishReason = choice.finish_reason;
+        if (chunk.usage) {
+          const tokens = { inputTokens: chunk.usage.prompt_tokens, outputTokens: chunk.usage.completion_tokens };
+          usage = { ...tokens, costUsd: costOf(deps.prices, input.model, tokens) };
+        }
+      }
+    } catch (error) {
+      await started.catch(() => undefined);
+      // Cancelled by the workflow (cancel, interrupt): report it as a cancellation, never as a failure to retry.
+      if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
+      const failure = classifyLlmError(error);
+      deps.metrics.errors.inc({ code: (failure as { type?: string }).type ?? 'LLM_API_ERROR' });
+      throw failure;
+    } finally {
+      clearInterval(beat);
+      coalescer.dispose();
+    }
+    // An aborted stream can end without an error; a cancelled attempt must not commit a partial reply.
+    if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
+    // So can a connection cut by the provider: no finish reason means the reply is incomplete.
+    if (finishReason === null) throw classifyLlmError(new Error('The model stream ended before the reply was complete'));
+    try {
+      await started;
+    } catch (error) {
+      throw classifyPersistenceError(error);
+    }
+    await coalescer.flush();
+    if (finishReason === 'content_filter') throw contentFilterFailure();
+
+    const calls = toolCalls.result();
+    const messageId = replyMessageIdOf(input.sessionId, input.turn, input.step);
+    await pool
+      .transaction(async (tx) => {
+        await insertMessage(tx, {
+          id: messageId,
+          sessionId: input.sessionId,
+          turn: input.turn,
+          position: assistantPosition(input.step),
+          role: 'assistant',
+          content,
+          inputTokens: usage.inputTokens,
+          outputTokens: usage.outputTokens,
+          costUsd: usage.costUsd,
+          ...(calls.length ? { toolCalls: calls.map((c) => ({ id: c.modelCallId, name: c.name, arguments: c.arguments })) } : {}),
+        });
+        await appendEvent(tx, {
+          sessionId: input.sessionId,
+          key: `${streamId}:end`,
+          type: 'stream.end',
+          data: { streamId, attempt, messageId, content, finishReason, usage },
+        });
+        // A reply that asks for no tools ends the turn.
+        if (calls.length === 0) {
+          await appendEvent(tx, {
+            sessionId: input.sessionId,
+            key: `turn:${input.turn}:done`,
+            type: 'turn.done',
+            data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage },
+          });
+        }
+      })
+      .catch((error: unknown) => {
+        throw classifyPersistenceError(error);
+      });
+    const { metrics } = deps;
+    metrics.modelCallDuration.observe((performance.now() - requestedAt) / 1000);
+    if (firstTokenAt !== null) metrics.timeToFirstToken.observe((firstTokenAt - requestedAt) / 1000);
+    metrics.tokens.inc({ direction: 'input' }, usage.inputTokens);
+    metrics.tokens.inc({ direction: 'output' }, usage.outputTokens);
+    metrics.costUsd.inc(usage.costUsd);
+    if (calls.length === 0) metrics.turns.inc({ status: 'completed' });
+    deps.log.info(
+      {
+        ...turnLogIds(input),
+        step: input.step,
+        attempt,
+        finishReason,
+        toolCalls: calls.length,
+        inputTokens: usage.inputTokens,
+        outputTokens: usage.outputTokens,
+        scheduleToStartMs,
+        beforeRequestMs: Math.round(requestedAt - activityStartedAt),
+        ...(firstTokenAt === null ? {} : { ttftMs: Math.round(firstTokenAt - requestedAt) }),
+        ms: Math.round(performance.now() - requestedAt),
+      },
+      'model reply committed',
+    );
+    return { messageId, finishReason, usage, toolCalls: calls };
+  }
+
+  return { streamReply };
+}
+
+export type StreamReplyActivities = ReturnType<typeof createStreamReplyActivities>;

@@ -1,0 +1,163 @@
+import { z } from 'zod';
+import { ErrorBody } from './errors';
+import { ApprovalOutcome, ToolResultStatus, Usage } from './events';
+import { ToolPermission } from './tools';
+
+/**
+ * The workflow–activity contract of a turn. The workflow carries IDs and decisions only; the
+ * activities read content (messages, system prompt, tool schemas) from Postgres and the agent
+ * registry. Activities parse their input with these schemas.
+ */
+
+/** A tool as one session's agent may use it, with every policy resolved once, at session start. */
+export const ToolPolicy = z.object({
+  name: z.string(),
+  permission: ToolPermission,
+  requiresApproval: z.boolean(),
+  approvalTtlMs: z.number().int().positive(),
+  /** One execution's time limit: the tool's abort signal and its activity's start-to-close. */
+  timeoutMs: z.number().int().positive(),
+  maxAttempts: z.number().int().positive(),
+});
+export type ToolPolicy = z.infer<typeof ToolPolicy>;
+
+/** A user message the workflow has taken: its ID and the turn that answers it, never its content. */
+export const MessageRef = z.object({
+  messageId: z.string(),
+  turn: z.number().int().positive(),
+  clientMessageId: z.string().optional(),
+  /** The API request that sent it, carried into the turn's log lines. */
+  requestId: z.string().optional(),
+});
+export type MessageRef = z.infer<typeof MessageRef>;
+
+export const AcceptMessagesInput = z.object({ sessionId: z.string(), messages: z.array(MessageRef) });
+export type AcceptMessagesInput = z.infer<typeof AcceptMessagesInput>;
+
+/** A message the session will not take, waiting to be told so. */
+export const RefusedMessage = z.object({
+  messageId: z.string(),
+  clientMessageId: z.string().optional(),
+  code: z.enum(['SESSION_BUSY', 'SESSION_EXPIRED']),
+  /** Numbers each refusal in the session, so a refused resend is told again. */
+  refusal: z.number().int().nonnegative(),
+});
+export type RefusedMessage = z.infer<typeof RefusedMessage>;
+
+export const RejectMessagesInput = z.object({ sessionId: z.string(), messages: z.array(RefusedMessage) });
+export type RejectMessagesInput = z.infer<typeof RejectMessagesInput>;
+
+export const StreamReplyInput = z.object({
+  sessionId: z.string(),
+  requestId: z.string().optional(),
+  turn: z.number().int().positive(),
+  step: z.number().int().positive(),
+  /** The user message this turn answers. */
+  replyTo: z.string(),
+  /** Messages taken by the workflow but not yet marked accepted: done, with message.accepted, before stream.start. */
+  accept: z.array(MessageRef),
+  /** The agent version whose system prompt and tool schemas the model gets. */
+  agent: z.object({ id: z.string(), version: z.number().int().nonnegative() }),
+  model: z.string(),
+  temperature: z.number().optional(),
+});
+export type StreamReplyInput = z.infer<typeof StreamReplyInput>;
+
+export const ModelToolCall = z.object({
+  modelCallId: z.string(),
+  name: z.string(),
+  /** The model's JSON text, exactly as it sent it. */
+  arguments: z.string(),
+});
+export type ModelToolCall = z.infer<typeof ModelToolCall>;
+
+export const StreamReplyResult = z.object({
+  messageId: z.string(),
+  finishReason: z.string(),
+  usage: Usage,
+  toolCalls: z.array(ModelToolCall),
+});
+export type StreamReplyResult = z.infer<typeof StreamReplyResult>;
+
+export const RecordToolCallsInput = z.object({
+  sessionId: z.string(),
+  turn: z.number().int().positive(),
+  step: z.number().int().positive(),
+  agent: z.object({ id: z.string(), version: z.number().int().nonnegative() }),
+  calls: z.array(ModelToolCall),
+  /** The session's resolved tool policies; a call naming a tool not listed here is unknown. */
+  policies: z.array(ToolPolicy),
+  nowMs: z.number(),
+});
+export type RecordToolCallsInput = z.infer<typeof RecordToolCallsInput>;
+
+export const PlannedToolCall = ModelToolCall.extend({
+  toolCallId: z.string(),
+  /** Where the tool's result message sits in the turn's conversation. */
+  position: z.number().int(),
+  /** Null when the model named a tool this agent does not have. */
+  policy: ToolPolicy.nullable(),
+  digest: z.string(),
+  expiresAt: z.string().nullable(),
+});
+export type PlannedToolCall = z.infer<typeof PlannedToolCall>;
+
+export const ToolError = z.object({ code: z.string(), message: z.string() });
+
+export const ToolOutcome = z.object({
+  status: z.enum(['succeeded', 'failed', 'cancelled']),
+  result: z.unknown().optional(),
+  error: ToolError.optional(),
+});
+export type ToolOutcome = z.infer<typeof ToolOutcome>;
+
+const ToolCallIds = z.object({
+  sessionId: z.string(),
+  toolCallId: z.string(),
+  modelCallId: z.string(),
+  name: z.string(),
+  turn: z.number().int().positive(),
+  position: z.number().int(),
+});
+
+export const SettleInput = ToolCallIds.extend({
+  approval: z.object({ outcome: ApprovalOutcome, decidedBy: z.string().nullable(), feedback: z.string().nullable() }).optional(),
+  status: ToolResultStatus.optional(),
+  result: z.unknown().optional(),
+  error: ToolError.optional(),
+  /** What the model reads for a cancelled call: whether the tool ran at all. */
+  ran: z.boolean().optional(),
+});
+export type SettleInput = z.infer<typeof SettleInput>;
+
+export const ExecuteToolInput = ToolCallIds.extend({
+  arguments: z.string(),
+  /** From the workflow and tool call IDs: the same on every retry of one call. */
+  idempotencyKey: z.string(),
+  timeoutMs: z.number().int().positive(),
+});
+export type ExecuteToolInput = z.infer<typeof ExecuteToolInput>;
+
+export const TurnFailureInput = z.object({
+  sessionId: z.string(),
+  requestId: z.string().optional(),
+  turn: z.number().int().positive(),
+  replyTo: z.string(),
+  error: ErrorBody,
+  status: z.enum(['failed', 'cancelled']),
+  /** Who stopped the turn: the user ID of a cancel, or the reason when no one did. */
+  cancelledBy: z.string().optional(),
+});
+export type TurnFailureInput = z.infer<typeof TurnFailureInput>;
+
+export const ExpireSessionInput = z.object({ sessionId: z.string(), idleMs: z.number().int().nonnegative() });
+export type ExpireSessionInput = z.infer<typeof ExpireSessionInput>;
+
+/** Failure types the workflow branches on; activities throw ApplicationFailure with these. */
+export const PERSISTENCE_INVALID = 'PERSISTENCE_INVALID';
+export const STEP_LIMIT = 'STEP_LIMIT_REACHED';
+
+export const streamIdOf = (turn: number, step: number) => `t${turn}-s${step}`;
+export const replyMessageIdOf = (sessionId: string, turn: number, step: number) => `${sessionId}-t${turn}-r${step}`;
+/** Assistant messages sit at step * 1000 within a turn; their tool results right after. */
+export const assistantPosition = (step: number) => step * 1000;

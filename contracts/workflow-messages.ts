@@ -1,0 +1,28 @@
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type {
+  ApprovalDecision,
+  ApprovalDecisionResult,
+  CancelTurnRequest,
+  CancelTurnResult,
+  EndSessionSignal,
+  SessionStateView,
+  UserMessageSignal,
+} from './session';
+
+/**
+ * The session workflow's signals, updates and queries, defined once: the API, the tests and the
+ * workflow use these objects, never string names. Payload schemas are in contracts/session.ts;
+ * this module imports them as types only, so the workflow bundle carries no zod.
+ */
+export const userMessageSignal = defineSignal<[UserMessageSignal]>('userMessage');
+/** An update, not a signal: the caller hears whether a turn was cancelled, and which. */
+export const cancelTurnUpdate = defineUpdate<CancelTurnResult, [CancelTurnRequest]>('cancelTurn');
+/** The same cancel as a signal, for operators' batch jobs (`temporal workflow signal --query …`), which cannot send updates. */
+export const cancelTurnSignal = defineSignal<[CancelTurnRequest]>('cancelTurn');
+/** An update, not a signal: the approver needs to hear whether the decision counted. */
+export const decideApprovalUpdate = defineUpdate<ApprovalDecisionResult, [ApprovalDecision]>('decideApproval');
+export const endSessionSignal = defineSignal<[EndSessionSignal]>('endSession');
+export const sessionStateQuery = defineQuery<SessionStateView>('sessionState');
+
+/** How many client message IDs a session remembers for de-duplication. */
+export const RECENT_CLIENT_ID_LIMIT = 1000;

@@ -1,0 +1,326 @@
+import { Context } from '@temporalio/activity';
+import { WorkflowUpdateStage } from '@temporalio/client';
+import { CancelledFailure } from '@temporalio/common';
+import type { ExecuteToolInput, PlannedToolCall, RecordToolCallsInput, StreamReplyInput, StreamReplyResult, ToolOutcome } from '../contracts/turn';
+import { cancelTurnUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
+import { SessionStatusKey } from '../contracts/search-attributes';
+import { eventually, gate, sessionConfig, startWorkflowHarness, until, type Call, type SessionActivityDoubles } from './support/workflow-harness';
+
+/**
+ * The session workflow against the real Temporal server with typed activity doubles: each
+ * test holds an activity at the point it wants (a gate) to force the race it is about.
+ */
+
+interface Script {
+  streamReply?: (input: StreamReplyInput) => Promise<StreamReplyResult>;
+  recordToolCalls?: (input: RecordToolCallsInput, planned: PlannedToolCall[]) => Promise<PlannedToolCall[]>;
+  executeTool?: (input: ExecuteToolInput) => Promise<ToolOutcome>;
+}
+
+const scripts = new Map<string, Script>();
+const calls = new Map<string, Call[]>();
+const seen = (sessionId: string) => calls.get(sessionId) ?? [];
+const named = (sessionId: string, name: Call['name']) => seen(sessionId).filter((c) => c.name === name).map((c) => c.input as Record<string, any>);
+
+function record(name: Call['name'], input: { sessionId: string } & Record<string, unknown>) {
+  const list = calls.get(input.sessionId) ?? [];
+  list.push({ name, input });
+  calls.set(input.sessionId, list);
+}
+
+const reply = (input: StreamReplyInput, toolCalls: StreamReplyResult['toolCalls'] = []): StreamReplyResult => ({
+  messageId: `${input.sessionId}-t${input.turn}-r${input.step}`,
+  finishReason: toolCalls.length ? 'tool_calls' : 'stop',
+  usage: { inputTokens: 1, outputTokens: 1, costUsd: 0 },
+  toolCalls,
+});
+
+function plan(input: RecordToolCallsInput): PlannedToolCall[] {
+  return input.calls.map((c, i) => {
+    const policy = input.policies.find((p) => p.name === c.name) ?? null;
+    return { ...c, toolCallId: `tc-${input.turn}-${i}`, position: 1000 * input.step + i + 1, policy, digest: 'dg', expiresAt: policy?.requiresApproval ? new Date(input.nowMs + policy.approvalTtlMs).toISOString() : null };
+  });
+}
+
+const doubles: SessionActivityDoubles = {
+  async acceptMessages(input) {
+    record('acceptMessages', input);
+  },
+  async rejectMessages(input) {
+    record('rejectMessages', input);
+  },
+  async recordTurnFailure(input) {
+    record('recordTurnFailure', input);
+  },
+  async expireSession(input) {
+    record('expireSession', input);
+  },
+  async settleToolCall(input) {
+    record('settleToolCall', input);
+  },
+  async streamReply(input) {
+    record('streamReply', input);
+    const script = scripts.get(input.sessionId)?.streamReply;
+    return script ? script(input) : reply(input);
+  },
+  async recordToolCalls(input) {
+    record('recordToolCalls', input);
+    const planned = plan(input);
+    const script = scripts.get(input.sessionId)?.recordToolCalls;
+    return script ? script(input, planned) : planned;
+  },
+  async executeTool(input) {
+    record('executeTool', input);
+    const script = scripts.get(input.sessionId)?.executeTool;
+    const outcome = script ? await script(input) : { status: 'succeeded' as const, result: 'ok' };
+    record('executeTool', { ...input, finished: outcome.status });
+    return outcome;
+  },
+};
+
+let harness: Awaited<ReturnType<typeof startWorkflowHarness>>;
+beforeAll(async () => {
+  harness = await startWorkflowHarness(doubles);
+});
+afterAll(async () => {
+  await harness?.stop();
+});
+
+const toolCall = (name: string) => ({ modelCallId: `m-${name}`, name, arguments: '{}' });
+
+/** Turn `turn`'s model call tells `started` it runs, then waits for `release`. */
+function holdTurn(turn: number, started: { open: () => void }, release: { opened: Promise<void> }): Script['streamReply'] {
+  return async (input) => {
+    if (input.turn === turn) {
+      started.open();
+      await release.opened;
+    }
+    return reply(input);
+  };
+}
+
+/** The first step asks for `tools`; the next answers in text. */
+function askTools(...tools: string[]): Script['streamReply'] {
+  return async (input) => reply(input, input.step === 1 ? tools.map(toolCall) : []);
+}
+
+test('a cancel that lands while the tool calls are being recorded still gives every call a result', async () => {
+  const recording = gate();
+  const release = gate();
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, {
+    streamReply: askTools('lookup', 'publish'),
+    recordToolCalls: async (_input, planned) => {
+      recording.open();
+      await release.opened;
+      return planned;
+    },
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await recording.opened;
+  // The window is open: the reply asking for tools is stored, the workflow does not know the calls yet.
+  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  release.open();
+  expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
+  await until(() => named(sessionId, 'recordTurnFailure').length === 1, 'the turn to end');
+  const settled = named(sessionId, 'settleToolCall');
+  expect(settled.map((s) => [s.toolCallId, s.status, s.ran]).sort()).toEqual([
+    ['tc-1-0', 'cancelled', false],
+    ['tc-1-1', 'cancelled', false],
+  ]);
+  expect(settled.find((s) => s.toolCallId === 'tc-1-1')!.approval).toEqual({ outcome: 'cancelled', decidedBy: null, feedback: null });
+  expect(named(sessionId, 'executeTool')).toHaveLength(0);
+  expect(named(sessionId, 'recordTurnFailure')[0]).toMatchObject({ status: 'cancelled', cancelledBy: 'u1', error: { code: 'TURN_CANCELLED' } });
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('a write tool that has started is not cancelled: it finishes and the workflow records no second result', async () => {
+  const started = gate();
+  const finish = gate();
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, {
+    streamReply: askTools('save'),
+    executeTool: async () => {
+      started.open();
+      await finish.opened;
+      return { status: 'succeeded', result: 'saved' };
+    },
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await started.opened;
+  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ turn: 1, requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  finish.open();
+  expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
+  await until(() => named(sessionId, 'recordTurnFailure').length === 1, 'the turn to end');
+  expect(named(sessionId, 'executeTool').map((c) => c.finished)).toEqual([undefined, 'succeeded']);
+  // The tool's own result stands: the workflow closed nothing on top of it.
+  expect(named(sessionId, 'settleToolCall')).toHaveLength(0);
+  expect(named(sessionId, 'recordTurnFailure')[0]).toMatchObject({ status: 'cancelled' });
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('a read tool cancelled while running stops, and the turn ends only after the activity has recorded it', async () => {
+  const started = gate();
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, {
+    streamReply: askTools('lookup'),
+    executeTool: async () => {
+      started.open();
+      const ctx = Context.current();
+      const beat = setInterval(() => ctx.heartbeat(), 100);
+      try {
+        await ctx.cancelled;
+      } catch {
+        // The real activity records `cancelled, ran: true` here, then reports the cancellation.
+        record('settleToolCall', { sessionId, toolCallId: 'tc-1-0', status: 'cancelled', ran: true });
+        throw new CancelledFailure('CANCELLED');
+      } finally {
+        clearInterval(beat);
+      }
+      return { status: 'succeeded' };
+    },
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await started.opened;
+  await handle.executeUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }] });
+  await until(() => named(sessionId, 'recordTurnFailure').length === 1, 'the turn to end');
+  const order = seen(sessionId).map((c) => `${c.name}${(c.input as { ran?: boolean }).ran === undefined ? '' : `:${String((c.input as { ran?: boolean }).ran)}`}`);
+  // The activity's own record comes first; the workflow's close (ran: false) comes after and is a no-op in Postgres.
+  expect(order.indexOf('settleToolCall:true')).toBeGreaterThan(-1);
+  expect(order.indexOf('settleToolCall:true')).toBeLessThan(order.indexOf('recordTurnFailure'));
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('a cancel naming a turn that has ended does not cancel the next one', async () => {
+  const second = gate();
+  const hold = gate();
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, { streamReply: holdTurn(2, second, hold) });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await handle.signal(userMessageSignal, { messageId: 'm2' });
+  await second.opened;
+  expect(await handle.executeUpdate(cancelTurnUpdate, { args: [{ turn: 1, requestedBy: 'u1' }] })).toEqual({ cancelled: false, turn: 1 });
+  hold.open();
+  await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null, 'turn 2 to finish');
+  expect(named(sessionId, 'streamReply').map((s) => s.turn)).toEqual([1, 2]);
+  expect(named(sessionId, 'recordTurnFailure')).toHaveLength(0);
+  expect(await handle.executeUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }] })).toEqual({ cancelled: false, turn: null });
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('beyond the queue bound a message is refused with SESSION_BUSY, and a refused resend is told again', async () => {
+  const hold = gate();
+  const handle = await harness.start(sessionConfig({ maxQueuedMessages: 2 }));
+  const sessionId = handle.workflowId.slice(3);
+  const running = gate();
+  scripts.set(sessionId, { streamReply: holdTurn(1, running, hold) });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await running.opened;
+  for (const id of ['m2', 'm3', 'm4', 'm5']) await handle.signal(userMessageSignal, { messageId: id, clientMessageId: `c-${id}` });
+  await handle.signal(userMessageSignal, { messageId: 'm5', clientMessageId: 'c-m5' });
+  await until(() => named(sessionId, 'rejectMessages').flatMap((r) => r.messages).length === 3, 'three refusals');
+  const refused = named(sessionId, 'rejectMessages').flatMap((r) => r.messages);
+  expect(refused.map((m: { messageId: string; code: string }) => [m.messageId, m.code])).toEqual([
+    ['m4', 'SESSION_BUSY'],
+    ['m5', 'SESSION_BUSY'],
+    ['m5', 'SESSION_BUSY'],
+  ]);
+  // Each refusal has its own number, so its event is written again for the resend.
+  expect(new Set(refused.map((m: { refusal: number }) => m.refusal)).size).toBe(3);
+  expect((await handle.query(sessionStateQuery)).queued.map((q) => q.messageId)).toEqual(['m2', 'm3']);
+  hold.open();
+  await until(() => named(sessionId, 'streamReply').length === 3, 'the queued turns');
+  expect(named(sessionId, 'streamReply').map((s) => s.replyTo)).toEqual(['m1', 'm2', 'm3']);
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('continue-as-new carries queued messages and pending refusals as IDs, and answers every one', async () => {
+  const hold = gate();
+  const running = gate();
+  const handle = await harness.start(sessionConfig({ continueAsNewAfterEvents: 10, maxQueuedMessages: 3 }));
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, { streamReply: holdTurn(1, running, hold) });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await running.opened;
+  for (let i = 2; i <= 6; i++) await handle.signal(userMessageSignal, { messageId: `m${i}`, clientMessageId: `c${i}` });
+  hold.open();
+  await eventually(async () => {
+    const view = await handle.query(sessionStateQuery);
+    return view.turnInProgress === null && view.queued.length === 0 && view.messageCount === 8;
+  }, 'every queued turn answered, across continue-as-new');
+  expect(named(sessionId, 'streamReply').map((s) => [s.replyTo, s.turn])).toEqual([
+    ['m1', 1],
+    ['m2', 2],
+    ['m3', 3],
+    ['m4', 4],
+  ]);
+  expect(named(sessionId, 'rejectMessages').flatMap((r) => r.messages).map((m: { messageId: string }) => m.messageId)).toEqual(['m5', 'm6']);
+  const state = await handle.query(sessionStateQuery);
+  expect(state.generation).toBeGreaterThan(0);
+  expect(state.messageCount).toBe(8);
+  // Every accepted message was accepted once, before or inside its own turn's reply.
+  const acceptedIds = [...named(sessionId, 'acceptMessages').flatMap((a) => a.messages), ...named(sessionId, 'streamReply').flatMap((s) => s.accept)].map((m: { messageId: string }) => m.messageId);
+  expect(acceptedIds.sort()).toEqual(['m1', 'm2', 'm3', 'm4']);
+  // A continued run starts from IDs: its input is small and holds no message content.
+  const started = (await harness.client.workflow.getHandle(handle.workflowId).fetchHistory()).events![0]!.workflowExecutionStartedEventAttributes!;
+  expect(started.continuedExecutionRunId).toBeTruthy();
+  const input = Buffer.concat(started.input!.payloads!.map((p) => Buffer.from(p.data!))).toString();
+  expect(input.length).toBeLessThan(4096);
+  expect(input).not.toContain('content');
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('a bug in workflow code fails the workflow task; the turn is not ended with a model error', async () => {
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  // A reply that breaks the contract: the workflow's code throws a TypeError reading it.
+  scripts.set(sessionId, { streamReply: async (input) => ({ ...reply(input), toolCalls: undefined as never }) });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await until(() => named(sessionId, 'streamReply').length >= 1, 'the model call');
+  await eventually(async () => (await handle.fetchHistory()).events?.some((e) => e.workflowTaskFailedEventAttributes) ?? false, 'a failed workflow task');
+  expect(named(sessionId, 'recordTurnFailure')).toHaveLength(0);
+  await handle.terminate('test done');
+});
+
+test('deleting a session ends its workflow: the turn stops, approvals are cancelled, search attributes say deleted', async () => {
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, { streamReply: askTools('publish') });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await eventually(async () => (await handle.query(sessionStateQuery)).pendingApprovals.length === 1, 'the approval request');
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'owner' });
+  expect(await handle.result()).toEqual({ status: 'deleted' });
+  expect(named(sessionId, 'settleToolCall')[0]).toMatchObject({ status: 'cancelled', approval: { outcome: 'cancelled' } });
+  expect(named(sessionId, 'recordTurnFailure')[0]).toMatchObject({ status: 'cancelled', cancelledBy: 'owner' });
+  const description = await handle.describe();
+  expect(description.typedSearchAttributes.get(SessionStatusKey)).toBe('deleted');
+  expect(named(sessionId, 'expireSession')).toHaveLength(0);
+});
+
+test('a failed write that retrying cannot fix ends the turn with INTERNAL_ERROR instead of retrying forever', async () => {
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, {
+    streamReply: async () => {
+      const { ApplicationFailure } = await import('@temporalio/common');
+      throw ApplicationFailure.create({ type: 'PERSISTENCE_INVALID', message: 'write refused', nonRetryable: true });
+    },
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await until(() => named(sessionId, 'recordTurnFailure').length === 1, 'the turn to fail');
+  expect(named(sessionId, 'recordTurnFailure')[0]).toMatchObject({ status: 'failed', error: { code: 'INTERNAL_ERROR', recoverable: true } });
+  expect(named(sessionId, 'streamReply')).toHaveLength(1);
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('an idle session expires once, with its refusals written', async () => {
+  const handle = await harness.start(sessionConfig({ idleTtlMs: 300 }));
+  const sessionId = handle.workflowId.slice(3);
+  await expect(handle.result()).resolves.toEqual({ status: 'expired' });
+  expect(named(sessionId, 'expireSession')).toEqual([{ sessionId, idleMs: 300 }]);
+  await expect(handle.signal(userMessageSignal, { messageId: 'late' })).rejects.toThrow();
+});
