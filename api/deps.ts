@@ -4,8 +4,10 @@ import type { Authenticator } from './auth';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 import type { Settings } from '../config/settings';
+import type { Connections } from './connections';
 import type { EventHub } from './event-hub';
 import type { RateLimiter } from './rate-limiter';
+import type { SessionFeed } from './session-feed';
 import type { SessionService } from './session-service';
 
 /** What the HTTP and WebSocket handlers need; built once per process in api/main.ts. */
@@ -13,6 +15,10 @@ export interface ApiDeps {
   settings: Settings;
   pool: DatabasePool;
   hub: EventHub;
+  /** How WebSocket, SSE and /chat follow a session's events. */
+  feed: SessionFeed;
+  /** Open WebSockets and SSE streams, and /chat requests in flight. */
+  connections: Connections;
   sessions: SessionService;
   agents: AgentRegistry;
   auth: Authenticator;

@@ -1,14 +1,16 @@
 import { Client } from 'pg';
-import type { DatabasePool } from 'slonik';
 import { ChannelMessage, EVENT_CHANNEL } from '../contracts/channel';
 import type { DurableEvent, StreamDeltaData } from '../contracts/events';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
-import { eventsAfter } from '../db/events';
 
 export interface HubListener {
   onEvent(event: DurableEvent): void;
+  /** An event too large for NOTIFY was written with this seq: read it from the log. */
+  onNotified(seq: number): void;
   onDelta(delta: StreamDeltaData): void;
+  /** Notifications may have been lost (the LISTEN connection was replaced): re-read the log from your cursor. */
+  onResync(): void;
 }
 
 /** The text streamed so far for a reply in progress, kept so late joiners get the whole reply. */
@@ -16,64 +18,116 @@ export interface InFlightStream {
   streamId: string;
   attempt: number;
   text: string;
-  /** False when this process started listening after the stream began. */
+  /** False when this process missed the start of the stream. */
   complete: boolean;
   touchedAt: number;
 }
 
+export interface EventHubOptions {
+  /** Ping the LISTEN connection this often; a ping unanswered for as long replaces the connection. */
+  checkMs: number;
+  /** First delay before reconnecting; it doubles on each failure, up to max(5 s, this). */
+  reconnectMs: number;
+}
+
 const STALE_STREAM_MS = 10 * 60_000;
+const MAX_RECONNECT_DELAY_MS = 5_000;
+/** How the LISTEN connection shows in pg_stat_activity. */
+export const LISTENER_APPLICATION_NAME = 'keel-api-listener';
+
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms).unref());
 
 /**
- * One LISTEN connection per API process, fanned out to the WebSocket and SSE subscribers of
- * each session. Reconnects on its own; subscribers fill any gap from the event log by seq.
+ * One LISTEN connection per API process, fanned out to the subscribers of each session. A
+ * connection that errors, ends or stops answering its liveness ping is replaced, and every
+ * subscriber is then told to resync from the log: notifications sent while no connection
+ * listened are lost, events are not. The hub itself never reads the log (an event too large
+ * for NOTIFY is read by each subscriber, when it has room for it), so it holds no promise and
+ * no event beyond the one it is handing out.
  */
 export class EventHub {
   private client: Client | null = null;
   private readonly listeners = new Map<string, Set<HubListener>>();
   private readonly streams = new Map<string, InFlightStream>();
   private closed = false;
-  private sweep: NodeJS.Timeout | undefined;
-  private reconnects = 0;
+  private timers: NodeJS.Timeout[] = [];
+  private checking = false;
 
   constructor(
     private readonly databaseUrl: string,
-    private readonly pool: DatabasePool,
     private readonly log: Logger,
     private readonly metrics: Metrics,
+    private readonly options: EventHubOptions,
   ) {}
 
   async start(): Promise<void> {
-    await this.connect();
-    this.sweep = setInterval(() => this.dropStaleStreams(), 60_000).unref();
+    this.client = await this.connect();
+    this.timers = [setInterval(() => this.dropStaleStreams(), 60_000).unref(), setInterval(() => void this.checkAlive(), this.options.checkMs).unref()];
   }
 
-  private async connect(): Promise<void> {
-    const client = new Client({ connectionString: this.databaseUrl });
+  private async connect(): Promise<Client> {
+    const client = new Client({
+      connectionString: this.databaseUrl,
+      application_name: LISTENER_APPLICATION_NAME,
+      // A half-open TCP connection (a NAT that forgot it, a failover without RST) is found by keepalive or the ping.
+      keepAlive: true,
+      keepAliveInitialDelayMillis: this.options.checkMs,
+      connectionTimeoutMillis: this.options.checkMs,
+    });
     client.on('notification', (n) => {
       if (n.channel === EVENT_CHANNEL && n.payload) this.receive(n.payload);
     });
-    client.on('error', (error) => {
-      this.log.warn({ err: error }, 'event channel connection lost');
-      void this.reconnect(client);
-    });
-    await client.connect();
-    await client.query(`LISTEN ${EVENT_CHANNEL}`);
-    this.client = client;
+    client.on('error', (error) => this.lost(client, error));
+    client.on('end', () => this.lost(client, new Error('connection ended')));
+    try {
+      await client.connect();
+      await withTimeout(client.query(`LISTEN ${EVENT_CHANNEL}`), this.options.checkMs);
+    } catch (error) {
+      destroy(client);
+      throw error;
+    }
+    return client;
   }
 
-  private async reconnect(old: Client): Promise<void> {
-    if (this.closed || this.client !== old) return;
+  /** The current connection failed: drop it and reconnect (once per connection). */
+  private lost(client: Client, error: unknown): void {
+    if (this.closed || this.client !== client) return;
     this.client = null;
-    old.end().catch(() => undefined);
-    const delay = Math.min(5_000, 200 * 2 ** this.reconnects++);
-    await new Promise((r) => setTimeout(r, delay));
+    this.log.warn({ err: error }, 'event channel connection lost');
+    destroy(client);
+    // Deltas sent while nobody listened are gone: what is kept of replies in progress is no longer whole.
+    this.streams.clear();
+    void this.reconnect();
+  }
+
+  private async reconnect(): Promise<void> {
+    for (let attempt = 0; !this.closed; attempt++) {
+      const { reconnectMs } = this.options;
+      await delay(Math.min(Math.max(MAX_RECONNECT_DELAY_MS, reconnectMs), reconnectMs * 2 ** attempt));
+      if (this.closed) return;
+      try {
+        const client = await this.connect();
+        if (this.closed) return destroy(client);
+        this.client = client;
+        this.log.info({ attempt }, 'event channel reconnected; subscribers resync from the log');
+        this.resyncAll();
+        return;
+      } catch (error) {
+        this.log.warn({ err: error, attempt }, 'event channel reconnect failed');
+      }
+    }
+  }
+
+  private async checkAlive(): Promise<void> {
+    const client = this.client;
+    if (!client || this.checking) return;
+    this.checking = true;
     try {
-      await this.connect();
-      this.reconnects = 0;
+      await withTimeout(client.query('SELECT 1'), this.options.checkMs);
     } catch (error) {
-      this.log.warn({ err: error }, 'event channel reconnect failed');
-      this.client = old;
-      void this.reconnect(old);
+      this.lost(client, error);
+    } finally {
+      this.checking = false;
     }
   }
 
@@ -83,7 +137,7 @@ export class EventHub {
     set.add(listener);
     return () => {
       set.delete(listener);
-      if (set.size === 0) this.listeners.delete(sessionId);
+      if (set.size === 0 && this.listeners.get(sessionId) === set) this.listeners.delete(sessionId);
     };
   }
 
@@ -99,29 +153,45 @@ export class EventHub {
       this.log.warn({ err: error }, 'malformed event channel payload ignored');
       return;
     }
-    if (message.k === 'd') {
-      const { k: _k, sessionId, ...delta } = message;
-      this.trackDelta(sessionId, delta);
-      this.listeners.get(sessionId)?.forEach((l) => l.onDelta(delta));
-      return;
+    try {
+      if (message.k === 'd') {
+        const { k: _k, sessionId, ...delta } = message;
+        this.trackDelta(sessionId, delta);
+        this.forEach(sessionId, (l) => l.onDelta(delta));
+      } else if (message.k === 'e') {
+        const { k: _k, ...event } = message;
+        this.metrics.channelLag.observe(Math.max(0, Date.now() - Date.parse(event.createdAt)) / 1000);
+        this.deliver(event as DurableEvent);
+      } else {
+        // Not known here whether it ends the reply in progress (a long stream.end): stop handing that reply out.
+        const inFlight = this.streams.get(message.sessionId);
+        if (inFlight) inFlight.complete = false;
+        this.forEach(message.sessionId, (l) => l.onNotified(message.seq));
+      }
+    } catch (error) {
+      this.log.error({ err: error, sessionId: message.sessionId }, 'event delivery failed');
     }
-    if (message.k === 'e') {
-      const { k: _k, ...event } = message;
-      this.metrics.channelLag.observe(Math.max(0, Date.now() - Date.parse(event.createdAt)) / 1000);
-      this.deliver(event as DurableEvent);
-      return;
-    }
-    void this.fetchAndDeliver(message.sessionId, message.seq);
-  }
-
-  private async fetchAndDeliver(sessionId: string, seq: number): Promise<void> {
-    const [event] = await eventsAfter(this.pool, sessionId, seq - 1, 1);
-    if (event) this.deliver(event);
   }
 
   private deliver(event: DurableEvent): void {
     this.trackEvent(event);
-    this.listeners.get(event.sessionId)?.forEach((l) => l.onEvent(event));
+    this.forEach(event.sessionId, (l) => l.onEvent(event));
+  }
+
+  private forEach(sessionId: string, fn: (l: HubListener) => void): void {
+    const set = this.listeners.get(sessionId);
+    if (!set) return;
+    for (const listener of [...set]) {
+      try {
+        fn(listener);
+      } catch (error) {
+        this.log.error({ err: error, sessionId }, 'event subscriber failed');
+      }
+    }
+  }
+
+  private resyncAll(): void {
+    for (const sessionId of [...this.listeners.keys()]) this.forEach(sessionId, (l) => l.onResync());
   }
 
   private trackEvent(event: DurableEvent): void {
@@ -158,7 +228,23 @@ export class EventHub {
 
   async close(): Promise<void> {
     this.closed = true;
-    if (this.sweep) clearInterval(this.sweep);
-    await this.client?.end().catch(() => undefined);
+    this.timers.forEach((t) => clearInterval(t));
+    const client = this.client;
+    this.client = null;
+    await client?.end().catch(() => undefined);
   }
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Closes a connection without waiting for the server, which may be gone. */
+function destroy(client: Client): void {
+  client.end().catch(() => undefined);
+  client.connection.stream.destroy();
 }

@@ -2,38 +2,53 @@ import http from 'node:http';
 import { createLogger } from '../config/logger';
 import { createMetrics } from '../config/metrics';
 import { startTracing } from '../config/tracing';
+import { KeelError } from '../contracts/errors';
+import { limitMessageContent } from '../contracts/frames';
 import { activeSessionCount } from './metrics';
 import { Authenticator } from './auth';
 import { databaseUrlOf, loadSettings } from '../config/settings';
 import { migrate } from '../db/migrate';
 import { openPool } from '../db/pool';
 import { createApp } from './app';
+import { Connections } from './connections';
 import { EventHub } from './event-hub';
+import { SessionFeed } from './session-feed';
 import { SessionService } from './session-service';
 import { RateLimiter } from './rate-limiter';
 import { attachWebSocket } from './ws';
 import { AgentRegistry } from '../agents/registry';
-import { builtinTools } from '../tools';
+import { toolDefinitions } from '../tools';
 
-const toolDefinitions = () => Object.fromEntries(Object.entries(builtinTools).map(([name, tool]) => [name, tool.definition]));
 
 async function main() {
   const settings = loadSettings();
   const log = createLogger(settings, 'api');
+  // A stray rejection is a bug to log, not a reason to drop every connection of this process.
+  process.on('unhandledRejection', (reason) => log.error({ err: reason }, 'unhandled promise rejection'));
   const tracing = startTracing(settings, 'keel-api');
+  limitMessageContent(settings.api.maxContentChars);
   const databaseUrl = databaseUrlOf(settings);
   await migrate(databaseUrl);
   const pool = await openPool(databaseUrl, settings.dbPoolSize);
   const metrics = createMetrics('api', { activeSessions: activeSessionCount(pool) });
-  const hub = new EventHub(databaseUrl, pool, log, metrics);
+  const hub = new EventHub(databaseUrl, log, metrics, { checkMs: settings.api.listenerCheckMs, reconnectMs: settings.api.listenerReconnectMs });
   await hub.start();
-  const agents = await AgentRegistry.load(pool, settings.agentsFile, toolDefinitions());
+  const feed = new SessionFeed(hub, pool, settings.api, log);
+  const agents = await AgentRegistry.load(pool, settings.agentsFile, toolDefinitions(settings.tools));
   const limiter = new RateLimiter(pool, settings.rateLimits);
   const sessions = await SessionService.connect(settings, pool, agents, metrics, limiter, log);
   const auth = new Authenticator(pool, settings.auth, log);
   await auth.ensureDevToken();
-  const deps = { settings, pool, hub, sessions, agents, auth, limiter, log, metrics };
-  const server = http.createServer(createApp(deps).callback());
+  const connections = new Connections();
+  connections.checkRevocations(auth, Math.max(100, Math.floor(settings.auth.tokenCacheMs / 2)), log);
+  const deps = { settings, pool, hub, feed, connections, sessions, agents, auth, limiter, log, metrics };
+  const app = createApp(deps).callback();
+  const server = http.createServer((req, res) => {
+    // A request on a kept-alive connection while the process stops.
+    if (!connections.stopping) return void app(req, res);
+    const body = JSON.stringify({ error: new KeelError('SERVICE_UNAVAILABLE', 'The server is shutting down; try again').toBody() });
+    res.writeHead(503, { 'content-type': 'application/json', connection: 'close', 'content-length': Buffer.byteLength(body) }).end(body);
+  });
   const ws = attachWebSocket(server, deps);
   await new Promise<void>((resolve) => server.listen(settings.api.port, settings.api.host, resolve));
   const address = server.address();
@@ -44,9 +59,12 @@ async function main() {
   const stop = async () => {
     if (stopping) return;
     stopping = true;
-    log.info('api stopping');
-    await ws.close();
+    const deadline = Date.now() + settings.api.drainMs;
+    log.info({ drainMs: settings.api.drainMs }, 'api stopping: no new connections; WebSockets and event streams end, /chat requests finish');
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const { unfinishedChats } = await connections.drain(settings.api.drainMs);
+    if (unfinishedChats > 0) log.warn({ unfinishedChats }, 'api drain time over: cutting /chat requests still waiting');
+    await ws.close(Math.max(1_000, deadline - Date.now()));
     server.closeAllConnections();
     await closed;
     await hub.close();
@@ -54,6 +72,7 @@ async function main() {
     limiter.close();
     await pool.end();
     await tracing?.shutdown();
+    log.info('api stopped');
     process.exit(0);
   };
   process.once('SIGINT', () => void stop());

@@ -2,35 +2,34 @@ import { randomUUID } from 'node:crypto';
 import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { checkClientFrame } from '../contracts/frames';
+import { checkClientFrame, type ClientFrame, type FrameCheck } from '../contracts/frames';
 import { KeelError } from '../contracts/errors';
-import { durableFrame, type ServerFrame } from '../contracts/events';
+import { durableFrame } from '../contracts/events';
 import { ID_PATTERN } from '../contracts/ids';
 import { AfterSeqQuery } from '../contracts/rest';
 import { lastSeq } from '../db/events';
 import type { ApiDeps } from './deps';
-import type { Caller } from './auth';
+import { upgradeToken, type Caller } from './auth';
 import { toKeelError } from './errors';
-import { openSessionStream } from './session-stream';
+import type { Subscription } from './session-feed';
 import { SerialQueue } from './serial-queue';
 import { inFrameSpan, nameFrameSpan } from './tracing';
 
 const WS_PATH = /^\/api\/v1\/sessions\/([^/]+)\/ws$/;
 /** Frames above this are refused by ws itself (close 1009); below it our own limit answers with an error frame. */
 const HARD_FRAME_LIMIT = 1024 * 1024;
-/** A client this far behind is disconnected; it resumes with ?after=. */
-const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
-const CLOSE_TOO_MANY_SOCKETS = 4029;
 
-/** The token from `?token=`, the `bearer, <token>` subprotocol, or an Authorization header. */
-function tokenOf(req: IncomingMessage, url: URL): string | undefined {
-  const fromQuery = url.searchParams.get('token');
-  if (fromQuery) return fromQuery;
-  const protocols = (req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
-  const index = protocols.indexOf('bearer');
-  if (index >= 0 && protocols[index + 1]) return protocols[index + 1];
-  return /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '')?.[1];
-}
+/** Close codes (docs/protocol.md). */
+export const CLOSE = {
+  shuttingDown: 1001,
+  streamFailed: 1011,
+  tooSlow: 1013,
+  unauthorized: 4001,
+  tooManyFrames: 4008,
+  tooManySockets: 4029,
+} as const;
+
+type OutFrame = { type: string; sessionId: string; seq?: number; lastSeq?: number; data: unknown };
 
 function rejectUpgrade(socket: Duplex, error: KeelError) {
   const body = JSON.stringify({ error: error.toBody(randomUUID()) });
@@ -38,124 +37,193 @@ function rejectUpgrade(socket: Duplex, error: KeelError) {
   socket.end(`HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}Connection: close\r\n\r\n${body}`);
 }
 
+/** The session ID of a WebSocket path, or undefined when it is not a well-formed ID (a malformed `%` included). */
+function sessionIdOf(segment: string): string | undefined {
+  try {
+    const id = decodeURIComponent(segment);
+    return ID_PATTERN.test(id) ? id : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The WebSocket bridge: client frames become signals, session events become server frames. */
 export function attachWebSocket(server: Server, deps: ApiDeps) {
   // Browsers cannot set headers on a WebSocket: they offer the token as a subprotocol, new WebSocket(url, ['bearer', token]).
   const wss = new WebSocketServer({ noServer: true, maxPayload: HARD_FRAME_LIMIT, handleProtocols: (protocols) => (protocols.has('bearer') ? 'bearer' : false) });
   const alive = new WeakMap<WebSocket, boolean>();
-  /** Open sockets per user in this process (KEEL_MAX_SOCKETS_PER_USER is a per-process limit). */
-  const socketsByUser = new Map<string, number>();
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    void (async () => {
-      const url = new URL(req.url ?? '/', 'http://localhost');
-      const match = WS_PATH.exec(url.pathname);
-      if (!match) return rejectUpgrade(socket, new KeelError('NOT_FOUND', 'No such route'));
-      const sessionId = decodeURIComponent(match[1]!);
-      const query = AfterSeqQuery.safeParse(Object.fromEntries(url.searchParams));
-      if (!ID_PATTERN.test(sessionId) || !query.success) return rejectUpgrade(socket, new KeelError('VALIDATION_ERROR', 'Invalid session id or query'));
-      const caller = await deps.auth.callerFor(tokenOf(req, url));
-      if (!caller) {
-        // Close codes need an open socket: accept, then close with 4001 before anything else is sent.
-        return wss.handleUpgrade(req, socket, head, (ws) => ws.close(4001, 'unauthorized'));
-      }
-      try {
-        await deps.limiter.requestByToken(caller.tokenKey);
-        await deps.sessions.require(sessionId, caller);
-      } catch (error) {
-        const e = toKeelError(error);
-        return rejectUpgrade(socket, e);
-      }
-      const maxSockets = deps.settings.rateLimits.socketsPerUser;
-      if (maxSockets > 0 && (socketsByUser.get(caller.userId) ?? 0) >= maxSockets) {
-        // An error frame a browser can read, then a close code it can branch on.
-        return wss.handleUpgrade(req, socket, head, (ws) => {
-          const error = new KeelError('RATE_LIMIT_EXCEEDED', `At most ${deps.settings.rateLimits.socketsPerUser} open WebSockets per user`, { retryAfter: 1 });
-          deps.metrics.errors.inc({ code: error.code });
-          ws.send(JSON.stringify({ type: 'error', sessionId, data: error.toBody(randomUUID()) }));
-          ws.close(CLOSE_TOO_MANY_SOCKETS, 'too many open websockets');
-        });
-      }
-      wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data, caller));
-    })().catch((error: unknown) => {
-      deps.log.error({ err: error }, 'websocket upgrade failed');
-      socket.destroy();
+    upgrade(req, socket, head).catch((error: unknown) => {
+      const e = toKeelError(error);
+      if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error }, 'websocket upgrade failed');
+      rejectUpgrade(socket, e);
     });
   });
 
+  async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    if (deps.connections.stopping) return rejectUpgrade(socket, new KeelError('SERVICE_UNAVAILABLE', 'The server is shutting down; connect again'));
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const match = WS_PATH.exec(url.pathname);
+    if (!match) return rejectUpgrade(socket, new KeelError('NOT_FOUND', 'No such route'));
+    const sessionId = sessionIdOf(match[1]!);
+    const query = AfterSeqQuery.safeParse(Object.fromEntries(url.searchParams));
+    if (sessionId === undefined || !query.success) return rejectUpgrade(socket, new KeelError('VALIDATION_ERROR', 'Invalid session id or query'));
+    const caller = await deps.auth.callerFor(upgradeToken(req, url));
+    if (!caller) {
+      // Close codes need an open socket: accept, then close with 4001 before anything else is sent.
+      return wss.handleUpgrade(req, socket, head, (ws) => ws.close(CLOSE.unauthorized, 'unauthorized'));
+    }
+    await deps.limiter.requestByToken(caller.tokenKey);
+    await deps.sessions.require(sessionId, caller);
+    const maxSockets = deps.settings.rateLimits.socketsPerUser;
+    if (maxSockets > 0 && deps.connections.count('websocket', caller.userId) >= maxSockets) {
+      // An error frame a browser can read, then a close code it can branch on.
+      return wss.handleUpgrade(req, socket, head, (ws) => {
+        const error = new KeelError('RATE_LIMIT_EXCEEDED', `At most ${maxSockets} open WebSockets per user`, { retryAfter: 1 });
+        deps.metrics.errors.inc({ code: error.code });
+        ws.send(JSON.stringify({ type: 'error', sessionId, data: error.toBody(randomUUID()) }));
+        ws.close(CLOSE.tooManySockets, 'too many open websockets');
+      });
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data, caller));
+  }
+
   function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }, caller: Caller) {
+    const limits = deps.settings.api;
     alive.set(ws, true);
     ws.on('pong', () => alive.set(ws, true));
-    const send = (frame: ServerFrame | { type: string; sessionId: string; data: unknown }) => {
+
+    const send = (frame: OutFrame) => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+    };
+    /** Ends the socket with one error frame (delivered after everything already queued) and a close code. */
+    const closeWith = (code: number, reason: string, error: KeelError) => {
       if (ws.readyState !== WebSocket.OPEN) return;
-      if (ws.bufferedAmount > MAX_BUFFERED_BYTES) return ws.close(1013, 'client too slow; reconnect with ?after=');
-      ws.send(JSON.stringify(frame));
+      deps.log.warn({ sessionId, code: error.code, closeCode: code }, 'websocket closed by the server');
+      deps.metrics.errors.inc({ code: error.code });
+      send({ type: 'error', sessionId, data: error.toBody(randomUUID()) });
+      ws.close(code, reason);
+    };
+    /** Answers that are not events (pong, errors, acknowledgements): a client that sends but does not read is on the slow-consumer clock too. */
+    const reply = (frame: OutFrame) => {
+      if (ws.bufferedAmount > limits.maxBufferedBytes) subscription?.checkBacklog();
+      send(frame);
     };
     const sendError = (error: KeelError, requestId: string, extra: Record<string, unknown> = {}) => {
       deps.metrics.errors.inc({ code: error.code });
-      send({ type: 'error', sessionId, data: { ...error.toBody(requestId), ...extra } });
+      reply({ type: 'error', sessionId, data: { ...error.toBody(requestId), ...extra } });
     };
+    const unauthorized = () => closeWith(CLOSE.unauthorized, 'token revoked', new KeelError('UNAUTHORIZED', 'The token is no longer valid'));
+
     deps.metrics.openWebSockets.inc();
-    socketsByUser.set(caller.userId, (socketsByUser.get(caller.userId) ?? 0) + 1);
-    ws.once('close', () => {
+    const unregister = deps.connections.add({
+      kind: 'websocket',
+      userId: caller.userId,
+      tokenKey: caller.tokenKey,
+      end: (reason) => (reason === 'revoked' ? unauthorized() : ws.close(CLOSE.shuttingDown, 'server shutting down')),
+    });
+    let subscription: Subscription | undefined;
+    let closed = false;
+    const onClosed = () => {
+      if (closed) return;
+      closed = true;
       deps.metrics.openWebSockets.dec();
-      const left = (socketsByUser.get(caller.userId) ?? 1) - 1;
-      if (left > 0) socketsByUser.set(caller.userId, left);
-      else socketsByUser.delete(caller.userId);
+      unregister();
+      subscription?.close();
+    };
+    ws.on('close', onClosed);
+    ws.on('error', onClosed);
+
+    // `connected` is always the first frame: frame answers wait for it (the queue's first job sends it).
+    let connectedSent!: () => void;
+    const connected = new Promise<void>((resolve) => (connectedSent = resolve));
+    const inbound = new SerialQueue((error) => deps.log.error({ err: error, sessionId }, 'websocket queue failed'));
+    inbound.push(async () => {
+      try {
+        const seq = await lastSeq(deps.pool, sessionId);
+        send({ type: 'connected', sessionId, lastSeq: seq, data: { lastSeq: seq } });
+        if (closed) return;
+        subscription = deps.feed.open(
+          { sessionId, after: query.after ?? seq, ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
+          {
+            event: (e) => send(durableFrame(e)),
+            delta: (d) => send({ type: 'stream.delta', sessionId, data: d }),
+            backlog: () => ws.bufferedAmount,
+            stopped: (error) =>
+              error.code === 'CONSUMER_TOO_SLOW'
+                ? closeWith(CLOSE.tooSlow, 'client too slow; reconnect with ?after=', error)
+                : closeWith(CLOSE.streamFailed, 'stream failed; reconnect with ?after=', error),
+          },
+        );
+      } catch (error) {
+        deps.log.warn({ err: error, sessionId }, 'websocket stream failed');
+        ws.close(CLOSE.streamFailed, 'stream failed; reconnect with ?after=');
+      } finally {
+        connectedSent();
+      }
     });
 
-    // Handlers are attached at once and work runs through one queue: frames that arrive while
-    // the replay is being set up are neither lost nor reordered.
-    const inbound = new SerialQueue((error) => deps.log.error({ err: error, sessionId }, 'websocket queue failed'));
-    let stream: { close(): void } | undefined;
-    let closed = false;
-    const closeStream = () => {
-      closed = true;
-      stream?.close();
+    /** The caller as of now: a token revoked since the connect stops acting at once (lookups are cached up to KEEL_TOKEN_CACHE_MS). */
+    const currentCaller = async (): Promise<Caller | null> => {
+      const now = await deps.auth.callerForKey(caller.tokenKey);
+      if (!now) unauthorized();
+      return now;
     };
-    ws.on('close', closeStream);
-    ws.on('error', closeStream);
-    inbound.push(async () => {
-      const seq = await lastSeq(deps.pool, sessionId);
-      send({ type: 'connected', sessionId, lastSeq: seq, data: { lastSeq: seq } });
-      stream = await openSessionStream(
-        deps.hub,
-        deps.pool,
-        { sessionId, after: query.after ?? seq, ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
-        { event: (e) => send(durableFrame(e)), delta: (d) => send({ type: 'stream.delta', sessionId, data: d }) },
-        (error) => {
-          deps.log.warn({ err: error, sessionId }, 'websocket stream failed');
-          ws.close(1011, 'stream failed; reconnect with ?after=');
-        },
-      );
-      if (closed) stream.close();
-    });
-    ws.on('message', (raw: RawData, isBinary: boolean) => {
-      inbound.push(inFrameSpan(sessionId, async () => {
-        // Each frame is a request of its own: its ID is in its error frame and in the turn's log lines.
-        const requestId = randomUUID();
-        const check = checkClientFrame(isBinary ? '\u0000' : raw.toString(), deps.settings.api);
-        if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined), requestId);
-        const frame = check.frame;
-        nameFrameSpan(frame.type);
-        if (frame.type === 'ping') return send({ type: 'pong', sessionId, data: {} });
-        const context = frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : frame.type === 'approval' ? { toolCallId: frame.toolCallId } : {};
-        try {
-          // Messages count against the session's limit (in sendMessage); other acting frames against the token's.
-          if (frame.type !== 'message') await deps.limiter.requestByToken(caller.tokenKey);
-          if (frame.type === 'message') await deps.sessions.sendMessage(caller, sessionId, frame.content, frame.clientMessageId, 'websocket', requestId);
-          else if (frame.type === 'cancel') await deps.sessions.cancelTurn(caller, sessionId);
-          else {
-            const { toolCallId, approved, feedback, digest } = frame;
-            const result = await deps.sessions.decideApproval(caller, sessionId, { toolCallId, approved, decidedBy: caller.userId, ...(feedback === undefined ? {} : { feedback }), ...(digest === undefined ? {} : { digest }) });
-            send({ type: 'approval.accepted', sessionId, data: result });
-          }
-        } catch (error) {
-          const e = toKeelError(error);
-          if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId, requestId }, 'websocket frame failed');
-          sendError(e, requestId, context);
+
+    const act = async (frame: Exclude<ClientFrame, { type: 'ping' }>, requestId: string) => {
+      const context = frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : frame.type === 'approval' ? { toolCallId: frame.toolCallId } : {};
+      try {
+        const current = await currentCaller();
+        if (!current) return;
+        // Messages count against the session's limit (in sendMessage); other acting frames against the token's.
+        if (frame.type !== 'message') await deps.limiter.requestByToken(current.tokenKey);
+        if (frame.type === 'message') {
+          await deps.sessions.sendMessage(current, sessionId, frame.content, frame.clientMessageId, 'websocket', requestId);
+        } else if (frame.type === 'cancel') {
+          const result = await deps.sessions.cancelTurn(current, sessionId, { ...(frame.turn === undefined ? {} : { turn: frame.turn }), requestId });
+          await connected;
+          reply({ type: 'cancel.result', sessionId, data: { cancelled: result.cancelled, turn: result.turn } });
+        } else {
+          const { toolCallId, approved, feedback, digest } = frame;
+          const result = await deps.sessions.decideApproval(current, sessionId, { toolCallId, approved, decidedBy: current.userId, ...(feedback === undefined ? {} : { feedback }), ...(digest === undefined ? {} : { digest }) });
+          reply({ type: 'approval.accepted', sessionId, data: result });
         }
-      }));
+      } catch (error) {
+        const e = toKeelError(error);
+        if (e.code === 'INTERNAL_ERROR') deps.log.error({ err: error, sessionId, requestId }, 'websocket frame failed');
+        await connected;
+        sendError(e, requestId, context);
+      }
+    };
+
+    const handle = async (check: FrameCheck, requestId: string) => {
+      if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined), requestId);
+      nameFrameSpan(check.frame.type);
+      if (check.frame.type === 'ping') return reply({ type: 'pong', sessionId, data: {} });
+      await act(check.frame, requestId);
+    };
+
+    // Frames are checked as they arrive (so a waiting frame holds its parsed form, never its raw bytes) and
+    // handled in order through one queue, at most KEEL_WS_MAX_PENDING_FRAMES at a time. A cancel never waits
+    // behind slow work: it runs at once (its answer still follows `connected`).
+    let pending = 0;
+    ws.on('message', (raw: RawData, isBinary: boolean) => {
+      if (pending >= limits.wsMaxPendingFrames) {
+        const error = new KeelError('RATE_LIMIT_EXCEEDED', `Too many frames waiting: at most ${limits.wsMaxPendingFrames} per socket`, { retryAfter: 1 });
+        if (subscription) return closeWith(CLOSE.tooManyFrames, 'too many frames waiting', error);
+        return ws.close(CLOSE.tooManyFrames, 'too many frames waiting');
+      }
+      // Each frame is a request of its own: its ID is in its error frame and in the turn's log lines.
+      const requestId = randomUUID();
+      const check = checkClientFrame(isBinary ? '\u0000' : raw.toString(), limits);
+      pending++;
+      const job = inFrameSpan(sessionId, () => handle(check, requestId).finally(() => pending--));
+      if (check.ok && check.frame.type === 'cancel') {
+        job().catch((error: unknown) => deps.log.error({ err: error, sessionId }, 'websocket cancel failed'));
+      } else {
+        inbound.push(job);
+      }
     });
   }
 
@@ -173,9 +241,13 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
 
   return {
     wss,
-    close: async () => {
+    /** Closes every socket with 1001, waits up to `graceMs` for their close handshakes, then drops the rest. */
+    close: async (graceMs: number) => {
       clearInterval(heartbeat);
-      for (const ws of wss.clients) ws.close(1001, 'server shutting down');
+      for (const ws of wss.clients) ws.close(CLOSE.shuttingDown, 'server shutting down');
+      const deadline = Date.now() + graceMs;
+      while (wss.clients.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+      for (const ws of wss.clients) ws.terminate();
       await new Promise<void>((resolve) => wss.close(() => resolve()));
     },
   };

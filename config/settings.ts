@@ -35,6 +35,13 @@ const Env = z.object({
   KEEL_MAX_CONTENT_CHARS: int(MAX_CONTENT_CHARS),
   KEEL_REST_BODY_LIMIT: z.string().default('64kb'),
   KEEL_CHAT_TIMEOUT_MS: int(120_000),
+  KEEL_MAX_BUFFERED_BYTES: int(8 * 1024 * 1024),
+  KEEL_SLOW_CONSUMER_MS: int(10_000),
+  KEEL_REPLAY_PAGE_EVENTS: int(200),
+  KEEL_WS_MAX_PENDING_FRAMES: int(32),
+  KEEL_API_DRAIN_MS: int(30_000),
+  KEEL_LISTENER_CHECK_MS: int(10_000),
+  KEEL_LISTENER_RECONNECT_MS: int(200),
 
   OPENAI_API_KEY: optionalString,
   OPENAI_BASE_URL: optionalString,
@@ -49,6 +56,8 @@ const Env = z.object({
 
   KEEL_SESSION_IDLE_TTL_MS: int(30 * 60_000),
   KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),
+  KEEL_SESSION_MAX_QUEUED: int(50),
+  KEEL_WORKER_SHUTDOWN_GRACE_MS: int(30_000),
 
   KEEL_LOCAL_MODEL_PORT: int(8787),
   KEEL_WORKER_METRICS_PORT: int(9464),
@@ -61,6 +70,7 @@ const Env = z.object({
   KEEL_RATE_REQUESTS_PER_TOKEN: int(600),
   KEEL_RATE_REQUESTS_WINDOW_MS: int(60_000),
   KEEL_MAX_SOCKETS_PER_USER: int(20),
+  KEEL_MAX_SSE_PER_USER: int(20),
 
   KEEL_AGENTS_FILE: z.string().default('agents/agents.yaml'),
   KEEL_PRICE_TABLE: z
@@ -113,6 +123,16 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       maxContentChars: Math.min(e.KEEL_MAX_CONTENT_CHARS, MAX_CONTENT_CHARS),
       restBodyLimit: e.KEEL_REST_BODY_LIMIT,
       chatTimeoutMs: e.KEEL_CHAT_TIMEOUT_MS,
+      /** Unsent bytes a WebSocket or SSE connection may hold before it waits, and is cut off after slowConsumerMs. */
+      maxBufferedBytes: Math.max(1, e.KEEL_MAX_BUFFERED_BYTES),
+      slowConsumerMs: e.KEEL_SLOW_CONSUMER_MS,
+      replayPageEvents: Math.max(1, e.KEEL_REPLAY_PAGE_EVENTS),
+      wsMaxPendingFrames: Math.max(1, e.KEEL_WS_MAX_PENDING_FRAMES),
+      /** How long a stopping API lets in-flight /chat requests finish. */
+      drainMs: e.KEEL_API_DRAIN_MS,
+      /** The LISTEN connection is pinged this often; a ping unanswered as long reconnects it. */
+      listenerCheckMs: Math.max(100, e.KEEL_LISTENER_CHECK_MS),
+      listenerReconnectMs: Math.max(1, e.KEEL_LISTENER_RECONNECT_MS),
     },
     llm: {
       apiKey: e.OPENAI_API_KEY,
@@ -120,6 +140,10 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       model: e.KEEL_MODEL,
       timeoutMs: e.KEEL_LLM_TIMEOUT_MS,
       streamCoalesceMs: e.KEEL_STREAM_COALESCE_MS,
+    },
+    worker: {
+      /** How long a stopping worker lets running activities (model streams, tools) finish before cancelling them. */
+      shutdownGraceMs: e.KEEL_WORKER_SHUTDOWN_GRACE_MS,
     },
     localModelPort: e.KEEL_LOCAL_MODEL_PORT,
     workerMetricsPort: e.KEEL_WORKER_METRICS_PORT,
@@ -129,6 +153,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       requestsPerToken: e.KEEL_RATE_REQUESTS_PER_TOKEN,
       requestsWindowMs: Math.max(1, e.KEEL_RATE_REQUESTS_WINDOW_MS),
       socketsPerUser: e.KEEL_MAX_SOCKETS_PER_USER,
+      sseStreamsPerUser: e.KEEL_MAX_SSE_PER_USER,
     },
     auth: {
       adminApiKey: e.KEEL_ADMIN_API_KEY,
@@ -138,9 +163,9 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
     },
     session: {
       idleTtlMs: e.KEEL_SESSION_IDLE_TTL_MS,
-      continueAsNewAfterEvents: e.KEEL_CONTINUE_AS_NEW_EVENTS,
+      continueAsNewAfterEvents: Math.max(1, e.KEEL_CONTINUE_AS_NEW_EVENTS),
+      maxQueuedMessages: Math.max(1, e.KEEL_SESSION_MAX_QUEUED),
       llm: {
-        model: e.KEEL_MODEL,
         startToCloseTimeoutMs: e.KEEL_LLM_TIMEOUT_MS + 5_000,
         heartbeatTimeoutMs: e.KEEL_LLM_HEARTBEAT_TIMEOUT_MS,
         maxAttempts: e.KEEL_LLM_MAX_ATTEMPTS,

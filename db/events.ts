@@ -106,3 +106,28 @@ export async function turnOutcome(db: CommonQueryMethods, sessionId: string, rep
     ORDER BY seq`);
   return rows.map(toEvent);
 }
+
+/** The turn that answers message `replyTo`, once the turn has started (its stream.start) or the message was accepted. */
+export async function turnOf(db: CommonQueryMethods, sessionId: string, replyTo: string): Promise<number | null> {
+  const turn = await db.maybeOneFirst(sql.type(z.object({ turn: z.string() }))`
+    SELECT data->>'turn' AS turn FROM session_events
+    WHERE session_id = ${sessionId}
+      AND ((type = 'stream.start' AND data->>'replyTo' = ${replyTo}) OR (type = 'message.accepted' AND data->>'messageId' = ${replyTo}))
+    ORDER BY seq LIMIT 1`);
+  return turn === null ? null : Number(turn);
+}
+
+/** A turn's tool calls with their approvals and results: tool.call, approval.required, approval.resolved and tool.result, in log order. */
+export async function toolEventsOfTurn(db: CommonQueryMethods, sessionId: string, turn: number): Promise<DurableEvent[]> {
+  const rows = await db.any(sql.type(EventRow)`
+    WITH calls AS (
+      SELECT data->>'toolCallId' AS id FROM session_events
+      WHERE session_id = ${sessionId} AND type = 'tool.call' AND data->>'turn' = ${String(turn)}
+    )
+    SELECT session_id, seq, type, data, created_at FROM session_events
+    WHERE session_id = ${sessionId}
+      AND type IN ('tool.call', 'approval.required', 'approval.resolved', 'tool.result')
+      AND data->>'toolCallId' IN (SELECT id FROM calls)
+    ORDER BY seq`);
+  return rows.map(toEvent);
+}

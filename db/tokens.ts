@@ -22,8 +22,30 @@ export async function revokeToken(db: CommonQueryMethods, id: string): Promise<b
   return result.rowCount > 0;
 }
 
-export async function userForToken(db: CommonQueryMethods, token: string): Promise<TokenUser | null> {
+/** The user of a token, by the token's hash; null when unknown or revoked. */
+export async function userForTokenKey(db: CommonQueryMethods, tokenKey: string): Promise<TokenUser | null> {
   const row = await db.maybeOne(sql.type(TokenUser)`
-    SELECT user_id, is_admin FROM api_tokens WHERE token_hash = ${hashToken(token)} AND revoked_at IS NULL`);
+    SELECT user_id, is_admin FROM api_tokens WHERE token_hash = ${tokenKey} AND revoked_at IS NULL`);
   return row ? { userId: row.user_id, isAdmin: row.is_admin } : null;
+}
+
+/** Which of these token hashes still name a token that is not revoked. */
+export async function liveTokenKeys(db: CommonQueryMethods, tokenKeys: readonly string[]): Promise<Set<string>> {
+  if (tokenKeys.length === 0) return new Set();
+  const rows = await db.anyFirst(sql.type(z.object({ token_hash: z.string() }))`
+    SELECT token_hash FROM api_tokens WHERE token_hash = ANY(${sql.array([...tokenKeys], 'text')}) AND revoked_at IS NULL`);
+  return new Set(rows);
+}
+
+/**
+ * Registers the development token as `tok_dev` for user "dev". A revoked dev token stays
+ * revoked (false): an operator's revocation must survive restarts.
+ */
+export async function registerDevToken(db: CommonQueryMethods, token: string): Promise<boolean> {
+  const registered = await db.maybeOneFirst(sql.type(z.object({ id: z.string() }))`
+    INSERT INTO api_tokens (id, user_id, token_hash, is_admin, label)
+    VALUES ('tok_dev', 'dev', ${hashToken(token)}, false, 'development token')
+    ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash WHERE api_tokens.revoked_at IS NULL
+    RETURNING id`);
+  return registered !== null;
 }
