@@ -161,7 +161,11 @@ test('a tool turn sent over REST: the request trace reaches the calculator activ
   expect(tool.service).toBe('keel-worker');
 });
 
-test('traced histories replay: the tracing interceptors leave the workflow deterministic', async () => {
+// Same-code replay: a history made seconds ago by this very code, replayed with and without the
+// tracing interceptors. It shows the interceptors add no commands; it is NOT versioning coverage
+// (a change to the workflow's commands replays here too). That is test/replay.test.ts, over the
+// histories saved in test/histories (docs/design/002-workflow-versioning.md).
+test('tracing interceptors add no commands: a fresh traced history replays on the traced and untraced bundles (same code)', async () => {
   const { Client, Connection } = await import('@temporalio/client');
   const { DefaultLogger, Runtime, Worker } = await import('@temporalio/worker');
   try {
@@ -208,6 +212,7 @@ test('without an OTLP endpoint tracing is off and turns still run', async () => 
     expect(lines.filter((l) => /unregistered external sink|trace_id/.test(l))).toEqual([]);
 
     // Switching tracing on later must not break this session: its history replays on the traced bundle.
+    // Same-code replay, about the interceptors only; versioning coverage is test/replay.test.ts.
     const { Client, Connection } = await import('@temporalio/client');
     const { Worker } = await import('@temporalio/worker');
     const connection = await Connection.connect({ address: untraced.env.TEMPORAL_ADDRESS! });

@@ -1,0 +1,801 @@
+import http from 'node:http';
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { sessionWorkflowId } from '../contracts/ids';
+import type { LocalModelServer, ModelScript } from '../model-server/server';
+import { historyToJsonText, type History } from '../test/support/history-json';
+import { DEV_TOKEN, startStack, type Stack } from '../test/support/stack';
+import { spawnEntry, type Spawned } from '../test/support/processes';
+import { WsClient, type Frame } from '../test/support/ws-client';
+import { startEmbeddedPostgres, startTemporalDevServer, type Log } from './services';
+
+/**
+ * Records real session workflow histories for test/replay.test.ts, which replays them against
+ * the current workflow code (docs/design/002-workflow-versioning.md). It starts everything it
+ * needs (Temporal dev server, embedded Postgres, the local model server, a worker and the API
+ * as child processes), drives one session per scenario through the API, and writes each
+ * session's history to test/histories/<file>.json, overwriting it, plus the README there.
+ *
+ *   npx tsx scripts/record-histories.ts [scenario...]   (npm run histories:record -- [scenario...])
+ *   --list       prints the scenarios and the API calls each one depends on
+ *   --verbose    shows the services' and the worker's and API's output
+ *
+ * A scenario is one small function: it drives a session, waits for what it is about (frames on
+ * the WebSocket, the workflow's own state), and returns the histories to save. It then checks
+ * that the history really took the path it is named for, since a timing race or a change in
+ * the workflow can make a session take another: such a scenario is run again, then reported.
+ */
+
+const ROOT = path.resolve(__dirname, '..');
+const OUT_DIR = path.join(ROOT, 'test', 'histories');
+const AGENTS_FILE = path.join(OUT_DIR, 'agents.yaml');
+const RECORD_COMMAND = 'npm run histories:record';
+/** The hand-written part of the README, kept when the script rewrites the rest. */
+const KEPT_HEADING = '## Kept from earlier workflow code';
+const ATTEMPTS = 3;
+/** Idle time-to-live for the session that expires: short, but long enough to see its turn end first. */
+const SHORT_IDLE_TTL_MS = 1500;
+/** Low enough that every run continues-as-new after its first turn. */
+const LOW_CONTINUE_AS_NEW_EVENTS = 10;
+
+/**
+ * The activity types the checks look for in histories: the names the workflow schedules
+ * (workflows/activities.ts). Adapt them here when they change.
+ */
+const MODEL_CALL = 'streamReply';
+const TOOL_RUN = 'executeTool';
+const REFUSAL = 'rejectMessages';
+const EXPIRY = 'expireSession';
+
+// ---------------------------------------------------------------------------------------------
+// What a scenario gets
+
+/** One API process: REST as user "dev" and the session WebSocket. */
+class Api {
+  constructor(
+    readonly base: string,
+    private readonly sockets: WsClient[],
+  ) {}
+
+  async request(method: string, route: string, body?: unknown): Promise<{ status: number; body: any; text: string }> {
+    const res = await fetch(`${this.base}/api/v1${route}`, {
+      method,
+      headers: { authorization: `Bearer ${DEV_TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    const text = await res.text();
+    let json: unknown = null;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = null;
+    }
+    return { status: res.status, body: json, text };
+  }
+
+  /** POST /sessions; returns the session ID. */
+  async createSession(agentId = 'default'): Promise<string> {
+    const res = await this.request('POST', '/sessions', { agentId, title: 'recorded for replay' });
+    if (res.status !== 201) throw new Error(`POST /sessions: ${res.status} ${res.text}`);
+    return res.body.id as string;
+  }
+
+  /** The session's WebSocket, open and past its `connected` frame. */
+  async ws(sessionId: string): Promise<WsClient> {
+    const url = `${this.base.replace(/^http/, 'ws')}/api/v1/sessions/${sessionId}/ws?token=${DEV_TOKEN}`;
+    const socket = await WsClient.connect(url);
+    this.sockets.push(socket);
+    return socket;
+  }
+
+  /** A new session and its WebSocket. */
+  async session(agentId = 'default'): Promise<{ sessionId: string; ws: WsClient; workflowId: string }> {
+    const sessionId = await this.createSession(agentId);
+    return { sessionId, ws: await this.ws(sessionId), workflowId: sessionWorkflowId(sessionId) };
+  }
+}
+
+/** An HTTP endpoint that never answers: the http_request tool pointed at it runs until cancelled. */
+class SlowEndpoint {
+  private readonly seen: string[] = [];
+  private readonly waiters: { path: string; resolve: () => void }[] = [];
+  private readonly server = http.createServer((req) => {
+    this.seen.push(req.url ?? '');
+    for (const w of this.waiters.filter((x) => x.path === req.url)) w.resolve();
+  });
+
+  async start(): Promise<number> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  url(route: string): string {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}${route}`;
+  }
+
+  /** Resolves once a request for `route` has arrived, i.e. the tool is running. */
+  waitForRequest(route: string, timeoutMs = 20_000): Promise<void> {
+    if (this.seen.includes(route)) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the slow endpoint got no request for ${route} within ${timeoutMs} ms`)), timeoutMs);
+      this.waiters.push({ path: route, resolve: () => (clearTimeout(timer), resolve()) });
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+}
+
+interface Context {
+  /** The API. `env` starts (once per distinct env) another API process with those settings on the same deployment. */
+  api(env?: Record<string, string>): Promise<Api>;
+  /** The local model server, scriptable per session (`model.script(sessionId, …)`). */
+  model: LocalModelServer;
+  temporal: Client;
+  slow: SlowEndpoint;
+}
+
+/** The session took another path than the scenario is for (a timing race): worth another try. */
+class NotRecorded extends Error {}
+
+interface Scenario {
+  name: string;
+  /** Each history file the scenario writes (without `.json`) and what it covers, for the README. */
+  files: Record<string, string>;
+  /** The API calls and model-server knobs it depends on: what to revisit when they change. */
+  uses: string;
+  /** How often to try when the session takes another path (a race); default ATTEMPTS. */
+  attempts?: number;
+  run(ctx: Context): Promise<Record<string, History>>;
+}
+
+const of = (type: string) => (f: Frame) => f.type === type;
+const call = (name: string, args: object) => ({ name, arguments: JSON.stringify(args) });
+
+// ---------------------------------------------------------------------------------------------
+// Reading a history
+
+type HistoryEvent = NonNullable<History['events']>[number];
+const idOf = (value: unknown) => Number(String(value));
+
+/** The event's kind, from its one attributes field: `activityTaskScheduled`, `workflowExecutionSignaled`, … */
+function kindOf(event: HistoryEvent): string {
+  const key = Object.keys(event).find((k) => k.endsWith('EventAttributes') && (event as Record<string, unknown>)[k] != null);
+  return key ? key.slice(0, -'EventAttributes'.length) : 'unknown';
+}
+
+function patchIdOf(data: Uint8Array | null | undefined): string {
+  try {
+    return String((JSON.parse(Buffer.from(data ?? new Uint8Array()).toString('utf8')) as { id?: unknown }).id ?? '?');
+  } catch {
+    return '?';
+  }
+}
+
+/** What the checks and the log look at. */
+function factsOf(history: History) {
+  const events = history.events ?? [];
+  const activityByEvent = new Map<number, string>();
+  const facts = {
+    events: events.length,
+    activities: [] as string[],
+    retried: [] as string[],
+    cancelRequested: [] as string[],
+    signals: [] as string[],
+    updates: [] as string[],
+    timersStarted: 0,
+    timersFired: 0,
+    timersCanceled: 0,
+    localActivities: 0,
+    patches: [] as string[],
+    kinds: events.map(kindOf),
+    last: events.length ? kindOf(events[events.length - 1]!) : 'none',
+  };
+  for (const e of events) {
+    const scheduled = e.activityTaskScheduledEventAttributes;
+    if (scheduled) {
+      const name = scheduled.activityType?.name ?? '?';
+      activityByEvent.set(idOf(e.eventId), name);
+      facts.activities.push(name);
+    }
+    const started = e.activityTaskStartedEventAttributes;
+    if (started && (started.attempt ?? 1) > 1) facts.retried.push(activityByEvent.get(idOf(started.scheduledEventId)) ?? '?');
+    const cancel = e.activityTaskCancelRequestedEventAttributes;
+    if (cancel) facts.cancelRequested.push(activityByEvent.get(idOf(cancel.scheduledEventId)) ?? '?');
+    if (e.workflowExecutionSignaledEventAttributes) facts.signals.push(e.workflowExecutionSignaledEventAttributes.signalName ?? '?');
+    if (e.workflowExecutionUpdateAcceptedEventAttributes) facts.updates.push(e.workflowExecutionUpdateAcceptedEventAttributes.acceptedRequest?.input?.name ?? '?');
+    if (e.timerStartedEventAttributes) facts.timersStarted++;
+    if (e.timerFiredEventAttributes) facts.timersFired++;
+    if (e.timerCanceledEventAttributes) facts.timersCanceled++;
+    const marker = e.markerRecordedEventAttributes;
+    if (marker?.markerName === 'core_local_activity') facts.localActivities++;
+    if (marker?.markerName === 'core_patch') facts.patches.push(patchIdOf(marker.details?.['patch-data']?.payloads?.[0]?.data));
+  }
+  return facts;
+}
+type Facts = ReturnType<typeof factsOf>;
+
+/** Throws NotRecorded, naming what is missing, unless every check holds. */
+function expectPath(history: History, checks: Record<string, (f: Facts) => boolean>): History {
+  const facts = factsOf(history);
+  const missing = Object.entries(checks).filter(([, check]) => !check(facts)).map(([what]) => what);
+  if (missing.length > 0) throw new NotRecorded(`the history does not show: ${missing.join('; ')} (${summary(facts)})`);
+  return history;
+}
+
+function summary(f: Facts): string {
+  const parts = [`${f.events} events`, `activities ${f.activities.join(',') || 'none'}`];
+  if (f.localActivities) parts.push(`${f.localActivities} local activit${f.localActivities === 1 ? 'y' : 'ies'}`);
+  if (f.patches.length) parts.push(`patches ${f.patches.join(',')}`);
+  if (f.updates.length) parts.push(`updates ${f.updates.join(',')}`);
+  if (f.retried.length) parts.push(`retried ${f.retried.join(',')}`);
+  if (f.cancelRequested.length) parts.push(`cancelled ${f.cancelRequested.join(',')}`);
+  if (f.timersStarted) parts.push(`timers ${f.timersStarted} started, ${f.timersFired} fired, ${f.timersCanceled} cancelled`);
+  parts.push(`ends ${f.last}`);
+  return parts.join(', ');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting for the workflow
+
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * The history once the workflow has nothing in flight (no workflow task, no activity): it
+ * waits on a message, a decision or a timer. Fetched earlier, a history can end anywhere in a
+ * workflow task, which replays as well but differs from run to run.
+ */
+async function settledHistory(ctx: Context, workflowId: string, timeoutMs = 20_000): Promise<History> {
+  const handle = ctx.temporal.workflow.getHandle(workflowId);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { raw, status } = await handle.describe();
+    const idle = !raw.pendingWorkflowTask && (raw.pendingActivities ?? []).length === 0;
+    if (idle || status.name !== 'RUNNING') return handle.fetchHistory();
+    if (Date.now() > deadline) throw new Error(`${workflowId} still had work in flight after ${timeoutMs} ms`);
+    await pause(50);
+  }
+}
+
+/** The history of a workflow that has ended (completed, terminated, …). */
+async function closedHistory(ctx: Context, workflowId: string, timeoutMs = 20_000): Promise<History> {
+  const handle = ctx.temporal.workflow.getHandle(workflowId);
+  const deadline = Date.now() + timeoutMs;
+  while ((await handle.describe()).status.name === 'RUNNING') {
+    if (Date.now() > deadline) throw new Error(`${workflowId} was still running after ${timeoutMs} ms`);
+    await pause(50);
+  }
+  return handle.fetchHistory();
+}
+
+/** Every run of a workflow, first to last, following continue-as-new back from the latest. */
+async function runsOf(ctx: Context, workflowId: string): Promise<History[]> {
+  const runs = [await settledHistory(ctx, workflowId)];
+  for (;;) {
+    const previous = runs[0]!.events?.[0]?.workflowExecutionStartedEventAttributes?.continuedExecutionRunId;
+    if (!previous) return runs;
+    runs.unshift(await ctx.temporal.workflow.getHandle(workflowId, previous).fetchHistory());
+  }
+}
+
+/** The cancel API, in one place: both channels are recorded (WS frame, REST), and it is about to change. */
+function cancelOverWebSocket(ws: WsClient): void {
+  ws.send({ type: 'cancel' });
+}
+
+async function cancelOverRest(api: Api, sessionId: string): Promise<void> {
+  const res = await api.request('POST', `/sessions/${sessionId}/cancel`);
+  if (res.status < 200 || res.status > 299) throw new Error(`POST /cancel: ${res.status} ${res.text}`);
+}
+
+async function turnDone(ws: WsClient, status: string, count = 1, timeoutMs = 20_000): Promise<void> {
+  const dones = await ws.waitForCount(of('turn.done'), count, timeoutMs);
+  const statuses = dones.map((d) => d.data.status as string);
+  if (statuses[count - 1] !== status) throw new NotRecorded(`turn ${count} ended ${statuses[count - 1]}, not ${status}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios: each drives one session (two runs for continue-as-new) and returns its histories.
+
+const NOTE = 'Save a note: buy milk';
+const LONG_REPLY: ModelScript = { reply: Array.from({ length: 60 }, (_, i) => `w${i}`).join(' '), tokenDelayMs: 50 };
+
+const scenarios: Scenario[] = [
+  {
+    name: 'plain-turn',
+    files: { 'plain-turn': 'one message over WebSocket, one streamed reply, no tools; the session then waits idle.' },
+    uses: 'POST /sessions, WS message, turn.done',
+    async run(ctx) {
+      const { ws, workflowId } = await (await ctx.api()).session();
+      ws.send({ type: 'message', content: 'Hello Keel', clientMessageId: 'c1' });
+      await turnDone(ws, 'completed');
+      return { 'plain-turn': expectPath(await settledHistory(ctx, workflowId), { 'streamReply ran': (f) => f.activities.includes(MODEL_CALL) }) };
+    },
+  },
+  {
+    name: 'multi-turn',
+    files: { 'multi-turn': 'three turns in a row, the second sent over REST (POST /messages), each answered before the next is sent.' },
+    uses: 'POST /sessions, WS message, POST /sessions/:id/messages, turn.done',
+    async run(ctx) {
+      const api = await ctx.api();
+      const { sessionId, ws, workflowId } = await api.session();
+      ws.send({ type: 'message', content: 'first', clientMessageId: 'c1' });
+      await turnDone(ws, 'completed', 1);
+      const rest = await api.request('POST', `/sessions/${sessionId}/messages`, { content: 'second', clientMessageId: 'c2' });
+      if (rest.status !== 202) throw new Error(`POST /messages: ${rest.status} ${rest.text}`);
+      await turnDone(ws, 'completed', 2);
+      ws.send({ type: 'message', content: 'third', clientMessageId: 'c3' });
+      await turnDone(ws, 'completed', 3);
+      return { 'multi-turn': expectPath(await settledHistory(ctx, workflowId), { 'three model calls': (f) => f.activities.filter((a) => a === MODEL_CALL).length === 3 }) };
+    },
+  },
+  {
+    name: 'tool-read',
+    files: { 'tool-read': 'the model asks for calculator (a read tool, no approval), the tool runs, the model answers with its result.' },
+    uses: 'WS message "What is 15 + 27?" (the local model calls calculator for arithmetic), turn.done',
+    async run(ctx) {
+      const { ws, workflowId } = await (await ctx.api()).session();
+      ws.send({ type: 'message', content: 'What is 15 + 27?' });
+      await turnDone(ws, 'completed');
+      return { 'tool-read': expectPath(await settledHistory(ctx, workflowId), { 'one tool ran': (f) => f.activities.filter((a) => a === TOOL_RUN).length === 1 }) };
+    },
+  },
+  {
+    name: 'tool-read-parallel',
+    files: { 'tool-read-parallel': 'one model reply asks for two read tools at once (calculator, current_time); both run in parallel, then the model answers.' },
+    uses: 'model.script(toolCalls), WS message, turn.done',
+    async run(ctx) {
+      const { sessionId, ws, workflowId } = await (await ctx.api()).session();
+      ctx.model.script(sessionId, { toolCalls: [call('calculator', { expression: '2 * 21' }), call('current_time', { timezone: 'UTC' })] });
+      ws.send({ type: 'message', content: 'two things at once' });
+      await turnDone(ws, 'completed');
+      return { 'tool-read-parallel': expectPath(await settledHistory(ctx, workflowId), { 'two tools ran': (f) => f.activities.filter((a) => a === TOOL_RUN).length === 2 }) };
+    },
+  },
+  {
+    name: 'approval-pending',
+    files: { 'approval-pending': 'a write tool (create_note) waits for approval; recorded while the approval is still pending (its expiry timer running).' },
+    uses: 'WS message "Save a note: …" (the local model calls create_note), approval.required',
+    async run(ctx) {
+      const { ws, workflowId } = await (await ctx.api()).session();
+      ws.send({ type: 'message', content: NOTE });
+      await ws.waitFor(of('approval.required'));
+      return {
+        'approval-pending': expectPath(await settledHistory(ctx, workflowId), {
+          'waiting on a timer': (f) => f.timersStarted - f.timersFired - f.timersCanceled === 1 && f.last === 'timerStarted',
+          'no tool ran': (f) => !f.activities.includes(TOOL_RUN),
+        }),
+      };
+    },
+  },
+  {
+    name: 'approval-approved',
+    files: { 'approval-approved': 'a write tool approved over WebSocket (the decideApproval update), then run; the model answers.' },
+    uses: 'WS message "Save a note: …", approval.required, WS approval frame {approved: true, digest}, turn.done',
+    async run(ctx) {
+      const { ws, workflowId } = await (await ctx.api()).session();
+      ws.send({ type: 'message', content: NOTE });
+      const required = await ws.waitFor(of('approval.required'));
+      ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true, digest: required.data.digest });
+      await turnDone(ws, 'completed');
+      return {
+        'approval-approved': expectPath(await settledHistory(ctx, workflowId), {
+          'an update was accepted': (f) => f.updates.length === 1,
+          'the tool ran': (f) => f.activities.includes(TOOL_RUN),
+        }),
+      };
+    },
+  },
+  {
+    name: 'approval-rejected',
+    files: { 'approval-rejected': 'a write tool rejected with feedback over REST (POST /approvals/:toolCallId); the tool never runs, the model answers.' },
+    uses: 'WS message "Save a note: …", approval.required, POST /sessions/:id/approvals/:toolCallId {approved: false}, turn.done',
+    async run(ctx) {
+      const api = await ctx.api();
+      const { sessionId, ws, workflowId } = await api.session();
+      ws.send({ type: 'message', content: NOTE });
+      const required = await ws.waitFor(of('approval.required'));
+      const res = await api.request('POST', `/sessions/${sessionId}/approvals/${required.data.toolCallId}`, { approved: false, feedback: 'not today' });
+      if (res.status !== 200) throw new Error(`POST /approvals: ${res.status} ${res.text}`);
+      await turnDone(ws, 'completed');
+      return {
+        'approval-rejected': expectPath(await settledHistory(ctx, workflowId), {
+          'an update was accepted': (f) => f.updates.length === 1,
+          'no tool ran': (f) => !f.activities.includes(TOOL_RUN),
+        }),
+      };
+    },
+  },
+  {
+    name: 'approval-expired',
+    files: { 'approval-expired': 'nobody decides: the approval expires (agent approvalTtlMs 1000, its timer fires), the call is settled expired and the model answers.' },
+    uses: 'agent short-approvals (test/histories/agents.yaml), WS message "Save a note: …", approval.resolved {outcome: expired}, turn.done',
+    async run(ctx) {
+      const { ws, workflowId } = await (await ctx.api()).session('short-approvals');
+      ws.send({ type: 'message', content: NOTE });
+      const resolved = await ws.waitFor(of('approval.resolved'));
+      if (resolved.data.outcome !== 'expired') throw new NotRecorded(`the approval resolved ${resolved.data.outcome}`);
+      await turnDone(ws, 'completed');
+      return {
+        'approval-expired': expectPath(await settledHistory(ctx, workflowId), {
+          'the expiry timer fired': (f) => f.timersFired === 1,
+          'no tool ran': (f) => !f.activities.includes(TOOL_RUN),
+        }),
+      };
+    },
+  },
+  {
+    name: 'cancel-during-tool',
+    files: { 'cancel-during-tool': 'a cancel (WebSocket cancel frame) while a tool activity runs (http_request to an endpoint that never answers): the tool is cancelled, the turn ends cancelled.' },
+    uses: 'model.script(toolCalls: http_request), KEEL_HTTP_ALLOW_HOSTS, WS message, WS cancel frame, turn.done {status: cancelled}',
+    async run(ctx) {
+      const { sessionId, ws, workflowId } = await (await ctx.api()).session();
+      const route = `/slow/${sessionId}`;
+      ctx.model.script(sessionId, { toolCalls: [call('http_request', { url: ctx.slow.url(route) })] });
+      ws.send({ type: 'message', content: 'fetch the slow page' });
+      await ctx.slow.waitForRequest(route);
+      cancelOverWebSocket(ws);
+      await turnDone(ws, 'cancelled');
+      return { 'cancel-during-tool': expectPath(await settledHistory(ctx, workflowId), { 'the running tool was cancelled': (f) => f.cancelRequested.includes(TOOL_RUN) }) };
+    },
+  },
+  {
+    name: 'cancel-during-stream',
+    files: { 'cancel-during-stream': 'a cancel (REST POST /cancel) while the model streams its reply: the stream activity is cancelled, the turn ends cancelled.' },
+    uses: 'model.script(reply, tokenDelayMs), WS message, stream.delta, POST /sessions/:id/cancel, turn.done {status: cancelled}',
+    async run(ctx) {
+      const api = await ctx.api();
+      const { sessionId, ws, workflowId } = await api.session();
+      ctx.model.script(sessionId, LONG_REPLY);
+      ws.send({ type: 'message', content: 'talk for a while' });
+      await ws.waitForCount(of('stream.delta'), 2);
+      await cancelOverRest(api, sessionId);
+      await turnDone(ws, 'cancelled');
+      return { 'cancel-during-stream': expectPath(await settledHistory(ctx, workflowId), { 'the stream was cancelled': (f) => f.cancelRequested.includes(MODEL_CALL) }) };
+    },
+  },
+  {
+    name: 'interrupt-during-stream',
+    files: { 'interrupt-during-stream': 'busy policy interrupt: a second message while the model streams cancels that turn, and the second message is answered.' },
+    uses: 'agent interrupter (test/histories/agents.yaml), model.script(reply, tokenDelayMs), WS message x2, turn.done',
+    async run(ctx) {
+      const { sessionId, ws, workflowId } = await (await ctx.api()).session('interrupter');
+      ctx.model.script(sessionId, LONG_REPLY);
+      ws.send({ type: 'message', content: 'talk for a while' });
+      await ws.waitForCount(of('stream.delta'), 2);
+      ws.send({ type: 'message', content: 'stop and answer this' });
+      await turnDone(ws, 'cancelled', 1);
+      await turnDone(ws, 'completed', 2);
+      return { 'interrupt-during-stream': expectPath(await settledHistory(ctx, workflowId), { 'the first stream was cancelled': (f) => f.cancelRequested.includes(MODEL_CALL) }) };
+    },
+  },
+  {
+    name: 'busy-refused',
+    files: { 'busy-refused': 'busy policy reject: messages sent at once; the workflow takes the first and refuses the others that got past the API\'s own busy check (SESSION_BUSY, the rejectMessages activity).' },
+    attempts: 8,
+    uses: 'agent busy-reject (test/histories/agents.yaml), model.script(reply, tokenDelayMs), three concurrent POST /sessions/:id/messages (two must pass the API busy check so the workflow refuses one: a race, retried), error {code: SESSION_BUSY}, turn.done',
+    async run(ctx) {
+      // The API refuses a message to a busy session itself, before the workflow sees it; only
+      // a message that races that check is refused by the workflow, which is the path recorded.
+      const api = await ctx.api();
+      const { sessionId, ws, workflowId } = await api.session('busy-reject');
+      // A long first turn, so the second message reaches the workflow while it runs.
+      ctx.model.script(sessionId, LONG_REPLY);
+      // Three at once, so that more often two of them pass the API's check before the first reaches the workflow.
+      const sends = await Promise.all(['first', 'second', 'third'].map((id) => api.request('POST', `/sessions/${sessionId}/messages`, { content: `${id} message`, clientMessageId: id })));
+      if (sends.some((s) => s.status !== 202 && s.status !== 409)) throw new Error(`POST /messages: ${sends.map((s) => `${s.status} ${s.text}`).join('; ')}`);
+      if (sends.filter((s) => s.status === 202).length < 2) throw new NotRecorded('the API refused all but one message itself (it saw the first turn running)');
+      const outcome = await ws.waitFor((f) => (f.type === 'error' && f.data.code === 'SESSION_BUSY') || ws.frames.filter(of('message.accepted')).length > 1, 30_000);
+      if (outcome.type !== 'error') throw new NotRecorded('the workflow took both messages (the second arrived after the first turn)');
+      await turnDone(ws, 'completed');
+      return { 'busy-refused': expectPath(await settledHistory(ctx, workflowId), { 'the workflow refused a message': (f) => f.activities.includes(REFUSAL) }) };
+    },
+  },
+  {
+    name: 'queue-full',
+    files: { 'queue-full': 'a queue at its bound (KEEL_SESSION_MAX_QUEUED=2) while an approval waits: the next message and its resend are each refused by the workflow (SESSION_BUSY); after the approval every queued message is answered.' },
+    uses: 'an API with KEEL_SESSION_MAX_QUEUED=2, WS message "Save a note: …", approval.required, POST /sessions/:id/messages x3 and a resend, error {code: SESSION_BUSY, clientMessageId} x2, WS approval frame, turn.done x3',
+    async run(ctx) {
+      const api = await ctx.api({ KEEL_SESSION_MAX_QUEUED: '2' });
+      const { sessionId, ws, workflowId } = await api.session();
+      ws.send({ type: 'message', content: NOTE });
+      const required = await ws.waitFor(of('approval.required'));
+      for (const id of ['queued-1', 'queued-2', 'over', 'over']) {
+        const sent = await api.request('POST', `/sessions/${sessionId}/messages`, { content: `message ${id}`, clientMessageId: id });
+        if (sent.status !== 202) throw new Error(`POST /messages: ${sent.status} ${sent.text}`);
+      }
+      await ws.waitForCount((f) => f.type === 'error' && f.data.code === 'SESSION_BUSY' && f.data.clientMessageId === 'over', 2);
+      ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true, digest: required.data.digest });
+      await turnDone(ws, 'completed', 3);
+      return { 'queue-full': expectPath(await settledHistory(ctx, workflowId), { 'the workflow refused the message twice': (f) => f.activities.filter((a) => a === REFUSAL).length >= 1 }) };
+    },
+  },
+  {
+    name: 'continue-as-new',
+    files: {
+      'continue-as-new-first-run': `KEEL_CONTINUE_AS_NEW_EVENTS=${LOW_CONTINUE_AS_NEW_EVENTS}, four messages sent at once: the first run answers one and continues-as-new with the others still queued.`,
+      'continue-as-new-next-run': 'the run after it: starts from the carried state and answers a queued message without a new signal (and continues-as-new in turn).',
+    },
+    uses: `KEEL_CONTINUE_AS_NEW_EVENTS=${LOW_CONTINUE_AS_NEW_EVENTS} (a second API process), WS message x4 sent back to back, turn.done x4, continuedExecutionRunId`,
+    async run(ctx) {
+      const api = await ctx.api({ KEEL_CONTINUE_AS_NEW_EVENTS: String(LOW_CONTINUE_AS_NEW_EVENTS) });
+      const { ws, workflowId } = await api.session();
+      for (let i = 1; i <= 4; i++) ws.send({ type: 'message', content: `queued message ${i}`, clientMessageId: `q${i}` });
+      await turnDone(ws, 'completed', 4, 40_000);
+      const runs = await runsOf(ctx, workflowId);
+      if (runs.length < 2) throw new NotRecorded(`only ${runs.length} run`);
+      const [first, next] = runs as [History, History];
+      return {
+        'continue-as-new-first-run': expectPath(first, {
+          'ends in continue-as-new': (f) => f.last === 'workflowExecutionContinuedAsNew',
+          'one turn answered': (f) => f.activities.filter((a) => a === MODEL_CALL).length === 1,
+        }),
+        'continue-as-new-next-run': expectPath(next, {
+          'answers a carried message before any signal': (f) => f.kinds.indexOf('activityTaskScheduled') >= 0 && (f.signals.length === 0 || f.kinds.indexOf('activityTaskScheduled') < f.kinds.indexOf('workflowExecutionSignaled')),
+        }),
+      };
+    },
+  },
+  {
+    name: 'model-call-retried',
+    files: { 'model-call-retried': 'the model server answers the first model call with HTTP 500; the streamReply activity is retried by Temporal and its second attempt completes the turn.' },
+    uses: 'model.script(failNext: {count: 1, status: 500}), WS message, turn.done',
+    async run(ctx) {
+      const { sessionId, ws, workflowId } = await (await ctx.api()).session();
+      ctx.model.script(sessionId, { failNext: { count: 1, status: 500 } });
+      ws.send({ type: 'message', content: 'try again' });
+      await turnDone(ws, 'completed');
+      return { 'model-call-retried': expectPath(await settledHistory(ctx, workflowId), { 'streamReply completed on a later attempt': (f) => f.retried.includes(MODEL_CALL) }) };
+    },
+  },
+  {
+    name: 'idle-expired',
+    files: { 'idle-expired': `one turn, then nothing for KEEL_SESSION_IDLE_TTL_MS=${SHORT_IDLE_TTL_MS}: the idle timer fires, the session expires and the workflow completes.` },
+    uses: `KEEL_SESSION_IDLE_TTL_MS=${SHORT_IDLE_TTL_MS} (a second API process), WS message, turn.done, session.expired`,
+    async run(ctx) {
+      const api = await ctx.api({ KEEL_SESSION_IDLE_TTL_MS: String(SHORT_IDLE_TTL_MS) });
+      const { ws, workflowId } = await api.session();
+      ws.send({ type: 'message', content: 'hello, then silence' });
+      await turnDone(ws, 'completed');
+      await ws.waitFor(of('session.expired'));
+      return {
+        'idle-expired': expectPath(await closedHistory(ctx, workflowId), {
+          'the idle timer fired': (f) => f.timersFired >= 1,
+          'completed': (f) => f.last === 'workflowExecutionCompleted',
+          'expireSession ran': (f) => f.activities.includes(EXPIRY),
+        }),
+      };
+    },
+  },
+  {
+    name: 'deleted',
+    files: { deleted: 'one turn, then DELETE /sessions/:id, which ends the workflow.' },
+    uses: 'WS message, turn.done, DELETE /sessions/:id (ends the workflow: terminates it, or lets it complete)',
+    async run(ctx) {
+      const api = await ctx.api();
+      const { sessionId, ws, workflowId } = await api.session();
+      ws.send({ type: 'message', content: 'forget me' });
+      await turnDone(ws, 'completed');
+      await settledHistory(ctx, workflowId);
+      const res = await api.request('DELETE', `/sessions/${sessionId}`);
+      if (res.status !== 204) throw new Error(`DELETE: ${res.status} ${res.text}`);
+      return { deleted: expectPath(await closedHistory(ctx, workflowId), { 'the workflow ended': (f) => ['workflowExecutionTerminated', 'workflowExecutionCompleted'].includes(f.last) }) };
+    },
+  },
+];
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+async function writeAtomically(file: string, text: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await writeFile(tmp, text);
+  await rename(tmp, file);
+}
+
+/** The README lists every history; the replay test fails for a history it does not list, or a listed one that is missing. */
+async function writeReadme(): Promise<void> {
+  const file = path.join(OUT_DIR, 'README.md');
+  const previous = await readFile(file, 'utf8').catch(() => '');
+  const keptAt = previous.indexOf(KEPT_HEADING);
+  const kept = keptAt >= 0 ? previous.slice(keptAt).trimEnd() : `${KEPT_HEADING}\n\nNone yet. (When a workflow change is guarded with \`patched()\`, copy the histories it affects here under a new name, e.g. \`plain-turn.v1.json\`, with a line each, before re-recording; see docs/design/002-workflow-versioning.md.)`;
+  const lines = scenarios.flatMap((s) => Object.entries(s.files).map(([name, covers]) => `- \`${name}.json\`: ${covers}`));
+  const text = [
+    '# Recorded session histories',
+    '',
+    'Real `sessionWorkflow` histories, each from one session driven through the API (REST and WebSocket) by',
+    '`scripts/record-histories.ts`, with a real worker, Temporal dev server, Postgres and the local model server.',
+    '`test/replay.test.ts` replays every `*.json` here against the current workflow code, plain and traced bundles:',
+    'a failure means the change would break sessions that are running now. The rule, and when to add or re-record',
+    'a history: [docs/design/002-workflow-versioning.md](../../docs/design/002-workflow-versioning.md).',
+    '',
+    'Re-record all of them, or some by scenario name (this overwrites their files and rewrites this README, keeping',
+    'the last section):',
+    '',
+    '```sh',
+    RECORD_COMMAND,
+    `${RECORD_COMMAND} -- approval-pending continue-as-new   # or: npx tsx scripts/record-histories.ts …`,
+    'npx tsx scripts/record-histories.ts --list                 # scenarios and the API calls each depends on',
+    '```',
+    '',
+    '`agents.yaml` holds the agents the recorder uses (short approval TTL, busy policies).',
+    '',
+    '## Histories',
+    '',
+    ...lines,
+    '',
+    kept,
+    '',
+  ].join('\n');
+  await writeAtomically(file, text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+/**
+ * Stops this process's own children that are still running: startStack spawns the worker
+ * before the API, and leaves it running when the API then fails to start. Linux only (/proc).
+ */
+async function stopLeftoverChildren(): Promise<void> {
+  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (parent === process.pid) {
+      try {
+        process.kill(Number(entry), 'SIGTERM');
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+}
+
+function parseArgs(argv: string[]) {
+  const flags = new Set(argv.filter((a) => a.startsWith('--')));
+  const names = argv.filter((a) => !a.startsWith('--'));
+  const unknownFlags = [...flags].filter((f) => !['--list', '--verbose'].includes(f));
+  if (unknownFlags.length) throw new Error(`unknown option ${unknownFlags.join(', ')}`);
+  const known = new Map(scenarios.map((s) => [s.name, s]));
+  for (const s of scenarios) for (const file of Object.keys(s.files)) if (!known.has(file)) known.set(file, s);
+  const unknown = names.filter((n) => !known.has(n));
+  if (unknown.length) throw new Error(`unknown scenario ${unknown.join(', ')}; scenarios: ${scenarios.map((s) => s.name).join(', ')}`);
+  const selected = names.length ? scenarios.filter((s) => names.some((n) => known.get(n) === s)) : scenarios;
+  return { list: flags.has('--list'), verbose: flags.has('--verbose'), selected };
+}
+
+async function main(): Promise<number> {
+  const { list, verbose, selected } = parseArgs(process.argv.slice(2));
+  if (list) {
+    for (const s of scenarios) process.stdout.write(`${s.name}\n  files: ${Object.keys(s.files).map((f) => `${f}.json`).join(', ')}\n  uses:  ${s.uses}\n`);
+    return 0;
+  }
+  if (verbose) process.env.KEEL_TEST_VERBOSE = '1';
+  const say = (line: string) => process.stderr.write(`[record] ${line}\n`);
+  const serviceLog: Log = verbose ? (line) => process.stderr.write(`[services] ${line}\n`) : () => undefined;
+  const started = Date.now();
+  const stops: (() => Promise<void>)[] = [];
+  const stopAll = async () => {
+    for (const stop of stops.splice(0).reverse()) await stop().catch((error: unknown) => say(`stopping: ${String(error)}`));
+    await stopLeftoverChildren();
+  };
+  let interrupted = false;
+  process.once('SIGINT', () => {
+    interrupted = true;
+    say('interrupted: stopping the services');
+    void stopAll().then(() => process.exit(130));
+  });
+
+  const failures: string[] = [];
+  try {
+    say('starting Temporal dev server and Postgres');
+    const dataDir = path.join(os.tmpdir(), `keel-histories-${process.pid}`);
+    const [temporal, postgres] = await Promise.all([
+      startTemporalDevServer({ port: 0, headless: true, log: serviceLog }),
+      startEmbeddedPostgres({ dataDir, port: 0, persistent: false, log: serviceLog }),
+    ]);
+    stops.push(temporal.stop, postgres.stop);
+    // What test/support/stack.ts reads: these servers, never ones left running elsewhere.
+    process.env.KEEL_TEST_TEMPORAL_ADDRESS = temporal.address;
+    process.env.KEEL_TEST_ADMIN_DATABASE_URL = postgres.adminUrl;
+    delete process.env.KEEL_TEST_WORKFLOW_BUNDLE;
+
+    const slow = new SlowEndpoint();
+    const slowPort = await slow.start();
+    stops.push(() => slow.stop());
+    say('starting worker and API (bundling the workflow code if it changed)');
+    const stack: Stack = await startStack({
+      env: {
+        KEEL_AGENTS_FILE: AGENTS_FILE,
+        KEEL_HTTP_ALLOW_HOSTS: `127.0.0.1:${slowPort}`,
+        KEEL_HTTP_TIMEOUT_MS: '60000',
+        // Histories are recorded untraced; test/replay.test.ts replays them on both bundles.
+        OTEL_EXPORTER_OTLP_ENDPOINT: '',
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: '',
+      },
+    });
+    stops.push(() => stack.stop());
+    const connection = await Connection.connect({ address: temporal.address });
+    stops.push(() => connection.close());
+    const temporalClient = new Client({ connection });
+
+    const sockets: WsClient[] = [];
+    stops.push(async () => void (await Promise.all(sockets.map((s) => s.close().catch(() => undefined)))));
+    const apis = new Map<string, Promise<Api>>([['{}', Promise.resolve(new Api(stack.base, sockets))]]);
+    const extraApis: Spawned[] = [];
+    stops.push(async () => void (await Promise.all(extraApis.map((a) => a.kill()))));
+    const ctx: Context = {
+      model: stack.model,
+      temporal: temporalClient,
+      slow,
+      api(env = {}) {
+        const key = JSON.stringify(env);
+        let api = apis.get(key);
+        if (!api) {
+          api = (async () => {
+            const extra = spawnEntry('api/main.ts', { ...stack.env, ...env });
+            extraApis.push(extra);
+            const port = Number((await extra.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
+            return new Api(`http://127.0.0.1:${port}`, sockets);
+          })();
+          apis.set(key, api);
+        }
+        return api;
+      },
+    };
+    say(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+
+    await mkdir(OUT_DIR, { recursive: true });
+    for (const scenario of selected) {
+      if (interrupted) break;
+      const t0 = Date.now();
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const histories = await scenario.run(ctx);
+          const expected = Object.keys(scenario.files).sort();
+          if (JSON.stringify(Object.keys(histories).sort()) !== JSON.stringify(expected)) throw new Error(`returned ${Object.keys(histories).join(', ')}, expected ${expected.join(', ')}`);
+          for (const [name, history] of Object.entries(histories)) {
+            await writeAtomically(path.join(OUT_DIR, `${name}.json`), historyToJsonText(history));
+            say(`${name}.json: ${summary(factsOf(history))}`);
+          }
+          say(`${scenario.name} recorded in ${((Date.now() - t0) / 1000).toFixed(1)} s${attempt > 1 ? ` (attempt ${attempt})` : ''}`);
+          break;
+        } catch (error) {
+          const message = error instanceof Error ? error.message : String(error);
+          if (error instanceof NotRecorded && attempt < (scenario.attempts ?? ATTEMPTS)) {
+            say(`${scenario.name}: ${message}; trying again`);
+            continue;
+          }
+          say(`${scenario.name} FAILED: ${message}`);
+          failures.push(scenario.name);
+          break;
+        } finally {
+          // The API allows a user 20 open sockets per process.
+          await Promise.all(sockets.splice(0).map((socket) => socket.close().catch(() => undefined)));
+        }
+      }
+    }
+    await writeReadme();
+  } finally {
+    say('stopping');
+    await stopAll();
+  }
+  say(`done in ${((Date.now() - started) / 1000).toFixed(1)} s${failures.length ? `; not recorded: ${failures.join(', ')}` : ''}`);
+  return failures.length ? 1 : 0;
+}
+
+if (require.main === module) {
+  main().then(
+    (code) => process.exit(code),
+    (error: unknown) => {
+      console.error(error);
+      process.exit(1);
+    },
+  );
+}
