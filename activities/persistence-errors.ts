@@ -16,9 +16,38 @@ export function classifyPersistenceError(error: unknown): unknown {
     error instanceof DataIntegrityError ||
     error instanceof InvalidInputError ||
     error instanceof InputSyntaxError ||
-    error instanceof ZodError;
+    error instanceof ZodError ||
+    isDataOrIntegrityError(error);
   if (!deterministic) return error;
   return ApplicationFailure.create({ type: PERSISTENCE_INVALID, message: `write refused: ${(error as Error).message}`, nonRetryable: true, cause: error as Error });
+}
+
+/** Postgres SQLSTATE classes 22 (data exception) and 23 (integrity): the value itself is refused. */
+function isDataOrIntegrityError(error: unknown): boolean {
+  for (let e = error as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; e = e.cause as typeof e, depth++) {
+    if (typeof e.code === 'string' && /^2[23][0-9A-Z]{3}$/.test(e.code)) return true;
+  }
+  return false;
+}
+
+/**
+ * Postgres cannot store U+0000 in text or jsonb: a model reply or a tool result carrying one is
+ * stored with U+FFFD in its place rather than failing the write (and the turn) every time.
+ */
+export function storableText(text: string): string {
+  return text.includes('\u0000') ? text.replaceAll('\u0000', '\uFFFD') : text;
+}
+
+/** The same for a JSON value (a tool's result), as JSON would carry it. */
+export function storableJson(value: unknown): unknown {
+  if (value === undefined) return undefined;
+  const clean = (v: unknown): unknown => {
+    if (typeof v === 'string') return storableText(v);
+    if (Array.isArray(v)) return v.map(clean);
+    if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [storableText(k), clean(x)]));
+    return v;
+  };
+  return clean(JSON.parse(JSON.stringify(value)) as unknown);
 }
 
 /** Wraps each activity so its failures are classified as above. */

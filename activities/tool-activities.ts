@@ -9,7 +9,7 @@ import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
 import { ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolSettings } from '../tools';
-import { classifyingPersistenceErrors } from './persistence-errors';
+import { classifyingPersistenceErrors, classifyPersistenceError, storableJson } from './persistence-errors';
 
 export function toolCallIdOf(sessionId: string, turn: number, step: number, modelCallId: string): string {
   return `tc_${createHash('sha256').update(`${sessionId}\0${turn}\0${step}\0${modelCallId}`).digest('hex').slice(0, 32)}`;
@@ -112,7 +112,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
   }
 
   /** Records an approval decision and/or a result. Idempotent. */
-  async function settleToolCall(raw: SettleInput): Promise<void> {
+  async function settleRaw(raw: SettleInput): Promise<void> {
     const input = SettleInput.parse(raw);
     await pool.transaction((tx) => settleIn(tx, input));
     if (input.approval) deps.metrics.approvals.inc({ outcome: input.approval.outcome });
@@ -129,11 +129,13 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
    * Temporal to retry.
    */
   async function executeTool(raw: ExecuteToolInput): Promise<ToolOutcome> {
-    const input = ExecuteToolInput.parse(raw);
+    const input = classified(() => ExecuteToolInput.parse(raw));
     const tool = deps.tools[input.name];
     const ctx = Context.current();
     if (!tool) throw ApplicationFailure.nonRetryable(`No tool named ${input.name}`, 'TOOL_NOT_FOUND');
-    await recordToolStatus(pool, input.toolCallId, { status: 'running' });
+    await recordToolStatus(pool, input.toolCallId, { status: 'running' }).catch((error: unknown) => {
+      throw classifyPersistenceError(error);
+    });
     const beat = setInterval(() => ctx.heartbeat(), TOOL_HEARTBEAT_MS);
     const timeout = AbortSignal.timeout(input.timeoutMs);
     let outcome: ToolOutcome;
@@ -141,17 +143,20 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
       const args = tool.parse(parsedArguments(input.arguments));
       const signal = AbortSignal.any([timeout, ctx.cancellationSignal]);
       const result = await tool.execute(args, { sessionId: input.sessionId, toolCallId: input.toolCallId, idempotencyKey: input.idempotencyKey, pool, signal, settings: deps.toolSettings });
-      outcome = { status: 'succeeded', result };
+      outcome = { status: 'succeeded', result: storableJson(result) };
     } catch (error) {
       outcome = outcomeOfFailure(error, input.name, timeout, ctx.cancellationSignal);
     } finally {
       clearInterval(beat);
     }
-    await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
+    await settleRaw({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) }).catch((error: unknown) => {
+      throw classifyPersistenceError(error);
+    });
     if (outcome.status === 'cancelled') throw new CancelledFailure(`${input.name} was cancelled while running`);
     return outcome;
   }
 
+  const settleToolCall = settleRaw;
   return { ...classifyingPersistenceErrors({ recordToolCalls, settleToolCall }), executeTool };
 }
 
@@ -167,6 +172,14 @@ function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, ca
   if (timeout.aborted || error instanceof ToolTimeoutError) throw ApplicationFailure.retryable(`${name} timed out`, 'TOOL_TIMEOUT');
   if (cancellation.aborted) throw ApplicationFailure.retryable(`${name} was interrupted (${String((cancellation.reason as Error | undefined)?.message ?? 'worker stopping')})`, 'TOOL_INTERRUPTED');
   throw ApplicationFailure.retryable(`${name} failed: ${(error as Error).message}`, 'TOOL_EXECUTION_ERROR');
+}
+
+function classified<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (error) {
+    throw classifyPersistenceError(error);
+  }
 }
 
 function isWorkflowCancel(reason: unknown): boolean {

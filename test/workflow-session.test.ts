@@ -246,7 +246,9 @@ test('continue-as-new carries queued messages and pending refusals as IDs, and a
   scripts.set(sessionId, { streamReply: holdTurn(1, running, hold) });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await running.opened;
-  for (let i = 2; i <= 6; i++) await handle.signal(userMessageSignal, { messageId: `m${i}`, clientMessageId: `c${i}` });
+  // A client other than ours may send more than the contract's fields: none of it may enter the state.
+  const extra = { content: 'secret text' } as object;
+  for (let i = 2; i <= 6; i++) await handle.signal(userMessageSignal, { messageId: `m${i}`, clientMessageId: `c${i}`, ...extra });
   hold.open();
   await eventually(async () => {
     const view = await handle.query(sessionStateQuery);
@@ -271,6 +273,7 @@ test('continue-as-new carries queued messages and pending refusals as IDs, and a
   const input = Buffer.concat(started.input!.payloads!.map((p) => Buffer.from(p.data!))).toString();
   expect(input.length).toBeLessThan(4096);
   expect(input).not.toContain('content');
+  expect(input).not.toContain('secret');
   await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
 });
 

@@ -79,7 +79,14 @@ export class SessionState {
       this.s.recentClientIds.push(m.clientMessageId);
       if (this.s.recentClientIds.length > RECENT_CLIENT_ID_LIMIT) this.s.recentClientIds.shift();
     }
-    this.s.queue.push({ ...m, turn: this.s.nextTurn++, accepted: false });
+    // Only the known fields: a signal from another client carrying more (content) stays out of the state.
+    this.s.queue.push({
+      messageId: m.messageId,
+      ...(m.clientMessageId === undefined ? {} : { clientMessageId: m.clientMessageId }),
+      ...(m.requestId === undefined ? {} : { requestId: m.requestId }),
+      turn: this.s.nextTurn++,
+      accepted: false,
+    });
     this.s.messageCount += 1;
     return 'taken';
   }

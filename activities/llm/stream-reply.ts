@@ -13,7 +13,7 @@ import { costOf, type PriceTable } from '../../config/pricing';
 import { ApplicationFailure } from '@temporalio/common';
 import type { AgentVersions } from '../../agents/versions';
 import { acceptMessagesIn, turnLogIds } from '../persistence';
-import { classifyPersistenceError } from '../persistence-errors';
+import { classifyPersistenceError, storableText } from '../persistence-errors';
 import { toChatMessages } from './conversation';
 import { DeltaCoalescer } from './delta-coalescer';
 import { classifyLlmError, contentFilterFailure } from './llm-errors';
@@ -178,7 +178,8 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     await coalescer.flush();
     if (finishReason === 'content_filter') throw contentFilterFailure();
 
-    const calls = toolCalls.result();
+    content = storableText(content);
+    const calls = toolCalls.result().map((c) => ({ ...c, name: storableText(c.name), arguments: storableText(c.arguments) }));
     const messageId = replyMessageIdOf(input.sessionId, input.turn, input.step);
     await pool
       .transaction(async (tx) => {
