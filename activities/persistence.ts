@@ -1,10 +1,8 @@
-import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import type { DatabasePool, DatabaseTransactionConnection } from 'slonik';
 import {
   AcceptMessagesInput,
   ExpireSessionInput,
-  PERSISTENCE_INVALID,
   RejectMessagesInput,
   TurnFailureInput,
   type MessageRef,
@@ -21,15 +19,14 @@ const SESSION_BUSY_MESSAGE = 'The session is busy; the message was not accepted.
 
 /**
  * Gives stored user messages their turns and writes message.accepted for each; a repeat is a
- * no-op. The content comes from the row the API stored on arrival.
+ * no-op. The content comes from the row the API stored on arrival. A message ID with no row
+ * (a signal sent by something other than the API) is skipped: its turn fails on its own, and
+ * the messages accepted with it are not held back.
  */
 export async function acceptMessagesIn(tx: DatabaseTransactionConnection, sessionId: string, messages: MessageRef[]): Promise<void> {
   for (const m of messages) {
     const accepted = await acceptMessage(tx, sessionId, m.messageId, m.turn);
-    if (accepted.outcome !== 'accepted') {
-      if (accepted.outcome === 'missing') throw ApplicationFailure.nonRetryable(`message ${m.messageId} is not stored`, PERSISTENCE_INVALID);
-      continue;
-    }
+    if (accepted.outcome !== 'accepted') continue;
     await appendEvent(tx, {
       sessionId,
       key: `accepted:${m.messageId}`,

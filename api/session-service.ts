@@ -158,6 +158,9 @@ export class SessionService {
       this.log.info({ requestId: opts.requestId, sessionId, requestedBy: caller.userId, ...result }, 'cancel requested');
       return result;
     } catch (error) {
+      // The workflow's validator refuses a cancel that can change nothing (no turn, or not that one).
+      const cause = error instanceof WorkflowUpdateFailedError ? error.cause : undefined;
+      if (cause instanceof ApplicationFailure && cause.type === 'NOTHING_TO_CANCEL') return { cancelled: false, turn: opts.turn ?? null };
       throw await this.mapTemporalError(sessionId, error);
     }
   }

@@ -58,6 +58,7 @@ const Env = z.object({
   KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),
   KEEL_SESSION_MAX_QUEUED: int(50),
   KEEL_WORKER_SHUTDOWN_GRACE_MS: int(30_000),
+  KEEL_WORKER_HEARTBEAT_THROTTLE_MS: int(1_000),
 
   KEEL_LOCAL_MODEL_PORT: int(8787),
   KEEL_WORKER_METRICS_PORT: int(9464),
@@ -144,6 +145,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
     worker: {
       /** How long a stopping worker lets running activities (model streams, tools) finish before cancelling them. */
       shutdownGraceMs: e.KEEL_WORKER_SHUTDOWN_GRACE_MS,
+      /** The longest a running activity's heartbeat is held back: also how late a cancel can reach a model call or a tool. */
+      heartbeatThrottleMs: Math.max(100, e.KEEL_WORKER_HEARTBEAT_THROTTLE_MS),
     },
     localModelPort: e.KEEL_LOCAL_MODEL_PORT,
     workerMetricsPort: e.KEEL_WORKER_METRICS_PORT,

@@ -497,6 +497,30 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    name: 'cancel-after-approval',
+    files: { 'cancel-after-approval': 'a cancel that lands after an approval was stored but before the approved write tool started: the tool never starts (patch no-tool-after-cancel), the call is closed as not run.' },
+    attempts: 12,
+    uses: 'WS message "Save a note: …", approval.required, WS approval frame, approval.accepted, POST /sessions/:id/cancel at once, turn.done {status: cancelled}',
+    async run(ctx) {
+      const api = await ctx.api();
+      const { sessionId, ws, workflowId } = await api.session();
+      ws.send({ type: 'message', content: NOTE });
+      const required = await ws.waitFor(of('approval.required'));
+      ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true, digest: required.data.digest });
+      await ws.waitFor(of('approval.accepted'));
+      // The window: the approval is being stored; the write has not been scheduled yet.
+      await cancelOverRest(api, sessionId);
+      const done = await ws.waitFor(of('turn.done'));
+      if (done.data.status !== 'cancelled') throw new NotRecorded(`the turn ended ${done.data.status}: the cancel came after the write`);
+      return {
+        'cancel-after-approval': expectPath(await settledHistory(ctx, workflowId), {
+          'the patch guarded the new path': (f) => f.patches.includes('no-tool-after-cancel'),
+          'the tool never ran': (f) => !f.activities.includes(TOOL_RUN),
+        }),
+      };
+    },
+  },
+  {
     name: 'queue-full',
     files: { 'queue-full': 'a queue at its bound (KEEL_SESSION_MAX_QUEUED=2) while an approval waits: the next message and its resend are each refused by the workflow (SESSION_BUSY); after the approval every queued message is answered.' },
     uses: 'an API with KEEL_SESSION_MAX_QUEUED=2, WS message "Save a note: …", approval.required, POST /sessions/:id/messages x3 and a resend, error {code: SESSION_BUSY, clientMessageId} x2, WS approval frame, turn.done x3',

@@ -403,8 +403,8 @@ function expectPersistenceInvalid(error: any): void {
 describe('persistence failures', () => {
   const noSuchSession = 'no-such-session';
 
-  test('acceptMessages for a session with no row is a non-retryable PERSISTENCE_INVALID', async () => {
-    const error = await rejectionOf(environment().run(persistence().acceptMessages, { sessionId: noSuchSession, messages: [{ messageId: 'm1', turn: 1 }] }));
+  test('rejectMessages for a session with no row (foreign key) is a non-retryable PERSISTENCE_INVALID', async () => {
+    const error = await rejectionOf(environment().run(persistence().rejectMessages, { sessionId: noSuchSession, messages: [{ messageId: 'm1', code: 'SESSION_BUSY' as const, refusal: 0 }] }));
     expectPersistenceInvalid(error);
   });
 
@@ -478,18 +478,13 @@ describe('acceptMessages', () => {
     ]);
   });
 
-  test('a message that is not stored fails non-retryably and writes nothing', async () => {
+  test('a message ID that is not stored is skipped: the messages with it are still accepted', async () => {
     const sessionId = newSessionId();
     await insertSessionRow(sessionId);
     await storeIncomingMessage(pool, { id: `${sessionId}-m1`, sessionId, content: 'first' });
-    const error = await rejectionOf(
-      environment().run(persistence().acceptMessages, { sessionId, messages: [{ messageId: `${sessionId}-m1`, turn: 1 }, { messageId: `${sessionId}-lost`, turn: 2 }] }),
-    );
-    expectPersistenceInvalid(error);
-    expect(error.message).toBe(`message ${sessionId}-lost is not stored`);
-    // One transaction: m1 is not accepted either.
-    expect(await eventsOf(sessionId)).toEqual([]);
-    expect((await messagesOf(sessionId)).map((m) => m.turn)).toEqual([null]);
+    await environment().run(persistence().acceptMessages, { sessionId, messages: [{ messageId: `${sessionId}-lost`, turn: 1 }, { messageId: `${sessionId}-m1`, turn: 2 }] });
+    expect((await eventsOf(sessionId)).map((e) => [e.type, e.data.messageId])).toEqual([['message.accepted', `${sessionId}-m1`]]);
+    expect((await messagesOf(sessionId)).map((m) => m.turn)).toEqual([2]);
   });
 });
 
@@ -643,6 +638,67 @@ describe('streamReply', () => {
     model.script(sessionId, { reply: `bad${String.fromCharCode(0)}byte` });
     await expect(environment().run(activities().streamReply, input)).resolves.toMatchObject({ finishReason: 'stop' });
     expect((await messagesOf(sessionId)).find((m) => m.role === 'assistant')!.content).toBe('bad\uFFFDbyte');
+  });
+
+  test('a turn whose message is not stored fails non-retryably without calling the model', async () => {
+    const sessionId = newSessionId();
+    const input = { ...(await turnInput(sessionId)), replyTo: `${sessionId}-lost`, accept: [] };
+    expectPersistenceInvalid(await rejectionOf(environment().run(activities().streamReply, input)));
+    expect(model.requests(sessionId)).toEqual([]);
+  });
+
+  test('an attempt that loses the commit to another attempt of the same step returns the winner\'s reply, and writes no turn.done', async () => {
+    const sessionId = newSessionId();
+    const input = await turnInput(sessionId);
+    model.script(sessionId, { reply: 'the slow attempt', tokenDelayMs: 150 });
+    const env = environment({ attempt: 1, heartbeatTimeoutMs: 10_000 });
+    const slow = env.run(activities().streamReply, input);
+    await until(() => model.requests(sessionId).length === 1, 'the slow attempt to reach the model');
+    // Another attempt of the same step commits first, with a reply that asks for a tool.
+    const messageId = `${sessionId}-t1-r1`;
+    await pool.transaction(async (tx) => {
+      await appendEvent(tx, {
+        sessionId,
+        key: 't1-s1:end',
+        type: 'stream.end',
+        data: { streamId: 't1-s1', attempt: 2, messageId, content: '', finishReason: 'tool_calls', usage: { inputTokens: 5, outputTokens: 2, costUsd: 0 } },
+      });
+      await insertMessage(tx, { id: messageId, sessionId, turn: 1, position: 1000, role: 'assistant', content: '', toolCalls: [{ id: 'call_w', name: 'lookup_order', arguments: '{"id":7}' }] });
+    });
+    await expect(slow).resolves.toEqual({
+      messageId,
+      finishReason: 'tool_calls',
+      usage: { inputTokens: 5, outputTokens: 2, costUsd: 0 },
+      toolCalls: [{ modelCallId: 'call_w', name: 'lookup_order', arguments: '{"id":7}' }],
+    });
+    expect((await eventsOf(sessionId)).map((e) => e.type)).not.toContain('turn.done');
+    expect((await messagesOf(sessionId)).filter((m) => m.role === 'assistant').map((m) => m.content)).toEqual(['']);
+  });
+
+  test('a stream that stalls keeps heartbeating (a cancel still reaches it) and ends as a retryable LLM_TIMEOUT', async () => {
+    const sessionId = newSessionId();
+    const input = await turnInput(sessionId);
+    model.script(sessionId, { reply: 'one two three four', tokenDelayMs: 5_000 });
+    const env = environment({ attempt: 1, heartbeatTimeoutMs: 900 });
+    let beats = 0;
+    env.on('heartbeat', () => beats++);
+    const startedAt = Date.now();
+    const error = await rejectionOf(env.run(activities().streamReply, input));
+    expect(error).toMatchObject({ type: 'LLM_TIMEOUT', nonRetryable: false });
+    // Ended by its own stall limit (the heartbeat time-out), long before the next token in 5 s.
+    expect(Date.now() - startedAt).toBeLessThan(4_000);
+    expect(beats).toBeGreaterThanOrEqual(2);
+  });
+
+  test('a cancel reaches a stalled stream: it ends as cancelled, not as a time-out', async () => {
+    const sessionId = newSessionId();
+    const input = await turnInput(sessionId);
+    model.script(sessionId, { reply: 'one two three four', tokenDelayMs: 5_000 });
+    const env = environment({ attempt: 1, heartbeatTimeoutMs: 3_000 });
+    const running = env.run(activities().streamReply, input);
+    await until(() => model.requests(sessionId).length === 1, 'the request');
+    env.cancel('CANCELLED');
+    expect(await rejectionOf(running)).toBeInstanceOf(CancelledFailure);
   });
 
   test('a provider 401 is a non-retryable LLM_AUTH_ERROR and commits no reply', async () => {

@@ -18,6 +18,18 @@ interface Script {
 }
 
 const scripts = new Map<string, Script>();
+/** Runs inside acceptMessages, to hold it where a test wants. */
+const acceptHooks = new Map<string, () => Promise<void>>();
+/** Sessions whose persistence writes (accept, refuse, settle, record failure) fail non-retryably. */
+const failingWrites = new Set<string>();
+
+async function write(name: Call['name'], input: { sessionId: string } & Record<string, unknown>): Promise<void> {
+  record(name, input);
+  if (failingWrites.has(input.sessionId)) {
+    const { ApplicationFailure } = await import('@temporalio/common');
+    throw ApplicationFailure.create({ type: 'PERSISTENCE_INVALID', message: `${name} refused`, nonRetryable: true });
+  }
+}
 const calls = new Map<string, Call[]>();
 const seen = (sessionId: string) => calls.get(sessionId) ?? [];
 const named = (sessionId: string, name: Call['name']) => seen(sessionId).filter((c) => c.name === name).map((c) => c.input as Record<string, any>);
@@ -44,19 +56,20 @@ function plan(input: RecordToolCallsInput): PlannedToolCall[] {
 
 const doubles: SessionActivityDoubles = {
   async acceptMessages(input) {
-    record('acceptMessages', input);
+    await acceptHooks.get(input.sessionId)?.();
+    await write('acceptMessages', input);
   },
   async rejectMessages(input) {
-    record('rejectMessages', input);
+    await write('rejectMessages', input);
   },
   async recordTurnFailure(input) {
-    record('recordTurnFailure', input);
+    await write('recordTurnFailure', input);
   },
   async expireSession(input) {
     record('expireSession', input);
   },
   async settleToolCall(input) {
-    record('settleToolCall', input);
+    await write('settleToolCall', input);
   },
   async streamReply(input) {
     record('streamReply', input);
@@ -203,12 +216,15 @@ test('a cancel naming a turn that has ended does not cancel the next one', async
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await handle.signal(userMessageSignal, { messageId: 'm2' });
   await second.opened;
-  expect(await handle.executeUpdate(cancelTurnUpdate, { args: [{ turn: 1, requestedBy: 'u1' }] })).toEqual({ cancelled: false, turn: 1 });
+  // Refused by the update's validator: nothing to cancel, and nothing written to history.
+  await expect(handle.executeUpdate(cancelTurnUpdate, { args: [{ turn: 1, requestedBy: 'u1' }] })).rejects.toMatchObject({ cause: { type: 'NOTHING_TO_CANCEL' } });
   hold.open();
   await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null, 'turn 2 to finish');
   expect(named(sessionId, 'streamReply').map((s) => s.turn)).toEqual([1, 2]);
   expect(named(sessionId, 'recordTurnFailure')).toHaveLength(0);
-  expect(await handle.executeUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }] })).toEqual({ cancelled: false, turn: null });
+  await expect(handle.executeUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }] })).rejects.toMatchObject({ cause: { type: 'NOTHING_TO_CANCEL' } });
+  const history = await handle.fetchHistory();
+  expect(history.events!.filter((e) => e.workflowExecutionUpdateAcceptedEventAttributes)).toHaveLength(0);
   await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
 });
 
@@ -326,4 +342,80 @@ test('an idle session expires once, with its refusals written', async () => {
   await expect(handle.result()).resolves.toEqual({ status: 'expired' });
   expect(named(sessionId, 'expireSession')).toEqual([{ sessionId, idleMs: 300 }]);
   await expect(handle.signal(userMessageSignal, { messageId: 'late' })).rejects.toThrow();
+});
+
+test('a write tool whose turn was cancelled before it started never starts, and is recorded as not run', async () => {
+  const recording = gate();
+  const release = gate();
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, {
+    streamReply: askTools('save'),
+    recordToolCalls: async (_input, planned) => {
+      recording.open();
+      await release.opened;
+      return planned;
+    },
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await recording.opened;
+  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  release.open();
+  expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
+  expect(named(sessionId, 'executeTool')).toHaveLength(0);
+  expect(named(sessionId, 'settleToolCall')).toEqual([expect.objectContaining({ name: 'save', status: 'cancelled', ran: false })]);
+  // The new path is guarded for sessions that started on the code before it.
+  const history = await handle.fetchHistory();
+  const patches = history.events!.flatMap((e) => e.markerRecordedEventAttributes?.details?.['patch-data']?.payloads ?? []).map((p) => Buffer.from(p.data!).toString());
+  expect(patches.join()).toContain('"id":"no-tool-after-cancel"');
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('a deletion that lands while the recorder accepts messages at a turn boundary ends the workflow cleanly', async () => {
+  const accepting = gate();
+  const finishAccepting = gate();
+  const running = gate();
+  const hold = gate();
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, { streamReply: holdTurn(1, running, hold) });
+  acceptHooks.set(sessionId, async () => {
+    accepting.open();
+    await finishAccepting.opened;
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await running.opened;
+  await handle.signal(userMessageSignal, { messageId: 'm2' });
+  await accepting.opened;
+  // Turn 1 ends while m2's acceptance is still being written; then the session is deleted.
+  hold.open();
+  await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null, 'turn 1 to end');
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'owner' });
+  finishAccepting.open();
+  expect(await handle.result()).toEqual({ status: 'deleted' });
+  expect(named(sessionId, 'streamReply').map((c) => c.replyTo)).toEqual(['m1']);
+});
+
+test('a message the store does not know, or a write that cannot be made, fails its turn but never the session', async () => {
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  const { ApplicationFailure } = await import('@temporalio/common');
+  const refused = () => ApplicationFailure.create({ type: 'PERSISTENCE_INVALID', message: 'write refused', nonRetryable: true });
+  scripts.set(sessionId, {
+    streamReply: async (input) => {
+      if (input.replyTo === 'unknown') throw refused();
+      return reply(input);
+    },
+  });
+  // Every write of the failed turn's cleanup fails too.
+  failingWrites.add(sessionId);
+  await handle.signal(userMessageSignal, { messageId: 'unknown' });
+  await until(() => named(sessionId, 'recordTurnFailure').length === 1, 'the failed turn to try to record its failure');
+  failingWrites.delete(sessionId);
+  await handle.signal(userMessageSignal, { messageId: 'm2' });
+  await eventually(async () => (await handle.query(sessionStateQuery)).messageCount === 3, 'the next turn to be answered');
+  expect(named(sessionId, 'streamReply').map((c) => c.replyTo)).toEqual(['unknown', 'm2']);
+  const { status } = await handle.describe();
+  expect(status.name).toBe('RUNNING');
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
 });

@@ -40,6 +40,10 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     stickyQueueScheduleToStartTimeout: settings.temporal.stickyQueueTimeoutMs,
     // A deploy lets running model streams and tools finish instead of restarting them elsewhere.
     shutdownGraceTime: settings.worker.shutdownGraceMs,
+    // The SDK holds heartbeats back for up to 0.8 of the heartbeat time-out (8 s by default): a
+    // cancel waiting for the next one would reach a running model call or tool that late.
+    maxHeartbeatThrottleInterval: settings.worker.heartbeatThrottleMs,
+    defaultHeartbeatThrottleInterval: settings.worker.heartbeatThrottleMs,
     ...workflowSource,
     // A prebuilt bundle holds its workflow interceptors (bundle-workflows.ts --tracing); one built here gets them when tracing is on.
     interceptors: bundle || !tracing ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },

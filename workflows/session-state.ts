@@ -31,6 +31,7 @@ export class SessionState {
   private stopped: TurnStop | null = null;
   /** Messages whose acceptance an activity is writing now. Empty between turns, so never carried. */
   private readonly accepting = new Set<string>();
+  private readonly leftToTurn = new Set<string>();
   /** How the last few turns ended, for cancel requests waiting on them. Never carried: a cancel waits within one run. */
   private readonly outcomes = new Map<number, TurnOutcome>();
   /** Approvals the current turn waits for. Turns never span continue-as-new, so these are not carried. */
@@ -80,6 +81,8 @@ export class SessionState {
       if (this.s.recentClientIds.length > RECENT_CLIENT_ID_LIMIT) this.s.recentClientIds.shift();
     }
     // Only the known fields: a signal from another client carrying more (content) stays out of the state.
+    // A refusal of an earlier send of this message, not yet written, would now answer the wrong send.
+    this.s.refused = this.s.refused.filter((r) => r.messageId !== m.messageId);
     this.s.queue.push({
       messageId: m.messageId,
       ...(m.clientMessageId === undefined ? {} : { clientMessageId: m.clientMessageId }),
@@ -112,20 +115,35 @@ export class SessionState {
    * Claims the messages (the current one and the queued ones) whose acceptance is not yet
    * written and not already being written, for one activity to write.
    */
-  claimUnaccepted(): MessageRef[] {
-    const claimed = [...(this.current ? [this.current] : []), ...this.s.queue].filter((m) => !m.accepted && !this.accepting.has(m.messageId));
+  claimUnaccepted(by: 'turn' | 'recorder'): MessageRef[] {
+    const claimed = this.unclaimed(by);
     for (const m of claimed) this.accepting.add(m.messageId);
     return claimed.map(({ accepted: _accepted, ...ref }) => ref);
   }
 
-  hasUnclaimed(): boolean {
-    return [...(this.current ? [this.current] : []), ...this.s.queue].some((m) => !m.accepted && !this.accepting.has(m.messageId));
+  hasUnclaimed(by: 'turn' | 'recorder'): boolean {
+    return this.unclaimed(by).length > 0;
+  }
+
+  /** The recorder skips messages whose acceptance failed once: their own turn tries again. */
+  private unclaimed(by: 'turn' | 'recorder'): QueuedMessage[] {
+    return [...(this.current ? [this.current] : []), ...this.s.queue].filter(
+      (m) => !m.accepted && !this.accepting.has(m.messageId) && (by === 'turn' || !this.leftToTurn.has(m.messageId)),
+    );
   }
 
   markAccepted(messages: MessageRef[]): void {
     const ids = new Set(messages.map((m) => m.messageId));
     for (const m of [...(this.current ? [this.current] : []), ...this.s.queue]) if (ids.has(m.messageId)) m.accepted = true;
     for (const id of ids) this.accepting.delete(id);
+  }
+
+  /** A claim whose write failed: the messages are left to their own turns. */
+  releaseClaims(messages: MessageRef[]): void {
+    for (const m of messages) {
+      this.accepting.delete(m.messageId);
+      this.leftToTurn.add(m.messageId);
+    }
   }
 
   takeRefused(): RefusedMessage[] {

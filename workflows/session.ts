@@ -5,10 +5,12 @@ import { sessionActivities } from './activities';
 import { workflowNow } from './clock';
 import { SessionState } from './session-state';
 import { reflectInSearchAttributes } from './search-attributes';
-import { runTurn } from './turn';
+import { contained, runTurn } from './turn';
 import { MessageTraces } from './trace-context';
 
 const APPROVAL_REPLAY_GRACE_MS = 10_000;
+/** The cancel update's refusal when no turn (or not the named one) is running. */
+const NOTHING_TO_CANCEL = 'NOTHING_TO_CANCEL';
 
 /**
  * One chat session. Messages arrive by signal as IDs (their content is already in Postgres), are
@@ -20,6 +22,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   const acts = sessionActivities(state.config);
   let turnScope: CancellationScope | null = null;
   const traces = new MessageTraces();
+  const refuse = (problem: string) => ApplicationFailure.create({ type: problem, message: problem.toLowerCase().replace(/_/g, ' '), nonRetryable: true });
 
   setHandler(userMessageSignal, (m) => {
     const interrupting = state.config.agent.busyPolicy === 'interrupt' && state.inTurn();
@@ -29,13 +32,23 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   });
   // Answers once the turn has ended, with whether the cancel is what ended it: a turn that
   // finished in the meantime (its reply was already committed) was not cancelled.
-  setHandler(cancelTurnUpdate, async ({ turn, requestedBy }) => {
-    const target = turn ?? state.currentTurn;
-    if (target === null || !state.stopTurn({ reason: 'cancel', by: requestedBy }, turn)) return { cancelled: false, turn: target };
-    turnScope?.cancel();
-    await condition(() => state.outcomeOf(target) !== undefined);
-    return { cancelled: state.outcomeOf(target) === 'cancelled', turn: target };
-  });
+  setHandler(
+    cancelTurnUpdate,
+    async ({ turn, requestedBy }) => {
+      const target = turn ?? state.currentTurn;
+      if (target === null || !state.stopTurn({ reason: 'cancel', by: requestedBy }, turn)) return { cancelled: false, turn: target };
+      turnScope?.cancel();
+      await condition(() => state.outcomeOf(target) !== undefined);
+      return { cancelled: state.outcomeOf(target) === 'cancelled', turn: target };
+    },
+    {
+      // A cancel that can change nothing is refused here, so it leaves no trace in history and
+      // spends none of the run's update budget; the API answers it with cancelled: false.
+      validator: ({ turn }) => {
+        if (state.currentTurn === null || (turn !== undefined && turn !== state.currentTurn)) throw refuse(NOTHING_TO_CANCEL);
+      },
+    },
+  );
   setHandler(cancelTurnSignal, ({ turn, requestedBy }) => {
     if (state.stopTurn({ reason: 'cancel', by: requestedBy }, turn)) turnScope?.cancel();
   });
@@ -45,7 +58,6 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     turnScope?.cancel();
   });
   setHandler(sessionStateQuery, () => state.view());
-  const refuse = (problem: string) => ApplicationFailure.create({ type: problem, message: problem.toLowerCase().replace(/_/g, ' '), nonRetryable: true });
   setHandler(
     decideApprovalUpdate,
     async (decision) => {
@@ -70,18 +82,24 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   // that arrives while the session is idle is accepted by the turn that answers it, saving a hop).
   let recording = false;
   let stopRecording = false;
-  const work = () => state.hasRefused() || (state.inTurn() && state.hasUnclaimed());
+  const work = () => state.hasRefused() || (state.inTurn() && state.hasUnclaimed('recorder'));
   const recorder = (async () => {
     for (;;) {
       await condition(() => work() || stopRecording);
       if (!work()) return;
       recording = true;
       const refused = state.takeRefused();
-      if (refused.length > 0) await acts.rejectMessages({ sessionId: state.sessionId, messages: refused });
-      const batch = state.inTurn() ? state.claimUnaccepted() : [];
+      if (refused.length > 0) await contained('tell refused senders', () => acts.rejectMessages({ sessionId: state.sessionId, messages: refused }));
+      const batch = state.inTurn() ? state.claimUnaccepted('recorder') : [];
       if (batch.length > 0) {
-        await acts.acceptMessages({ sessionId: state.sessionId, messages: batch });
-        state.markAccepted(batch);
+        await contained(
+          'accept messages',
+          async () => {
+            await acts.acceptMessages({ sessionId: state.sessionId, messages: batch });
+            state.markAccepted(batch);
+          },
+          () => state.releaseClaims(batch),
+        );
       }
       recording = false;
     }
@@ -91,7 +109,10 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     const woke = await condition(() => !state.isIdle() || state.status !== 'active', state.config.idleTtlMs);
     if (!woke || state.status !== 'active') break;
     await condition(() => !recording);
-    const message = state.beginNextTurn()!;
+    // A deletion may have landed while the recorder finished: it emptied the queue.
+    if (state.status !== 'active') break;
+    const message = state.beginNextTurn();
+    if (!message) continue;
     reflectInSearchAttributes(state, true);
     const scope = (turnScope = new CancellationScope());
     const outcome = await traces.runTurn(message.messageId, () => runTurn(state, acts, scope, message));

@@ -1,4 +1,4 @@
-import { ActivityFailure, CancellationScope, condition, isCancellation, workflowInfo } from '@temporalio/workflow';
+import { ActivityFailure, CancellationScope, CancelledFailure, condition, isCancellation, log, patched, workflowInfo } from '@temporalio/workflow';
 import type { ErrorBody } from '../contracts/errors';
 import type { ApprovalOutcome, ToolResultStatus } from '../contracts/events';
 import type { QueuedMessage } from '../contracts/session';
@@ -9,6 +9,9 @@ import { StepLimitReached, turnErrorOf } from './turn-errors';
 import { workflowNow } from './clock';
 import { reflectInSearchAttributes } from './search-attributes';
 
+/** patched() IDs: see docs/design/002-workflow-versioning.md. */
+const NO_TOOL_AFTER_CANCEL = 'no-tool-after-cancel';
+
 interface TurnContext {
   state: SessionState;
   acts: SessionActivityProxies;
@@ -17,6 +20,8 @@ interface TurnContext {
   open: Map<string, PlannedToolCall>;
   /** Calls whose approval decision is already stored: a later cancel must not record another. */
   decided: Set<string>;
+  /** The first reply accepted the turn's claimed messages: a failure after it has none to accept. */
+  acceptedByReply: boolean;
 }
 
 type Settlement = Omit<SettleInput, 'sessionId' | 'toolCallId' | 'modelCallId' | 'name' | 'turn' | 'position'>;
@@ -30,29 +35,45 @@ type Settlement = Omit<SettleInput, 'sessionId' | 'toolCallId' | 'modelCallId' |
  * the workflow task fails and waits for fixed code instead of ending the turn with a wrong code.
  */
 export async function runTurn(state: SessionState, acts: SessionActivityProxies, scope: CancellationScope, message: QueuedMessage): Promise<TurnOutcome> {
-  const ctx: TurnContext = { state, acts, message, open: new Map(), decided: new Set() };
+  const ctx: TurnContext = { state, acts, message, open: new Map(), decided: new Set(), acceptedByReply: false };
   const base = { sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId, ...(message.requestId ? { requestId: message.requestId } : {}) };
-  const accept = state.claimUnaccepted();
+  const accept = state.claimUnaccepted('turn');
   try {
     await scope.run(() => steps(ctx, accept));
     return 'completed';
   } catch (error) {
-    const cancelled = isCancellation(error);
+    // A turn someone stopped ends as cancelled even when its activity reported a time-out first.
+    const cancelled = isCancellation(error) || (state.turnStop !== null && error instanceof ActivityFailure);
     if (!cancelled && !(error instanceof ActivityFailure) && !(error instanceof StepLimitReached)) throw error;
     await CancellationScope.nonCancellable(async () => {
+      // Each step is contained: a write that cannot be made (a non-retryable failure) must not
+      // fail the whole session; the next steps and turns still run.
       // The reply may have failed before it accepted the messages it carried: accept them now.
-      await acceptClaimed(ctx, accept);
-      await closeOpenCalls(ctx, cancelled ? 'cancelled' : 'failed');
+      if (!ctx.acceptedByReply) await contained('accept the turn\'s messages', () => acceptClaimed(ctx, accept), () => state.releaseClaims(accept));
+      await contained('close the open tool calls', () => closeOpenCalls(ctx, cancelled ? 'cancelled' : 'failed'));
       const stop = state.turnStop;
       const body: ErrorBody = cancelled ? { code: 'TURN_CANCELLED', message: cancelMessage(stop?.reason), recoverable: true } : turnErrorOf(error);
-      await acts.recordTurnFailure({
-        ...base,
-        error: body,
-        status: cancelled ? 'cancelled' : 'failed',
-        ...(cancelled && stop ? { cancelledBy: stop.by ?? stop.reason } : {}),
-      });
+      await contained('record the turn\'s failure', () =>
+        acts.recordTurnFailure({
+          ...base,
+          error: body,
+          status: cancelled ? 'cancelled' : 'failed',
+          ...(cancelled && stop ? { cancelledBy: stop.by ?? stop.reason } : {}),
+        }),
+      );
     });
     return cancelled ? 'cancelled' : 'failed';
+  }
+}
+
+/** Runs a write; an activity failure is logged (and `onFailure` run) instead of ending the session. */
+export async function contained(what: string, write: () => Promise<unknown>, onFailure?: () => void): Promise<void> {
+  try {
+    await write();
+  } catch (error) {
+    if (!(error instanceof ActivityFailure)) throw error;
+    log.error(`could not ${what}`, { error: error.cause?.message ?? error.message });
+    onFailure?.();
   }
 }
 
@@ -83,7 +104,10 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
       model: agent.model,
       ...(agent.temperature === undefined ? {} : { temperature: agent.temperature }),
     });
-    if (step === 1) ctx.state.markAccepted(accept);
+    if (step === 1) {
+      ctx.state.markAccepted(accept);
+      ctx.acceptedByReply = true;
+    }
     state.recordReply(reply.usage);
     if (reply.toolCalls.length === 0) return;
     // Not cancellable: the reply asking for these calls is stored, so the calls must be known
@@ -130,8 +154,11 @@ async function runToolCall(ctx: TurnContext, call: PlannedToolCall): Promise<voi
  * Runs the tool. The activity records its own outcome (succeeded, failed, or cancelled while
  * running) before it reports back, so the workflow never writes "did not run" for a tool that
  * ran. A write tool, once started, is not cancellable: it finishes and its real result is kept.
+ * A tool whose turn was cancelled before it started never starts.
  */
 async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy): Promise<void> {
+  // Before this patch a write tool was started even when the cancel had already landed.
+  if (CancellationScope.current().consideredCancelled && patched(NO_TOOL_AFTER_CANCEL)) throw new CancelledFailure('the turn was cancelled before the tool started');
   const run = () =>
     toolActivities(policy).executeTool({
       ...settleBase(ctx, call),

@@ -33,6 +33,12 @@ const StreamEndRow = z.object({ data: z.object({ messageId: z.string(), finishRe
 
 /** NOTIFY payloads are limited to 8000 bytes; 1,000 UTF-16 units stay under it even when every one is a 6-byte JSON escape. */
 const MAX_DELTA_CHARS = 1_000;
+/** How often a running model call heartbeats (at most; a third of its heartbeat time-out when that is shorter). */
+const HEARTBEAT_EVERY_MS = 1_000;
+
+function stallFailure(stallMs: number): ApplicationFailure {
+  return ApplicationFailure.create({ type: 'LLM_TIMEOUT', message: `The model stream sent nothing for ${stallMs} ms`, nonRetryable: false });
+}
 
 function splitDelta(delta: StreamDeltaData): StreamDeltaData[] {
   if (delta.text.length <= MAX_DELTA_CHARS) return [delta];
@@ -96,6 +102,10 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       await started.catch(() => undefined);
       throw ApplicationFailure.nonRetryable(`agent ${input.agent.id} version ${input.agent.version} is not stored`, PERSISTENCE_INVALID);
     }
+    if (!history.some((m) => m.id === input.replyTo)) {
+      await started.catch(() => undefined);
+      throw ApplicationFailure.nonRetryable(`message ${input.replyTo} is not stored`, PERSISTENCE_INVALID);
+    }
     const coalescer = new DeltaCoalescer(
       streamId,
       attempt,
@@ -106,17 +116,18 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       },
       () => deps.metrics.deltaPublishFailures.inc(),
     );
-    // The model may be slow to start; keep the attempt alive while the request is pending.
-    // Heartbeats go out on a timer, not per chunk (each one crosses into the native bridge), and
-    // only while the model shows life: before its first chunk, or with a chunk since the last beat.
-    // A stream that stalls stops heartbeating, and Temporal retries the attempt.
-    let chunkSinceBeat = true;
+    // Heartbeats go out on a timer, not per chunk (each one crosses into the native bridge), for
+    // as long as the attempt runs: a heartbeat is also how a cancel reaches it, stalled or not.
+    // A stream that stops sending chunks for the heartbeat time-out is ended here, as a retryable
+    // LLM_TIMEOUT (the first chunk is bounded by the client's own time-out, KEEL_LLM_TIMEOUT_MS).
+    const stallMs = ctx.info.heartbeatTimeoutMs ?? 30_000;
+    const stalled = new AbortController();
     let awaitingFirstChunk = true;
+    let lastChunkAt = performance.now();
     const beat = setInterval(() => {
-      if (!awaitingFirstChunk && !chunkSinceBeat) return;
-      chunkSinceBeat = false;
-      ctx.heartbeat();
-    }, Math.max(200, (ctx.info.heartbeatTimeoutMs ?? 30_000) / 3));
+      if (!awaitingFirstChunk && performance.now() - lastChunkAt > stallMs) stalled.abort();
+      else ctx.heartbeat();
+    }, Math.max(100, Math.min(HEARTBEAT_EVERY_MS, stallMs / 3)));
     let content = '';
     const requestedAt = performance.now();
     let firstTokenAt: number | null = null;
@@ -136,11 +147,11 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
           ...(input.temperature === undefined ? {} : { temperature: input.temperature }),
           ...(tools.length ? { tools } : {}),
         },
-        { signal: ctx.cancellationSignal },
+        { signal: AbortSignal.any([ctx.cancellationSignal, stalled.signal]) },
       );
       for await (const chunk of stream) {
         awaitingFirstChunk = false;
-        chunkSinceBeat = true;
+        lastChunkAt = performance.now();
         const choice = chunk.choices[0];
         const text = choice?.delta?.content ?? '';
         if (text) {
@@ -159,7 +170,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       await started.catch(() => undefined);
       // Cancelled by the workflow (cancel, interrupt): report it as a cancellation, never as a failure to retry.
       if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
-      const failure = classifyLlmError(error);
+      const failure = stalled.signal.aborted ? stallFailure(stallMs) : classifyLlmError(error);
       deps.metrics.errors.inc({ code: (failure as { type?: string }).type ?? 'LLM_API_ERROR' });
       throw failure;
     } finally {
@@ -168,6 +179,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     }
     // An aborted stream can end without an error; a cancelled attempt must not commit a partial reply.
     if (ctx.cancellationSignal.aborted) throw ctx.cancellationSignal.reason;
+    if (stalled.signal.aborted) throw stallFailure(stallMs);
     // So can a connection cut by the provider: no finish reason means the reply is incomplete.
     if (finishReason === null) throw classifyLlmError(new Error('The model stream ended before the reply was complete'));
     try {
@@ -181,8 +193,17 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     content = storableText(content);
     const calls = toolCalls.result().map((c) => ({ ...c, name: storableText(c.name), arguments: storableText(c.arguments) }));
     const messageId = replyMessageIdOf(input.sessionId, input.turn, input.step);
-    await pool
+    // Another attempt of this step may have committed first (one that stalled, then resumed):
+    // the stream.end key decides, under the session's row lock, and the loser returns the winner's reply.
+    const committed = await pool
       .transaction(async (tx) => {
+        const end = await appendEvent(tx, {
+          sessionId: input.sessionId,
+          key: `${streamId}:end`,
+          type: 'stream.end',
+          data: { streamId, attempt, messageId, content, finishReason, usage },
+        });
+        if (!end.inserted) return false;
         await insertMessage(tx, {
           id: messageId,
           sessionId: input.sessionId,
@@ -195,12 +216,6 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
           costUsd: usage.costUsd,
           ...(calls.length ? { toolCalls: calls.map((c) => ({ id: c.modelCallId, name: c.name, arguments: c.arguments })) } : {}),
         });
-        await appendEvent(tx, {
-          sessionId: input.sessionId,
-          key: `${streamId}:end`,
-          type: 'stream.end',
-          data: { streamId, attempt, messageId, content, finishReason, usage },
-        });
         // A reply that asks for no tools ends the turn.
         if (calls.length === 0) {
           await appendEvent(tx, {
@@ -210,10 +225,15 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
             data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage },
           });
         }
+        return true;
       })
       .catch((error: unknown) => {
         throw classifyPersistenceError(error);
       });
+    if (!committed) {
+      const winner = await committedReply(input.sessionId, streamId);
+      if (winner) return winner;
+    }
     const { metrics } = deps;
     metrics.modelCallDuration.observe((performance.now() - requestedAt) / 1000);
     if (firstTokenAt !== null) metrics.timeToFirstToken.observe((firstTokenAt - requestedAt) / 1000);
