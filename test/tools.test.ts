@@ -5,7 +5,9 @@ import { sql } from 'slonik';
 import { z } from 'zod';
 import { migrate } from '../db/migrate';
 import { openPool, type DatabasePool } from '../db/pool';
-import { builtinTools, toolDefinitionsFor, ToolInputError, ToolRefusedError, type Tool, type ToolContext } from '../tools';
+import { builtinTools, DEFAULT_TOOL_SETTINGS, toolDefinitions, toolDefinitionsFor, ToolInputError, ToolRefusedError, type Tool, type ToolContext } from '../tools';
+import { sessionAgentOf } from '../agents/session-agent';
+import { AgentDefinition, resolveAgent } from '../contracts/agents';
 import { evaluate } from '../tools/calculator';
 import { localTime } from '../tools/current-time';
 import { blockedAddressRule, createHttpRequestTool, resolveAndCheck, type LookupAll } from '../tools/http-request';
@@ -50,6 +52,17 @@ describe('registry', () => {
       expect(tool.definition.requiresApproval).toBe(tool.definition.permission === 'write');
     }
     expect(builtinTools.create_note!.definition.permission).toBe('write');
+  });
+
+  test("http_request's own limit follows KEEL_HTTP_TIMEOUT_MS above 12 s, and an agent's policy carries it to the activity", () => {
+    expect(toolDefinitions({ ...DEFAULT_TOOL_SETTINGS, httpTimeoutMs: 20_000 }).http_request!.timeoutMs).toBe(22_000);
+    expect(toolDefinitions({ ...DEFAULT_TOOL_SETTINGS, httpTimeoutMs: 1_000 }).http_request!.timeoutMs).toBe(12_000);
+    const def = AgentDefinition.parse({ id: 'a', name: 'A', systemPrompt: '', tools: ['http_request', 'calculator'], toolPolicy: { calculator: { timeoutMs: 700 } } });
+    const agent = sessionAgentOf(resolveAgent(def, 3, 'd', toolDefinitions({ ...DEFAULT_TOOL_SETTINGS, httpTimeoutMs: 20_000 })), 'm');
+    expect(agent.tools.map((t) => [t.name, t.timeoutMs, t.maxAttempts])).toEqual([
+      ['http_request', 22_000, 2],
+      ['calculator', 700, 1],
+    ]);
   });
 
   test('toolDefinitionsFor returns the named definitions in order and rejects unknown names', () => {
