@@ -193,6 +193,9 @@ test('a resend of an answered message is answered from the store and never becom
   await ws.waitForCount(of('turn.done'), 2);
   expect(ws.frames.filter(of('message.accepted')).map((f) => f.data.content)).toEqual(['once', 'fresh']);
   expect(stack.model.requests(sessionId).map((r) => r.body.messages.at(-1).content)).toEqual(['once', 'fresh']);
+  // The resend never reached the workflow: beyond its de-duplication window it would be a new turn.
+  const history = await temporal.workflow.getHandle(sessionWorkflowId(sessionId)).fetchHistory();
+  expect(history.events!.filter((e) => e.workflowExecutionSignaledEventAttributes?.signalName === 'userMessage')).toHaveLength(2);
 });
 
 test('a worker stopped with SIGTERM lets the reply in progress finish instead of restarting it', async () => {
