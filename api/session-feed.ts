@@ -11,7 +11,7 @@ export interface FeedSink {
   delta(delta: StreamDeltaData): void;
   /** Bytes written towards the client that it has not taken yet (0 for an in-process consumer). */
   backlog(): number;
-  /** The subscription ended for good: CONSUMER_TOO_SLOW, or the log could not be read (SERVICE_UNAVAILABLE). Called once. */
+  /** The subscription ended for good: CONSUMER_TOO_SLOW, the log could not be read (SERVICE_UNAVAILABLE), or the session was deleted (SESSION_NOT_FOUND). Called once. */
   stopped(error: KeelError): void;
 }
 
@@ -188,6 +188,8 @@ class FeedSubscription implements Subscription, HubListener {
     this.cursor = event.seq;
     if (event.type === 'stream.end') this.track(streamKey(event.data as { streamId: string; attempt: number }), Number.MAX_SAFE_INTEGER);
     this.sink.event(event);
+    // The last event of a deleted session: its streams end, everywhere.
+    if (event.type === 'session.deleted') this.stop(new KeelError('SESSION_NOT_FOUND', 'The session was deleted'));
   }
 
   private sendInFlight(): void {

@@ -189,7 +189,7 @@ export class SessionService {
    */
   async delete(caller: Caller, sessionId: string): Promise<void> {
     await this.require(sessionId, caller);
-    if (!(await softDeleteSession(this.pool, sessionId))) throw new KeelError('SESSION_NOT_FOUND', 'No such session');
+    if (!(await softDeleteSession(this.pool, sessionId, caller.userId))) throw new KeelError('SESSION_NOT_FOUND', 'No such session');
     try {
       await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(endSessionSignal, { reason: 'deleted', requestedBy: caller.userId });
     } catch (error) {

@@ -27,6 +27,7 @@ export const CLOSE = {
   unauthorized: 4001,
   tooManyFrames: 4008,
   tooManySockets: 4029,
+  sessionDeleted: 4004,
 } as const;
 
 type OutFrame = { type: string; sessionId: string; seq?: number; lastSeq?: number; data: unknown };
@@ -153,7 +154,9 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
             stopped: (error) =>
               error.code === 'CONSUMER_TOO_SLOW'
                 ? closeWith(CLOSE.tooSlow, 'client too slow; reconnect with ?after=', error)
-                : closeWith(CLOSE.streamFailed, 'stream failed; reconnect with ?after=', error),
+                : error.code === 'SESSION_NOT_FOUND'
+                  ? closeWith(CLOSE.sessionDeleted, 'session deleted', error)
+                  : closeWith(CLOSE.streamFailed, 'stream failed; reconnect with ?after=', error),
           },
         );
       } catch (error) {

@@ -102,6 +102,8 @@ export const ErrorEventData = ErrorBody.extend({
 
 export const SessionExpiredData = z.object({ idleMs: z.number().int().nonnegative() });
 
+export const SessionDeletedData = z.object({ deletedBy: z.string() });
+
 /** Events written to the session's log, each with a gap-free `seq`. */
 export const durableEventSchemas = {
   'message.accepted': MessageAcceptedData,
@@ -114,6 +116,7 @@ export const durableEventSchemas = {
   'tool.result': ToolResultData,
   error: ErrorEventData,
   'session.expired': SessionExpiredData,
+  'session.deleted': SessionDeletedData,
 } as const;
 
 export type DurableEventType = keyof typeof durableEventSchemas;

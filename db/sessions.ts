@@ -1,4 +1,5 @@
 import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
+import { appendEvent } from './events';
 import { z } from 'zod';
 
 export const SessionRow = z.object({
@@ -35,14 +36,18 @@ export async function deleteSessionRow(db: CommonQueryMethods, id: string): Prom
   await db.query(sql.unsafe`DELETE FROM sessions WHERE id = ${id}`);
 }
 
-/** Soft-deletes the session and all its messages in one transaction; false if it was not there. */
-export async function softDeleteSession(db: DatabasePool, id: string): Promise<boolean> {
+/**
+ * Soft-deletes the session and all its messages in one transaction, and writes session.deleted,
+ * which ends every open stream of the session in every API process; false if it was not there.
+ */
+export async function softDeleteSession(db: DatabasePool, id: string, deletedBy: string): Promise<boolean> {
   return db.transaction(async (tx) => {
     const deleted = await tx.query(sql.unsafe`
       UPDATE sessions SET status = 'deleted', deleted_at = now(), ended_at = COALESCE(ended_at, now()), updated_at = now()
       WHERE id = ${id} AND status <> 'deleted'`);
     if (deleted.rowCount === 0) return false;
     await tx.query(sql.unsafe`UPDATE messages SET deleted_at = now() WHERE session_id = ${id} AND deleted_at IS NULL`);
+    await appendEvent(tx, { sessionId: id, key: 'session:deleted', type: 'session.deleted', data: { deletedBy } });
     return true;
   });
 }

@@ -172,7 +172,14 @@ test('deleting a session with a pending approval: gone from the approvals list, 
   const listed = await stack.request('GET', '/api/v1/approvals');
   expect(listed.body.approvals.map((a: { toolCallId: string }) => a.toolCallId)).toContain(required.data.toolCallId);
 
+  const chat = stack.request('POST', `/api/v1/sessions/${sessionId}/chat`, { content: 'queued behind the approval' });
+  await ws.waitFor((f) => f.type === 'message.accepted' && f.data.content === 'queued behind the approval');
   expect((await stack.request('DELETE', `/api/v1/sessions/${sessionId}`)).status).toBe(204);
+  // Every open stream of the session ends: its last event, then 4004; a waiting /chat answers 404.
+  expect((await ws.waitFor(of('session.deleted'))).data).toEqual({ deletedBy: 'dev' });
+  expect(await ws.closed).toMatchObject({ code: 4004 });
+  const chatAnswer = await chat;
+  expect([chatAnswer.status, chatAnswer.body.error.code]).toEqual([404, 'SESSION_NOT_FOUND']);
   const after = await stack.request('GET', '/api/v1/approvals');
   expect(after.body.approvals.map((a: { toolCallId: string }) => a.toolCallId)).not.toContain(required.data.toolCallId);
   const handle = temporal.workflow.getHandle(sessionWorkflowId(sessionId));

@@ -12,7 +12,10 @@ export interface Frame {
 export class WsClient {
   readonly frames: Frame[] = [];
   private waiters: { pred: (f: Frame) => boolean; resolve: (f: Frame) => void }[] = [];
+  /** How the server (or we) closed the socket. */
+  readonly closed: Promise<{ code: number; reason: string }>;
   private constructor(readonly ws: WebSocket) {
+    this.closed = new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
     ws.on('message', (raw) => {
       const frame = JSON.parse(raw.toString()) as Frame;
       this.frames.push(frame);
