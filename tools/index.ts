@@ -33,12 +33,3 @@ export function toolDefinitions(settings: ToolSettings): Record<string, ToolDefi
   defs[http.name] = { ...http, timeoutMs: Math.max(http.timeoutMs, settings.httpTimeoutMs + HTTP_TIMEOUT_MARGIN_MS) };
   return defs;
 }
-
-/** The definitions of the named tools, in the given order; throws on a name that is not a built-in tool. */
-export function toolDefinitionsFor(names: string[]): ToolDefinition[] {
-  return names.map((name) => {
-    const tool = builtinTools[name];
-    if (!tool) throw new Error(`unknown tool "${name}"; built-in tools are: ${Object.keys(builtinTools).join(', ')}`);
-    return tool.definition;
-  });
-}
