@@ -1,6 +1,6 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { DataIntegrityError, InputSyntaxError, IntegrityConstraintViolationError, InvalidInputError, SchemaValidationError } from 'slonik';
-import { ZodError } from 'zod';
+import { ZodError, type z } from 'zod';
 import { PERSISTENCE_INVALID } from '../contracts/turn';
 
 /**
@@ -20,6 +20,17 @@ export function classifyPersistenceError(error: unknown): unknown {
     isDataOrIntegrityError(error);
   if (!deterministic) return error;
   return ApplicationFailure.create({ type: PERSISTENCE_INVALID, message: `write refused: ${(error as Error).message}`, nonRetryable: true, cause: error as Error });
+}
+
+/**
+ * Parses an activity's input with its contract schema. Input the contract refuses was sent by
+ * workflow code: a non-retryable ACTIVITY_INPUT_INVALID, which the workflow treats as its own
+ * bug (its task fails until fixed code is deployed) rather than as a failed write.
+ */
+export function parseActivityInput<S extends z.ZodTypeAny>(schema: S, raw: unknown): z.output<S> {
+  const parsed = schema.safeParse(raw);
+  if (parsed.success) return parsed.data as z.output<S>;
+  throw ApplicationFailure.create({ type: 'ACTIVITY_INPUT_INVALID', message: `input breaks the activity contract: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`, nonRetryable: true });
 }
 
 /** Postgres SQLSTATE classes 22 (data exception) and 23 (integrity): the value itself is refused. */

@@ -13,7 +13,7 @@ import { acceptMessage } from '../db/messages';
 import { markSessionEnded } from '../db/sessions';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
-import { classifyingPersistenceErrors } from './persistence-errors';
+import { classifyingPersistenceErrors, parseActivityInput } from './persistence-errors';
 
 const SESSION_BUSY_MESSAGE = 'The session is busy; the message was not accepted. Send it again when the current turn is done.';
 
@@ -47,13 +47,13 @@ export function createPersistenceActivities(deps: { pool: DatabasePool; metrics:
   const { pool } = deps;
 
   async function acceptMessages(raw: AcceptMessagesInput): Promise<void> {
-    const input = AcceptMessagesInput.parse(raw);
+    const input = parseActivityInput(AcceptMessagesInput, raw);
     await pool.transaction((tx) => acceptMessagesIn(tx, input.sessionId, input.messages));
   }
 
   /** Tells senders their message was not taken (session expired, or busy); each refusal is its own event. */
   async function rejectMessages(raw: RejectMessagesInput): Promise<void> {
-    const input = RejectMessagesInput.parse(raw);
+    const input = parseActivityInput(RejectMessagesInput, raw);
     await pool.transaction(async (tx) => {
       for (const m of input.messages) {
         await appendEvent(tx, {
@@ -74,7 +74,7 @@ export function createPersistenceActivities(deps: { pool: DatabasePool; metrics:
   }
 
   async function recordTurnFailure(raw: TurnFailureInput): Promise<void> {
-    const input = TurnFailureInput.parse(raw);
+    const input = parseActivityInput(TurnFailureInput, raw);
     const inserted = await pool.transaction(async (tx) => {
       await appendEvent(tx, {
         sessionId: input.sessionId,
@@ -106,7 +106,7 @@ export function createPersistenceActivities(deps: { pool: DatabasePool; metrics:
   }
 
   async function expireSession(raw: ExpireSessionInput): Promise<void> {
-    const input = ExpireSessionInput.parse(raw);
+    const input = parseActivityInput(ExpireSessionInput, raw);
     await pool.transaction(async (tx) => {
       await markSessionEnded(tx, input.sessionId, 'expired');
       await appendEvent(tx, { sessionId: input.sessionId, key: 'session:expired', type: 'session.expired', data: { idleMs: input.idleMs } });

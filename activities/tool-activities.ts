@@ -9,7 +9,7 @@ import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
 import { ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolSettings } from '../tools';
-import { classifyingPersistenceErrors, classifyPersistenceError, storableJson } from './persistence-errors';
+import { classifyingPersistenceErrors, classifyPersistenceError, parseActivityInput, storableJson } from './persistence-errors';
 
 export function toolCallIdOf(sessionId: string, turn: number, step: number, modelCallId: string): string {
   return `tc_${createHash('sha256').update(`${sessionId}\0${turn}\0${step}\0${modelCallId}`).digest('hex').slice(0, 32)}`;
@@ -34,7 +34,9 @@ function modelContent(input: SettleInput): string {
   if (status === 'rejected') return `Rejected by the approver${input.approval?.feedback ? `: ${input.approval.feedback}` : ''}. The tool did not run.`;
   if (status === 'expired') return 'The approval request expired; the tool did not run. Offer the user to try again.';
   if (status === 'cancelled') {
-    return input.ran ? 'Cancelled while running: the tool was stopped before it finished, and its result is unknown.' : 'Cancelled: the tool did not run.';
+    if (input.ran === true) return 'Cancelled while running: the tool was stopped before it finished, and its result is unknown.';
+    if (input.ran === false) return 'Cancelled: the tool did not run.';
+    return 'Cancelled between attempts: an earlier attempt ran and failed; no further attempt was made.';
   }
   if (status === 'failed') return JSON.stringify({ error: input.error ?? { code: 'TOOL_EXECUTION_ERROR', message: 'failed' } });
   return JSON.stringify(input.result ?? null);
@@ -48,7 +50,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
 
   /** Stores the model's calls with the policy the session resolved for each; nothing is re-derived here. */
   async function recordToolCalls(raw: RecordToolCallsInput): Promise<PlannedToolCall[]> {
-    const input = RecordToolCallsInput.parse(raw);
+    const input = parseActivityInput(RecordToolCallsInput, raw);
     const planned = input.calls.map((call, index): PlannedToolCall => {
       const policy = input.policies.find((p) => p.name === call.name) ?? null;
       return {
@@ -106,14 +108,14 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
         status: input.status,
         ...(input.result === undefined ? {} : { result: input.result }),
         ...(input.error ? { error: input.error } : {}),
-        ...(input.status === 'cancelled' ? { ran: input.ran === true } : {}),
+        ...(input.status === 'cancelled' && input.ran !== undefined ? { ran: input.ran } : {}),
       },
     });
   }
 
   /** Records an approval decision and/or a result. Idempotent. */
   async function settleRaw(raw: SettleInput): Promise<void> {
-    const input = SettleInput.parse(raw);
+    const input = parseActivityInput(SettleInput, raw);
     await pool.transaction((tx) => settleIn(tx, input));
     if (input.approval) deps.metrics.approvals.inc({ outcome: input.approval.outcome });
     if (input.status) deps.metrics.toolCalls.inc({ tool: deps.tools[input.name] ? input.name : 'unknown', status: input.status });
@@ -129,7 +131,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
    * Temporal to retry.
    */
   async function executeTool(raw: ExecuteToolInput): Promise<ToolOutcome> {
-    const input = classified(() => ExecuteToolInput.parse(raw));
+    const input = parseActivityInput(ExecuteToolInput, raw);
     const tool = deps.tools[input.name];
     const ctx = Context.current();
     if (!tool) throw ApplicationFailure.nonRetryable(`No tool named ${input.name}`, 'TOOL_NOT_FOUND');
@@ -141,11 +143,13 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
     let outcome: ToolOutcome;
     try {
       const args = tool.parse(parsedArguments(input.arguments));
-      const signal = AbortSignal.any([timeout, ctx.cancellationSignal]);
+      // A write that has started runs to completion whatever the turn does: only its time-out stops it.
+      const write = tool.definition.permission === 'write';
+      const signal = write ? timeout : AbortSignal.any([timeout, ctx.cancellationSignal]);
       const result = await tool.execute(args, { sessionId: input.sessionId, toolCallId: input.toolCallId, idempotencyKey: input.idempotencyKey, pool, signal, settings: deps.toolSettings });
       outcome = { status: 'succeeded', result: storableJson(result) };
     } catch (error) {
-      outcome = outcomeOfFailure(error, input.name, timeout, ctx.cancellationSignal);
+      outcome = outcomeOfFailure(error, input.name, timeout, tool.definition.permission === 'write' ? undefined : ctx.cancellationSignal);
     } finally {
       clearInterval(beat);
     }
@@ -164,22 +168,14 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
  * A failure the model reads (bad arguments, a refusal), a cancel the workflow asked for, or an
  * error to retry. An abort by a worker shutdown is not the workflow's cancel: it is retried.
  */
-function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, cancellation: AbortSignal): ToolOutcome {
+function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, cancellation: AbortSignal | undefined): ToolOutcome {
   if (error instanceof ToolInputError) return { status: 'failed', error: { code: 'TOOL_EXECUTION_ERROR', message: error.message } };
   if (error instanceof ToolRefusedError) return { status: 'failed', error: { code: 'TOOL_PERMISSION_DENIED', message: error.message } };
-  if (cancellation.aborted && isWorkflowCancel(cancellation.reason)) return { status: 'cancelled' };
+  if (cancellation?.aborted && isWorkflowCancel(cancellation.reason)) return { status: 'cancelled' };
   if (error instanceof ApplicationFailure) throw error;
   if (timeout.aborted || error instanceof ToolTimeoutError) throw ApplicationFailure.retryable(`${name} timed out`, 'TOOL_TIMEOUT');
-  if (cancellation.aborted) throw ApplicationFailure.retryable(`${name} was interrupted (${String((cancellation.reason as Error | undefined)?.message ?? 'worker stopping')})`, 'TOOL_INTERRUPTED');
+  if (cancellation?.aborted) throw ApplicationFailure.retryable(`${name} was interrupted (${String((cancellation.reason as Error | undefined)?.message ?? 'worker stopping')})`, 'TOOL_INTERRUPTED');
   throw ApplicationFailure.retryable(`${name} failed: ${(error as Error).message}`, 'TOOL_EXECUTION_ERROR');
-}
-
-function classified<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (error) {
-    throw classifyPersistenceError(error);
-  }
 }
 
 function isWorkflowCancel(reason: unknown): boolean {

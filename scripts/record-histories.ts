@@ -498,7 +498,7 @@ const scenarios: Scenario[] = [
   },
   {
     name: 'cancel-after-approval',
-    files: { 'cancel-after-approval': 'a cancel that lands after an approval was stored but before the approved write tool started: the tool never starts (patch no-tool-after-cancel), the call is closed as not run.' },
+    files: { 'cancel-after-approval': 'a cancel that lands after an approval was stored but before the approved write tool started: the tool never starts, the call is closed as not run.' },
     attempts: 12,
     uses: 'WS message "Save a note: …", approval.required, WS approval frame, approval.accepted, POST /sessions/:id/cancel at once, turn.done {status: cancelled}',
     async run(ctx) {
@@ -514,7 +514,7 @@ const scenarios: Scenario[] = [
       if (done.data.status !== 'cancelled') throw new NotRecorded(`the turn ended ${done.data.status}: the cancel came after the write`);
       return {
         'cancel-after-approval': expectPath(await settledHistory(ctx, workflowId), {
-          'the patch guarded the new path': (f) => f.patches.includes('no-tool-after-cancel'),
+          'the approval was decided': (f) => f.updates.includes('decideApproval'),
           'the tool never ran': (f) => !f.activities.includes(TOOL_RUN),
         }),
       };

@@ -8,6 +8,7 @@ import pino from 'pino';
 import { createPool, sql } from 'slonik';
 import { z } from 'zod';
 import { createPersistenceActivities, createStreamReplyActivities, createToolActivities } from '../activities';
+import { toChatMessages } from '../activities/llm/conversation';
 import { DeltaCoalescer } from '../activities/llm/delta-coalescer';
 import { classifyLlmError } from '../activities/llm/llm-errors';
 import { AgentVersions } from '../agents/versions';
@@ -18,7 +19,7 @@ import type { ToolDefinition } from '../contracts/tools';
 import type { ExecuteToolInput, PlannedToolCall, RecordToolCallsInput, StreamReplyInput, ToolPolicy } from '../contracts/turn';
 import { syncAgents } from '../db/agents';
 import { appendEvent } from '../db/events';
-import { insertMessage, storeIncomingMessage } from '../db/messages';
+import { insertMessage, storeIncomingMessage, type MessageRow } from '../db/messages';
 import { migrate } from '../db/migrate';
 import { openPool, type DatabasePool } from '../db/pool';
 import { LocalModelServer } from '../model-server/server';
@@ -182,7 +183,7 @@ function stopsOnAbort(started: () => void): Tool {
   };
 }
 
-/** A write tool that ignores its signal and finishes when the test lets it. */
+/** A write tool that finishes when the test lets it, and says whether its signal was aborted. */
 function ignoresAbort(started: () => void, finish: Promise<unknown>): Tool {
   return {
     definition: definition('ignores_abort', 'write'),
@@ -257,7 +258,7 @@ describe('executeTool', () => {
     expect(results.map((e) => e.data)).toEqual([{ toolCallId: input.toolCallId, name: 'stops_on_abort', status: 'cancelled', ran: true }]);
   });
 
-  test('a tool that ignores the cancel and finishes keeps its real result: succeeded, not cancelled', async () => {
+  test('a write tool that has started is not told of the cancel: it finishes and its real result is recorded', async () => {
     const started = gate();
     const finish = gate<unknown>();
     const tool = ignoresAbort(() => started.open(), finish.opened);
@@ -270,13 +271,13 @@ describe('executeTool', () => {
     env.cancel('CANCELLED');
     finish.open({ orderId: 7, written: true });
 
-    await expect(running).resolves.toEqual({ status: 'succeeded', result: { orderId: 7, written: true, sawAbort: true } });
-    expect(await toolCallRow(input.toolCallId)).toEqual({ status: 'succeeded', result: { orderId: 7, written: true, sawAbort: true }, error_code: null });
+    await expect(running).resolves.toEqual({ status: 'succeeded', result: { orderId: 7, written: true, sawAbort: false } });
+    expect(await toolCallRow(input.toolCallId)).toEqual({ status: 'succeeded', result: { orderId: 7, written: true, sawAbort: false }, error_code: null });
     const [message] = (await messagesOf(input.sessionId)).filter((m) => m.role === 'tool');
-    expect(message?.content).toBe('{"orderId":7,"written":true,"sawAbort":true}');
+    expect(message?.content).toBe('{"orderId":7,"written":true,"sawAbort":false}');
     const results = (await eventsOf(input.sessionId)).filter((e) => e.type === 'tool.result');
     expect(results.map((e) => e.data)).toEqual([
-      { toolCallId: input.toolCallId, name: 'ignores_abort', status: 'succeeded', result: { orderId: 7, written: true, sawAbort: true } },
+      { toolCallId: input.toolCallId, name: 'ignores_abort', status: 'succeeded', result: { orderId: 7, written: true, sawAbort: false } },
     ]);
   });
 
@@ -346,9 +347,9 @@ describe('executeTool', () => {
     expect((await toolCallRow(input.toolCallId)).status).toBe('succeeded');
   });
 
-  test('executeTool input that fails its schema is a non-retryable PERSISTENCE_INVALID', async () => {
+  test('executeTool input that breaks its contract is a non-retryable ACTIVITY_INPUT_INVALID', async () => {
     const bad = { sessionId: 's', toolCallId: 'tc', modelCallId: 'c', name: 'x', turn: 1, position: 1001, arguments: '{}', idempotencyKey: 'k', timeoutMs: 0 };
-    expect(await rejectionOf(environment().run(toolActivities({}).executeTool, bad))).toMatchObject({ type: 'PERSISTENCE_INVALID', nonRetryable: true });
+    expect(await rejectionOf(environment().run(toolActivities({}).executeTool, bad))).toMatchObject({ type: 'ACTIVITY_INPUT_INVALID', nonRetryable: true });
   });
 
   test('an unknown tool name is a non-retryable TOOL_NOT_FOUND', async () => {
@@ -425,8 +426,8 @@ describe('persistence failures', () => {
     ['recordTurnFailure with an unknown error code', () => environment().run(persistence().recordTurnFailure, { ...failureInput('s'), error: { code: 'NOPE' as never, message: 'x', recoverable: false } })],
     ['settleToolCall with no toolCallId', () => environment().run(toolActivities({}).settleToolCall, { ...settleInput('s'), toolCallId: undefined as never })],
     ['rejectMessages with a negative refusal number', () => environment().run(persistence().rejectMessages, { sessionId: 's', messages: [{ messageId: 'm1', code: 'SESSION_BUSY' as const, refusal: -1 }] })],
-  ])('input that fails the schema is a non-retryable PERSISTENCE_INVALID: %s', async (_what, run) => {
-    expectPersistenceInvalid(await rejectionOf(run()));
+  ])('input that breaks the contract is a non-retryable ACTIVITY_INPUT_INVALID (a workflow bug, not a failed write): %s', async (_what, run) => {
+    expect(await rejectionOf(run())).toMatchObject({ type: 'ACTIVITY_INPUT_INVALID', nonRetryable: true });
   });
 
   test('an unreachable database is NOT a non-retryable failure: Temporal retries it', async () => {
@@ -828,5 +829,41 @@ describe('DeltaCoalescer', () => {
     } finally {
       coalescer.dispose();
     }
+  });
+});
+
+describe('toChatMessages', () => {
+  const row = (r: Partial<MessageRow> & Pick<MessageRow, 'id' | 'role' | 'content'>): MessageRow => ({
+    session_id: 's',
+    turn: 1,
+    position: 0,
+    client_message_id: null,
+    input_tokens: null,
+    output_tokens: null,
+    tool_calls: null,
+    tool_call_id: null,
+    cost_usd: null,
+    created_at: 0,
+    ...r,
+  });
+
+  test('a tool call whose result was never stored is answered with NO_RESULT before the next message', () => {
+    const messages = toChatMessages(
+      [
+        row({ id: 'u1', role: 'user', content: 'do two things' }),
+        row({ id: 'a1', role: 'assistant', content: '', position: 1000, tool_calls: [{ id: 'c1', name: 't', arguments: '{}' }, { id: 'c2', name: 't', arguments: '{}' }] }),
+        row({ id: 'r2', role: 'tool', content: 'two', position: 1002, tool_call_id: 'c2' }),
+        row({ id: 'u2', role: 'user', content: 'next', turn: 2 }),
+      ],
+      'be brief',
+    );
+    expect(messages).toEqual([
+      { role: 'system', content: 'be brief' },
+      { role: 'user', content: 'do two things' },
+      { role: 'assistant', content: null, tool_calls: [{ id: 'c1', type: 'function', function: { name: 't', arguments: '{}' } }, { id: 'c2', type: 'function', function: { name: 't', arguments: '{}' } }] },
+      { role: 'tool', tool_call_id: 'c2', content: 'two' },
+      { role: 'tool', tool_call_id: 'c1', content: 'No result was recorded for this call.' },
+      { role: 'user', content: 'next' },
+    ]);
   });
 });

@@ -4,7 +4,7 @@ import { CancelledFailure } from '@temporalio/common';
 import type { ExecuteToolInput, PlannedToolCall, RecordToolCallsInput, StreamReplyInput, StreamReplyResult, ToolOutcome } from '../contracts/turn';
 import { cancelTurnUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
 import { SessionStatusKey } from '../contracts/search-attributes';
-import { eventually, gate, sessionConfig, startWorkflowHarness, until, type Call, type SessionActivityDoubles } from './support/workflow-harness';
+import { eventually, gate, sessionConfig, startWorkflowHarness, until, WRITE_TOOL, type Call, type SessionActivityDoubles } from './support/workflow-harness';
 
 /**
  * The session workflow against the real Temporal server with typed activity doubles: each
@@ -22,6 +22,8 @@ const scripts = new Map<string, Script>();
 const acceptHooks = new Map<string, () => Promise<void>>();
 /** Sessions whose persistence writes (accept, refuse, settle, record failure) fail non-retryably. */
 const failingWrites = new Set<string>();
+/** Tool calls whose settle fails non-retryably. */
+const failingSettles = new Set<string>();
 
 async function write(name: Call['name'], input: { sessionId: string } & Record<string, unknown>): Promise<void> {
   record(name, input);
@@ -69,6 +71,10 @@ const doubles: SessionActivityDoubles = {
     record('expireSession', input);
   },
   async settleToolCall(input) {
+    if (failingSettles.has(input.toolCallId)) {
+      const { ApplicationFailure } = await import('@temporalio/common');
+      throw ApplicationFailure.create({ type: 'PERSISTENCE_INVALID', message: 'settle refused', nonRetryable: true });
+    }
     await write('settleToolCall', input);
   },
   async streamReply(input) {
@@ -364,10 +370,6 @@ test('a write tool whose turn was cancelled before it started never starts, and 
   expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
   expect(named(sessionId, 'executeTool')).toHaveLength(0);
   expect(named(sessionId, 'settleToolCall')).toEqual([expect.objectContaining({ name: 'save', status: 'cancelled', ran: false })]);
-  // The new path is guarded for sessions that started on the code before it.
-  const history = await handle.fetchHistory();
-  const patches = history.events!.flatMap((e) => e.markerRecordedEventAttributes?.details?.['patch-data']?.payloads ?? []).map((p) => Buffer.from(p.data!).toString());
-  expect(patches.join()).toContain('"id":"no-tool-after-cancel"');
   await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
 });
 
@@ -418,4 +420,70 @@ test('a message the store does not know, or a write that cannot be made, fails i
   const { status } = await handle.describe();
   expect(status.name).toBe('RUNNING');
   await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('a write tool whose attempt fails after a cancel is not tried again', async () => {
+  const started = gate();
+  const fail = gate();
+  const handle = await harness.start(sessionConfig({ agent: { tools: [{ ...WRITE_TOOL, maxAttempts: 3 }] } }));
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, {
+    streamReply: askTools('save'),
+    executeTool: async () => {
+      started.open();
+      await fail.opened;
+      throw new Error('the service answered 503');
+    },
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await started.opened;
+  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  fail.open();
+  expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
+  // One attempt only: the cancel stopped the retries the policy would have made.
+  expect(named(sessionId, 'executeTool').filter((c) => c.finished === undefined)).toHaveLength(1);
+  // Scheduled, so the close does not claim it never ran.
+  expect(named(sessionId, 'settleToolCall')).toEqual([expect.not.objectContaining({ ran: false })]);
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('one tool call whose close cannot be written does not leave the others without a result', async () => {
+  const recording = gate();
+  const release = gate();
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, {
+    streamReply: askTools('publish', 'publish'),
+    recordToolCalls: async (_input, planned) => {
+      recording.open();
+      await release.opened;
+      return planned;
+    },
+  });
+  failingSettles.add('tc-1-0');
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await recording.opened;
+  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  release.open();
+  expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
+  expect(named(sessionId, 'settleToolCall').map((c) => c.toolCallId)).toEqual(['tc-1-1']);
+  expect(named(sessionId, 'recordTurnFailure')).toHaveLength(1);
+  failingSettles.delete('tc-1-0');
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test('an activity refusing its input (a contract the workflow broke) fails the workflow task, not the session', async () => {
+  const handle = await harness.start(sessionConfig());
+  const sessionId = handle.workflowId.slice(3);
+  scripts.set(sessionId, {
+    streamReply: async () => {
+      const { ApplicationFailure } = await import('@temporalio/common');
+      throw ApplicationFailure.create({ type: 'ACTIVITY_INPUT_INVALID', message: 'input breaks the activity contract', nonRetryable: true });
+    },
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await eventually(async () => (await handle.fetchHistory()).events?.some((e) => e.workflowTaskFailedEventAttributes) ?? false, 'a failed workflow task');
+  expect(named(sessionId, 'recordTurnFailure')).toHaveLength(0);
+  expect((await handle.describe()).status.name).toBe('RUNNING');
+  await handle.terminate('test done');
 });

@@ -125,11 +125,16 @@ export class SessionState {
     return this.unclaimed(by).length > 0;
   }
 
-  /** The recorder skips messages whose acceptance failed once: their own turn tries again. */
+  /**
+   * Messages whose acceptance failed once are left to their own turn: no one else claims them,
+   * so one that can never be accepted fails only its own turn.
+   */
   private unclaimed(by: 'turn' | 'recorder'): QueuedMessage[] {
-    return [...(this.current ? [this.current] : []), ...this.s.queue].filter(
-      (m) => !m.accepted && !this.accepting.has(m.messageId) && (by === 'turn' || !this.leftToTurn.has(m.messageId)),
+    const own = by === 'turn' && this.current && !this.current.accepted && !this.accepting.has(this.current.messageId) ? [this.current] : [];
+    const others = [...(by === 'recorder' && this.current ? [this.current] : []), ...this.s.queue].filter(
+      (m) => !m.accepted && !this.accepting.has(m.messageId) && !this.leftToTurn.has(m.messageId),
     );
+    return [...own, ...others];
   }
 
   markAccepted(messages: MessageRef[]): void {

@@ -123,6 +123,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       stopRecording = true;
       await recorder;
       await condition(allHandlersFinished);
+      // A deletion may have landed while the handlers finished: end here instead of continuing.
+      if (state.status !== 'active') break;
       await continueAsNew<typeof sessionWorkflow>({ sessionId: state.sessionId, config: state.config, resume: state.snapshot() });
     }
   }
@@ -131,11 +133,11 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   if (!deleted) state.expire();
   stopRecording = true;
   await recorder;
-  if (!deleted) await acts.expireSession({ sessionId: state.sessionId, idleMs: state.config.idleTtlMs });
+  if (!deleted) await contained('record the expiry', () => acts.expireSession({ sessionId: state.sessionId, idleMs: state.config.idleTtlMs }));
   reflectInSearchAttributes(state, false);
   // Completion fails while new signals are pending, so every late message gets its answer here.
   for (let late = state.takeRefused(); late.length > 0; late = state.takeRefused()) {
-    if (!deleted) await acts.rejectMessages({ sessionId: state.sessionId, messages: late });
+    if (!deleted) await contained('tell late senders', () => acts.rejectMessages({ sessionId: state.sessionId, messages: late }));
   }
   return { status: deleted ? 'deleted' : 'expired' };
 }

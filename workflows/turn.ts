@@ -1,4 +1,4 @@
-import { ActivityFailure, CancellationScope, CancelledFailure, condition, isCancellation, log, patched, workflowInfo } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, CancellationScope, CancelledFailure, condition, isCancellation, log, workflowInfo } from '@temporalio/workflow';
 import type { ErrorBody } from '../contracts/errors';
 import type { ApprovalOutcome, ToolResultStatus } from '../contracts/events';
 import type { QueuedMessage } from '../contracts/session';
@@ -6,11 +6,11 @@ import type { MessageRef, PlannedToolCall, SettleInput, ToolPolicy } from '../co
 import { toolActivities, type SessionActivityProxies } from './activities';
 import type { SessionState, TurnOutcome } from './session-state';
 import { StepLimitReached, turnErrorOf } from './turn-errors';
+
+/** The failure type activities give input that breaks their contract (contracts/turn.ts). */
+const ACTIVITY_INPUT_INVALID = 'ACTIVITY_INPUT_INVALID';
 import { workflowNow } from './clock';
 import { reflectInSearchAttributes } from './search-attributes';
-
-/** patched() IDs: see docs/design/002-workflow-versioning.md. */
-const NO_TOOL_AFTER_CANCEL = 'no-tool-after-cancel';
 
 interface TurnContext {
   state: SessionState;
@@ -22,6 +22,8 @@ interface TurnContext {
   decided: Set<string>;
   /** The first reply accepted the turn's claimed messages: a failure after it has none to accept. */
   acceptedByReply: boolean;
+  /** Calls whose tool activity was scheduled: a close cannot say they never ran. */
+  scheduled: Set<string>;
 }
 
 type Settlement = Omit<SettleInput, 'sessionId' | 'toolCallId' | 'modelCallId' | 'name' | 'turn' | 'position'>;
@@ -35,7 +37,7 @@ type Settlement = Omit<SettleInput, 'sessionId' | 'toolCallId' | 'modelCallId' |
  * the workflow task fails and waits for fixed code instead of ending the turn with a wrong code.
  */
 export async function runTurn(state: SessionState, acts: SessionActivityProxies, scope: CancellationScope, message: QueuedMessage): Promise<TurnOutcome> {
-  const ctx: TurnContext = { state, acts, message, open: new Map(), decided: new Set(), acceptedByReply: false };
+  const ctx: TurnContext = { state, acts, message, open: new Map(), decided: new Set(), acceptedByReply: false, scheduled: new Set() };
   const base = { sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId, ...(message.requestId ? { requestId: message.requestId } : {}) };
   const accept = state.claimUnaccepted('turn');
   try {
@@ -43,6 +45,7 @@ export async function runTurn(state: SessionState, acts: SessionActivityProxies,
     return 'completed';
   } catch (error) {
     // A turn someone stopped ends as cancelled even when its activity reported a time-out first.
+    if (isContractViolation(error)) throw asWorkflowBug(error);
     const cancelled = isCancellation(error) || (state.turnStop !== null && error instanceof ActivityFailure);
     if (!cancelled && !(error instanceof ActivityFailure) && !(error instanceof StepLimitReached)) throw error;
     await CancellationScope.nonCancellable(async () => {
@@ -50,7 +53,7 @@ export async function runTurn(state: SessionState, acts: SessionActivityProxies,
       // fail the whole session; the next steps and turns still run.
       // The reply may have failed before it accepted the messages it carried: accept them now.
       if (!ctx.acceptedByReply) await contained('accept the turn\'s messages', () => acceptClaimed(ctx, accept), () => state.releaseClaims(accept));
-      await contained('close the open tool calls', () => closeOpenCalls(ctx, cancelled ? 'cancelled' : 'failed'));
+      await closeOpenCalls(ctx, cancelled ? 'cancelled' : 'failed');
       const stop = state.turnStop;
       const body: ErrorBody = cancelled ? { code: 'TURN_CANCELLED', message: cancelMessage(stop?.reason), recoverable: true } : turnErrorOf(error);
       await contained('record the turn\'s failure', () =>
@@ -71,10 +74,20 @@ export async function contained(what: string, write: () => Promise<unknown>, onF
   try {
     await write();
   } catch (error) {
-    if (!(error instanceof ActivityFailure)) throw error;
+    if (!(error instanceof ActivityFailure) || isContractViolation(error)) throw asWorkflowBug(error);
     log.error(`could not ${what}`, { error: error.cause?.message ?? error.message });
     onFailure?.();
   }
+}
+
+/** An activity refused its input: the workflow sent what the contract does not allow, a bug in workflow code. */
+function isContractViolation(error: unknown): boolean {
+  return error instanceof ActivityFailure && error.cause instanceof ApplicationFailure && error.cause.type === ACTIVITY_INPUT_INVALID;
+}
+
+/** A plain error fails the workflow task (retried until fixed code is deployed); a TemporalFailure would fail the session. */
+function asWorkflowBug(error: unknown): unknown {
+  return isContractViolation(error) ? new Error(`workflow bug: ${(error as ActivityFailure).cause?.message ?? 'an activity refused its input'}`) : error;
 }
 
 function cancelMessage(reason: 'cancel' | 'interrupt' | 'deleted' | undefined): string {
@@ -153,12 +166,13 @@ async function runToolCall(ctx: TurnContext, call: PlannedToolCall): Promise<voi
 /**
  * Runs the tool. The activity records its own outcome (succeeded, failed, or cancelled while
  * running) before it reports back, so the workflow never writes "did not run" for a tool that
- * ran. A write tool, once started, is not cancellable: it finishes and its real result is kept.
+ * ran. A write tool that has started ignores the cancel: it finishes and its real result is kept;
+ * the cancel still stops any attempt that has not started (a retry waiting for its back-off).
  * A tool whose turn was cancelled before it started never starts.
  */
 async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy): Promise<void> {
   // Before this patch a write tool was started even when the cancel had already landed.
-  if (CancellationScope.current().consideredCancelled && patched(NO_TOOL_AFTER_CANCEL)) throw new CancelledFailure('the turn was cancelled before the tool started');
+  if (CancellationScope.current().consideredCancelled) throw new CancelledFailure('the turn was cancelled before the tool started');
   const run = () =>
     toolActivities(policy).executeTool({
       ...settleBase(ctx, call),
@@ -167,11 +181,12 @@ async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPoli
       timeoutMs: policy.timeoutMs,
     });
   try {
-    await (policy.permission === 'write' ? CancellationScope.nonCancellable(run) : run());
+    ctx.scheduled.add(call.toolCallId);
+    await run();
     ctx.open.delete(call.toolCallId);
   } catch (error) {
-    // Cancelled before it started: closeOpenCalls records that it did not run. Cancelled while
-    // running: the activity has recorded it, and the later close is a no-op.
+    // Cancelled while running: the activity has recorded it, and the later close is a no-op.
+    // Cancelled before an attempt started: closeOpenCalls records it (an earlier attempt may have run).
     if (isCancellation(error)) throw error;
     const code = timedOut(error) ? 'TOOL_TIMEOUT' : 'TOOL_EXECUTION_ERROR';
     await settle(ctx, call, { status: 'failed', error: { code, message: code === 'TOOL_TIMEOUT' ? `The tool '${call.name}' timed out.` : `The tool '${call.name}' failed.` } });
@@ -214,16 +229,20 @@ async function settle(ctx: TurnContext, call: PlannedToolCall, outcome: Settleme
   ctx.open.delete(call.toolCallId);
 }
 
-/** Gives every call still open a result, so the next model request is well formed. */
+/**
+ * Gives every call still open a result, so the next model request is well formed; each on its
+ * own, so one that cannot be written does not leave the others without one.
+ */
 async function closeOpenCalls(ctx: TurnContext, why: 'cancelled' | 'failed'): Promise<void> {
   for (const call of [...ctx.open.values()]) {
     const pending = !ctx.decided.has(call.toolCallId) && (ctx.state.isAwaitingApproval(call.toolCallId) || (call.policy?.requiresApproval === true && why === 'cancelled'));
     ctx.state.settleApproval(call.toolCallId, 'cancelled');
-    await settle(ctx, call, {
+    // A scheduled tool whose activity did not record its own outcome was stopped between attempts.
+    await contained(`close tool call ${call.toolCallId}`, () => settle(ctx, call, {
       status: why === 'cancelled' ? 'cancelled' : 'failed',
-      ran: false,
+      ...(ctx.scheduled.has(call.toolCallId) ? {} : { ran: false }),
       ...(pending ? { approval: { outcome: 'cancelled' as const, decidedBy: null, feedback: null } } : {}),
       ...(why === 'failed' ? { error: { code: 'TOOL_EXECUTION_ERROR', message: 'The turn failed before this tool ran.' } } : {}),
-    });
+    }));
   }
 }

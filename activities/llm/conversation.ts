@@ -13,8 +13,27 @@ function toChatMessage(m: MessageRow): OpenAI.ChatCompletionMessageParam {
   };
 }
 
-/** Stored messages as the model reads them, after the agent's system prompt. */
+/** What the model reads for a call whose result was never stored (a write of it failed for good). */
+export const NO_RESULT = 'No result was recorded for this call.';
+
+/**
+ * Stored messages as the model reads them, after the agent's system prompt. Every tool call gets
+ * an answer before the next non-tool message, as providers require: a call whose result could not
+ * be stored is answered with NO_RESULT instead of making every later request fail.
+ */
 export function toChatMessages(rows: MessageRow[], systemPrompt: string): OpenAI.ChatCompletionMessageParam[] {
-  const messages = rows.map(toChatMessage);
-  return systemPrompt ? [{ role: 'system', content: systemPrompt }, ...messages] : messages;
+  const messages: OpenAI.ChatCompletionMessageParam[] = systemPrompt ? [{ role: 'system', content: systemPrompt }] : [];
+  let unanswered: string[] = [];
+  const answerTheRest = () => {
+    for (const id of unanswered) messages.push({ role: 'tool', tool_call_id: id, content: NO_RESULT });
+    unanswered = [];
+  };
+  for (const row of rows) {
+    if (row.role === 'tool') unanswered = unanswered.filter((id) => id !== row.tool_call_id);
+    else answerTheRest();
+    messages.push(toChatMessage(row));
+    if (row.role === 'assistant' && row.tool_calls?.length) unanswered = row.tool_calls.map((c) => c.id);
+  }
+  answerTheRest();
+  return messages;
 }

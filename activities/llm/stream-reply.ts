@@ -13,7 +13,7 @@ import { costOf, type PriceTable } from '../../config/pricing';
 import { ApplicationFailure } from '@temporalio/common';
 import type { AgentVersions } from '../../agents/versions';
 import { acceptMessagesIn, turnLogIds } from '../persistence';
-import { classifyPersistenceError, storableText } from '../persistence-errors';
+import { classifyPersistenceError, parseActivityInput, storableText } from '../persistence-errors';
 import { toChatMessages } from './conversation';
 import { DeltaCoalescer } from './delta-coalescer';
 import { classifyLlmError, contentFilterFailure } from './llm-errors';
@@ -65,7 +65,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
   }
 
   async function streamReply(raw: StreamReplyInput): Promise<StreamReplyResult> {
-    const input = StreamReplyInput.parse(raw);
+    const input = parseActivityInput(StreamReplyInput, raw);
     const ctx = Context.current();
     const activityStartedAt = performance.now();
     // Time on the task queue: how long the turn waited for a worker (same clock when co-located).
@@ -119,7 +119,9 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     // Heartbeats go out on a timer, not per chunk (each one crosses into the native bridge), for
     // as long as the attempt runs: a heartbeat is also how a cancel reaches it, stalled or not.
     // A stream that stops sending chunks for the heartbeat time-out is ended here, as a retryable
-    // LLM_TIMEOUT (the first chunk is bounded by the client's own time-out, KEEL_LLM_TIMEOUT_MS).
+    // LLM_TIMEOUT. Before the first chunk the wait is bounded by the client's time-out
+    // (KEEL_LLM_TIMEOUT_MS) until the response headers arrive, then by the activity's
+    // start-to-close time-out (KEEL_LLM_TIMEOUT_MS + 5 s): a model may think before it streams.
     const stallMs = ctx.info.heartbeatTimeoutMs ?? 30_000;
     const stalled = new AbortController();
     let awaitingFirstChunk = true;
@@ -136,7 +138,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     let usage: Usage = { inputTokens: 0, outputTokens: 0, costUsd: 0 };
     const tools = agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name, description, parameters } }));
     try {
-      // The client's own time-out (KEEL_LLM_TIMEOUT_MS, set on the client) bounds the request.
+      // The client's own time-out (KEEL_LLM_TIMEOUT_MS, set on the client) bounds the wait for the response headers.
       const stream = await deps.openai.chat.completions.create(
         {
           model: input.model,
@@ -232,7 +234,9 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       });
     if (!committed) {
       const winner = await committedReply(input.sessionId, streamId);
-      if (winner) return winner;
+      // The winner's stream.end is there (it stopped this commit); only a deletion could hide it.
+      if (!winner) throw ApplicationFailure.create({ type: 'LLM_API_ERROR', message: 'another attempt committed this step, and its reply could not be read', nonRetryable: false });
+      return winner;
     }
     const { metrics } = deps;
     metrics.modelCallDuration.observe((performance.now() - requestedAt) / 1000);
