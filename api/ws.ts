@@ -76,6 +76,8 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       return wss.handleUpgrade(req, socket, head, (ws) => ws.close(CLOSE.unauthorized, 'unauthorized'));
     }
     await deps.limiter.requestByToken(caller.tokenKey);
+    // Read before the check: a deletion after the check is then an event this socket gets (session.deleted).
+    const seqAtCheck = await lastSeq(deps.pool, sessionId);
     await deps.sessions.require(sessionId, caller);
     const maxSockets = deps.settings.rateLimits.socketsPerUser;
     if (maxSockets > 0 && deps.connections.count('websocket', caller.userId) >= maxSockets) {
@@ -87,10 +89,10 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         ws.close(CLOSE.tooManySockets, 'too many open websockets');
       });
     }
-    wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data, caller));
+    wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data, caller, seqAtCheck));
   }
 
-  function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }, caller: Caller) {
+  function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }, caller: Caller, seq: number) {
     const limits = deps.settings.api;
     alive.set(ws, true);
     ws.on('pong', () => alive.set(ws, true));
@@ -142,7 +144,6 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
     const inbound = new SerialQueue((error) => deps.log.error({ err: error, sessionId }, 'websocket queue failed'));
     inbound.push(async () => {
       try {
-        const seq = await lastSeq(deps.pool, sessionId);
         send({ type: 'connected', sessionId, lastSeq: seq, data: { lastSeq: seq } });
         if (closed) return;
         subscription = deps.feed.open(

@@ -34,14 +34,18 @@ interface OtlpTraces {
 
 const attributesOf = (list: OtlpAttribute[] = []) => Object.fromEntries(list.map((a) => [a.key, a.value.stringValue ?? a.value.intValue ?? a.value.boolValue ?? a.value.doubleValue]));
 
-/** A stand-in OTLP collector: accepts POST /v1/traces (JSON) and keeps every span. */
+/**
+ * A stand-in OTLP collector: accepts POST <its own random prefix>/v1/traces (JSON) and keeps every
+ * span. The prefix keeps out spans of any other process that exports to a port this one reused.
+ */
 async function startReceiver() {
   const spans: ReceivedSpan[] = [];
+  const prefix = `/r${Math.random().toString(36).slice(2)}`;
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      if (req.method !== 'POST' || req.url !== '/v1/traces' || !String(req.headers['content-type']).includes('json')) {
+      if (req.method !== 'POST' || req.url !== `${prefix}/v1/traces` || !String(req.headers['content-type']).includes('json')) {
         res.writeHead(404).end();
         return;
       }
@@ -59,7 +63,7 @@ async function startReceiver() {
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}${prefix}`,
     spans,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };

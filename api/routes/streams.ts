@@ -11,6 +11,7 @@ import { envelopeOf, parseInput, toKeelError } from '../errors';
 import { messageIdFor } from '../session-service';
 import { openSse } from '../sse';
 import { waitForTurn } from '../turn-waiter';
+import { lastSeq } from '../../db/events';
 
 const SSE_KEEPALIVE_MS = 15_000;
 
@@ -23,6 +24,8 @@ export function streamRoutes(deps: ApiDeps): Router {
     const lastEventId = ctx.get('last-event-id');
     const after = lastEventId ? parseInput(AfterSeqQuery.shape.after, lastEventId) : query.after;
     const caller = callerOf(ctx);
+    // Read before the check: a deletion after the check is then an event this stream gets (session.deleted).
+    const seqAtCheck = after === undefined ? await lastSeq(deps.pool, sessionId) : after;
     await deps.sessions.require(sessionId, caller);
     refuseWhenStopping(deps);
     const maxStreams = deps.settings.rateLimits.sseStreamsPerUser;
@@ -40,7 +43,7 @@ export function streamRoutes(deps: ApiDeps): Router {
       sse.end();
     };
     const subscription = deps.feed.open(
-      { sessionId, ...(after === undefined ? {} : { after }), ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
+      { sessionId, after: seqAtCheck, ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
       {
         event: (e) => sendFrame(durableFrame(e)),
         delta: (d) => sendFrame({ type: 'stream.delta', sessionId, data: d }),
