@@ -1,7 +1,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { DataIntegrityError, InputSyntaxError, IntegrityConstraintViolationError, InvalidInputError, SchemaValidationError } from 'slonik';
 import { ZodError, type z } from 'zod';
-import { PERSISTENCE_INVALID } from '../contracts/turn';
+import { FailureType } from '../contracts/failure-types';
 
 /**
  * A write that failed because of what it tried to write (a constraint, a schema, bad input)
@@ -19,7 +19,7 @@ export function classifyPersistenceError(error: unknown): unknown {
     error instanceof ZodError ||
     isDataOrIntegrityError(error);
   if (!deterministic) return error;
-  return ApplicationFailure.create({ type: PERSISTENCE_INVALID, message: `write refused: ${(error as Error).message}`, nonRetryable: true, cause: error as Error });
+  return ApplicationFailure.create({ type: FailureType.persistenceInvalid, message: `write refused: ${(error as Error).message}`, nonRetryable: true, cause: error as Error });
 }
 
 /**
@@ -30,7 +30,7 @@ export function classifyPersistenceError(error: unknown): unknown {
 export function parseActivityInput<S extends z.ZodTypeAny>(schema: S, raw: unknown): z.output<S> {
   const parsed = schema.safeParse(raw);
   if (parsed.success) return parsed.data as z.output<S>;
-  throw ApplicationFailure.create({ type: 'ACTIVITY_INPUT_INVALID', message: `input breaks the activity contract: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`, nonRetryable: true });
+  throw ApplicationFailure.create({ type: FailureType.activityInputInvalid, message: `input breaks the activity contract: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`, nonRetryable: true });
 }
 
 /** Postgres SQLSTATE classes 22 (data exception) and 23 (integrity): the value itself is refused. */

@@ -9,7 +9,7 @@ import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
 import { ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolSettings } from '../tools';
-import { classifyingPersistenceErrors, classifyPersistenceError, parseActivityInput, storableJson } from './persistence-errors';
+import { classifyingPersistenceErrors, parseActivityInput, storableJson } from './persistence-errors';
 
 export function toolCallIdOf(sessionId: string, turn: number, step: number, modelCallId: string): string {
   return `tc_${createHash('sha256').update(`${sessionId}\0${turn}\0${step}\0${modelCallId}`).digest('hex').slice(0, 32)}`;
@@ -114,7 +114,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
   }
 
   /** Records an approval decision and/or a result. Idempotent. */
-  async function settleRaw(raw: SettleInput): Promise<void> {
+  async function settleToolCall(raw: SettleInput): Promise<void> {
     const input = parseActivityInput(SettleInput, raw);
     await pool.transaction((tx) => settleIn(tx, input));
     if (input.approval) deps.metrics.approvals.inc({ outcome: input.approval.outcome });
@@ -125,43 +125,38 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
   /**
    * Runs a tool and records what happened before reporting back. Its idempotency key comes from
    * the workflow and tool call IDs, so a retry after a crash finds the effect already applied.
-   * It heartbeats, so a cancel reaches it: the tool's signal is aborted, and a tool that stops
+   * It heartbeats, so a cancel reaches it: a read tool's signal is aborted, and a tool that stops
    * is recorded as cancelled while running; one that finishes anyway keeps its real result.
-   * Refusals and bad arguments are results the model reads; other failures are thrown for
-   * Temporal to retry.
+   * A write tool is not told of a cancel. Refusals and bad arguments are results the model
+   * reads; other failures are thrown for Temporal to retry.
    */
   async function executeTool(raw: ExecuteToolInput): Promise<ToolOutcome> {
     const input = parseActivityInput(ExecuteToolInput, raw);
     const tool = deps.tools[input.name];
     const ctx = Context.current();
     if (!tool) throw ApplicationFailure.nonRetryable(`No tool named ${input.name}`, 'TOOL_NOT_FOUND');
-    await recordToolStatus(pool, input.toolCallId, { status: 'running' }).catch((error: unknown) => {
-      throw classifyPersistenceError(error);
-    });
+    await recordToolStatus(pool, input.toolCallId, { status: 'running' });
     const beat = setInterval(() => ctx.heartbeat(), TOOL_HEARTBEAT_MS);
     const timeout = AbortSignal.timeout(input.timeoutMs);
+    // A write that has started runs to completion whatever the turn does: only its time-out stops it.
+    const cancellation = tool.definition.permission === 'write' ? undefined : ctx.cancellationSignal;
     let outcome: ToolOutcome;
     try {
       const args = tool.parse(parsedArguments(input.arguments));
-      // A write that has started runs to completion whatever the turn does: only its time-out stops it.
-      const write = tool.definition.permission === 'write';
-      const signal = write ? timeout : AbortSignal.any([timeout, ctx.cancellationSignal]);
+      const signal = cancellation ? AbortSignal.any([timeout, cancellation]) : timeout;
       const result = await tool.execute(args, { sessionId: input.sessionId, toolCallId: input.toolCallId, idempotencyKey: input.idempotencyKey, pool, signal, settings: deps.toolSettings });
       outcome = { status: 'succeeded', result: storableJson(result) };
     } catch (error) {
-      outcome = outcomeOfFailure(error, input.name, timeout, tool.definition.permission === 'write' ? undefined : ctx.cancellationSignal);
+      outcome = outcomeOfFailure(error, input.name, timeout, cancellation);
     } finally {
       clearInterval(beat);
     }
-    await settleRaw({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) }).catch((error: unknown) => {
-      throw classifyPersistenceError(error);
-    });
+    await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
     if (outcome.status === 'cancelled') throw new CancelledFailure(`${input.name} was cancelled while running`);
     return outcome;
   }
 
-  const settleToolCall = settleRaw;
-  return { ...classifyingPersistenceErrors({ recordToolCalls, settleToolCall }), executeTool };
+  return classifyingPersistenceErrors({ recordToolCalls, settleToolCall, executeTool });
 }
 
 /**

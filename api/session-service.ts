@@ -8,6 +8,7 @@ import { ErrorCode } from '../contracts/errors';
 import { findToolCall, type ToolCallRow } from '../db/tool-calls';
 import type { DatabasePool } from 'slonik';
 import { KeelError, SESSION_EXPIRED_MESSAGE } from '../contracts/errors';
+import { FailureType } from '../contracts/failure-types';
 import { sessionWorkflowId } from '../contracts/ids';
 import { AgentIdKey, LastActivityKey, OwnerKey, PendingApprovalsKey, SessionStatusKey } from '../contracts/search-attributes';
 import type { ApprovalDecision, ApprovalDecisionResult, CancelTurnResult, SessionStateView } from '../contracts/session';
@@ -160,7 +161,7 @@ export class SessionService {
     } catch (error) {
       // The workflow's validator refuses a cancel that can change nothing (no turn, or not that one).
       const cause = error instanceof WorkflowUpdateFailedError ? error.cause : undefined;
-      if (cause instanceof ApplicationFailure && cause.type === 'NOTHING_TO_CANCEL') return { cancelled: false, turn: opts.turn ?? null };
+      if (cause instanceof ApplicationFailure && cause.type === FailureType.nothingToCancel) return { cancelled: false, turn: opts.turn ?? null };
       throw await this.mapTemporalError(sessionId, error);
     }
   }

@@ -153,9 +153,6 @@ export type TurnFailureInput = z.infer<typeof TurnFailureInput>;
 export const ExpireSessionInput = z.object({ sessionId: z.string(), idleMs: z.number().int().nonnegative() });
 export type ExpireSessionInput = z.infer<typeof ExpireSessionInput>;
 
-/** Failure types the workflow branches on; activities throw ApplicationFailure with these. */
-export const PERSISTENCE_INVALID = 'PERSISTENCE_INVALID';
-export const STEP_LIMIT = 'STEP_LIMIT_REACHED';
 
 export const streamIdOf = (turn: number, step: number) => `t${turn}-s${step}`;
 export const replyMessageIdOf = (sessionId: string, turn: number, step: number) => `${sessionId}-t${turn}-r${step}`;

@@ -224,20 +224,25 @@ async function plannedCall(activities: ReturnType<typeof createToolActivities>, 
   };
 }
 
+/** A tool that stops on its abort signal, planned and running: what a cancel test starts from. */
+async function runningTool(make: (started: () => void) => Tool) {
+  const started = gate();
+  const tool = make(() => started.open());
+  const activities = toolActivities({ [tool.definition.name]: tool });
+  const input = await plannedCall(activities, tool, 10_000);
+  const env = environment();
+  const running = env.run(activities.executeTool, input);
+  await started.opened;
+  return { input, env, running };
+}
+
 function toolActivities(tools: Record<string, Tool>) {
   return createToolActivities({ pool, tools, toolSettings: DEFAULT_TOOL_SETTINGS, metrics });
 }
 
 describe('executeTool', () => {
   test('a workflow cancel stops a running tool: CancelledFailure, and the call is recorded as cancelled while running', async () => {
-    const started = gate();
-    const tool = stopsOnAbort(() => started.open());
-    const activities = toolActivities({ [tool.definition.name]: tool });
-    const input = await plannedCall(activities, tool, 10_000);
-    const env = environment();
-
-    const running = env.run(activities.executeTool, input);
-    await started.opened;
+    const { input, env, running } = await runningTool(stopsOnAbort);
     expect((await toolCallRow(input.toolCallId)).status).toBe('running');
     env.cancel('CANCELLED');
 
@@ -301,14 +306,7 @@ describe('executeTool', () => {
   });
 
   test('a cancel by a worker shutdown is not recorded as cancelled: it is a retryable TOOL_INTERRUPTED', async () => {
-    const started = gate();
-    const tool = stopsOnAbort(() => started.open());
-    const activities = toolActivities({ [tool.definition.name]: tool });
-    const input = await plannedCall(activities, tool, 10_000);
-    const env = environment();
-
-    const running = env.run(activities.executeTool, input);
-    await started.opened;
+    const { input, env, running } = await runningTool(stopsOnAbort);
     env.cancel('WORKER_SHUTDOWN');
 
     const error = await rejectionOf(running);

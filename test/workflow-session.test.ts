@@ -1,6 +1,6 @@
 import { Context } from '@temporalio/activity';
-import { WorkflowUpdateStage } from '@temporalio/client';
-import { CancelledFailure } from '@temporalio/common';
+import { WorkflowUpdateStage, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import type { ExecuteToolInput, PlannedToolCall, RecordToolCallsInput, StreamReplyInput, StreamReplyResult, ToolOutcome } from '../contracts/turn';
 import { cancelTurnUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
 import { SessionStatusKey } from '../contracts/search-attributes';
@@ -28,8 +28,7 @@ const failingSettles = new Set<string>();
 async function write(name: Call['name'], input: { sessionId: string } & Record<string, unknown>): Promise<void> {
   record(name, input);
   if (failingWrites.has(input.sessionId)) {
-    const { ApplicationFailure } = await import('@temporalio/common');
-    throw ApplicationFailure.create({ type: 'PERSISTENCE_INVALID', message: `${name} refused`, nonRetryable: true });
+    throw refusal('PERSISTENCE_INVALID', `${name} refused`);
   }
 }
 const calls = new Map<string, Call[]>();
@@ -72,8 +71,7 @@ const doubles: SessionActivityDoubles = {
   },
   async settleToolCall(input) {
     if (failingSettles.has(input.toolCallId)) {
-      const { ApplicationFailure } = await import('@temporalio/common');
-      throw ApplicationFailure.create({ type: 'PERSISTENCE_INVALID', message: 'settle refused', nonRetryable: true });
+      throw refusal('PERSISTENCE_INVALID', 'settle refused');
     }
     await write('settleToolCall', input);
   },
@@ -107,6 +105,29 @@ afterAll(async () => {
 
 const toolCall = (name: string) => ({ modelCallId: `m-${name}`, name, arguments: '{}' });
 
+/** A non-retryable failure of the given type, as an activity throws it. */
+const refusal = (type: string, message: string) => ApplicationFailure.create({ type, message, nonRetryable: true });
+
+/** A session of its own, on the harness's worker. */
+async function startSession(config = sessionConfig()) {
+  const handle = await harness.start(config);
+  return { handle, sessionId: handle.workflowId.slice(3) };
+}
+
+/** Sends a cancel and returns once the workflow has accepted it (its answer comes when the turn ends). */
+function cancelAccepted(handle: WorkflowHandle, request: { turn?: number; requestedBy: string }) {
+  return handle.startUpdate(cancelTurnUpdate, { args: [request], waitForStage: WorkflowUpdateStage.ACCEPTED });
+}
+
+/** recordToolCalls tells `started` it runs, then waits for `release`: the window before the workflow knows the calls. */
+function holdRecording(started: { open: () => void }, release: { opened: Promise<void> }): Script['recordToolCalls'] {
+  return async (_input, planned) => {
+    started.open();
+    await release.opened;
+    return planned;
+  };
+}
+
 /** Turn `turn`'s model call tells `started` it runs, then waits for `release`. */
 function holdTurn(turn: number, started: { open: () => void }, release: { opened: Promise<void> }): Script['streamReply'] {
   return async (input) => {
@@ -126,20 +147,15 @@ function askTools(...tools: string[]): Script['streamReply'] {
 test('a cancel that lands while the tool calls are being recorded still gives every call a result', async () => {
   const recording = gate();
   const release = gate();
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, {
     streamReply: askTools('lookup', 'publish'),
-    recordToolCalls: async (_input, planned) => {
-      recording.open();
-      await release.opened;
-      return planned;
-    },
+    recordToolCalls: holdRecording(recording, release),
   });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await recording.opened;
   // The window is open: the reply asking for tools is stored, the workflow does not know the calls yet.
-  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  const cancel = await cancelAccepted(handle, { requestedBy: 'u1' });
   release.open();
   expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
   await until(() => named(sessionId, 'recordTurnFailure').length === 1, 'the turn to end');
@@ -157,8 +173,7 @@ test('a cancel that lands while the tool calls are being recorded still gives ev
 test('a write tool that has started is not cancelled: it finishes and the workflow records no second result', async () => {
   const started = gate();
   const finish = gate();
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, {
     streamReply: askTools('save'),
     executeTool: async () => {
@@ -169,7 +184,7 @@ test('a write tool that has started is not cancelled: it finishes and the workfl
   });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await started.opened;
-  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ turn: 1, requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  const cancel = await cancelAccepted(handle, { turn: 1, requestedBy: 'u1' });
   finish.open();
   expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
   await until(() => named(sessionId, 'recordTurnFailure').length === 1, 'the turn to end');
@@ -182,8 +197,7 @@ test('a write tool that has started is not cancelled: it finishes and the workfl
 
 test('a read tool cancelled while running stops, and the turn ends only after the activity has recorded it', async () => {
   const started = gate();
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, {
     streamReply: askTools('lookup'),
     executeTool: async () => {
@@ -216,8 +230,7 @@ test('a read tool cancelled while running stops, and the turn ends only after th
 test('a cancel naming a turn that has ended does not cancel the next one', async () => {
   const second = gate();
   const hold = gate();
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, { streamReply: holdTurn(2, second, hold) });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await handle.signal(userMessageSignal, { messageId: 'm2' });
@@ -236,8 +249,7 @@ test('a cancel naming a turn that has ended does not cancel the next one', async
 
 test('beyond the queue bound a message is refused with SESSION_BUSY, and a refused resend is told again', async () => {
   const hold = gate();
-  const handle = await harness.start(sessionConfig({ maxQueuedMessages: 2 }));
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig({ maxQueuedMessages: 2 }));
   const running = gate();
   scripts.set(sessionId, { streamReply: holdTurn(1, running, hold) });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
@@ -263,8 +275,7 @@ test('beyond the queue bound a message is refused with SESSION_BUSY, and a refus
 test('continue-as-new carries queued messages and pending refusals as IDs, and answers every one', async () => {
   const hold = gate();
   const running = gate();
-  const handle = await harness.start(sessionConfig({ continueAsNewAfterEvents: 10, maxQueuedMessages: 3 }));
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig({ continueAsNewAfterEvents: 10, maxQueuedMessages: 3 }));
   scripts.set(sessionId, { streamReply: holdTurn(1, running, hold) });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await running.opened;
@@ -300,8 +311,7 @@ test('continue-as-new carries queued messages and pending refusals as IDs, and a
 });
 
 test('a bug in workflow code fails the workflow task; the turn is not ended with a model error', async () => {
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   // A reply that breaks the contract: the workflow's code throws a TypeError reading it.
   scripts.set(sessionId, { streamReply: async (input) => ({ ...reply(input), toolCalls: undefined as never }) });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
@@ -312,8 +322,7 @@ test('a bug in workflow code fails the workflow task; the turn is not ended with
 });
 
 test('deleting a session ends its workflow: the turn stops, approvals are cancelled, search attributes say deleted', async () => {
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, { streamReply: askTools('publish') });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await eventually(async () => (await handle.query(sessionStateQuery)).pendingApprovals.length === 1, 'the approval request');
@@ -327,12 +336,10 @@ test('deleting a session ends its workflow: the turn stops, approvals are cancel
 });
 
 test('a failed write that retrying cannot fix ends the turn with INTERNAL_ERROR instead of retrying forever', async () => {
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, {
     streamReply: async () => {
-      const { ApplicationFailure } = await import('@temporalio/common');
-      throw ApplicationFailure.create({ type: 'PERSISTENCE_INVALID', message: 'write refused', nonRetryable: true });
+      throw refusal('PERSISTENCE_INVALID', 'write refused');
     },
   });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
@@ -343,8 +350,7 @@ test('a failed write that retrying cannot fix ends the turn with INTERNAL_ERROR 
 });
 
 test('an idle session expires once, with its refusals written', async () => {
-  const handle = await harness.start(sessionConfig({ idleTtlMs: 300 }));
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig({ idleTtlMs: 300 }));
   await expect(handle.result()).resolves.toEqual({ status: 'expired' });
   expect(named(sessionId, 'expireSession')).toEqual([{ sessionId, idleMs: 300 }]);
   await expect(handle.signal(userMessageSignal, { messageId: 'late' })).rejects.toThrow();
@@ -353,19 +359,14 @@ test('an idle session expires once, with its refusals written', async () => {
 test('a write tool whose turn was cancelled before it started never starts, and is recorded as not run', async () => {
   const recording = gate();
   const release = gate();
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, {
     streamReply: askTools('save'),
-    recordToolCalls: async (_input, planned) => {
-      recording.open();
-      await release.opened;
-      return planned;
-    },
+    recordToolCalls: holdRecording(recording, release),
   });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await recording.opened;
-  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  const cancel = await cancelAccepted(handle, { requestedBy: 'u1' });
   release.open();
   expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
   expect(named(sessionId, 'executeTool')).toHaveLength(0);
@@ -378,8 +379,7 @@ test('a deletion that lands while the recorder accepts messages at a turn bounda
   const finishAccepting = gate();
   const running = gate();
   const hold = gate();
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, { streamReply: holdTurn(1, running, hold) });
   acceptHooks.set(sessionId, async () => {
     accepting.open();
@@ -399,13 +399,10 @@ test('a deletion that lands while the recorder accepts messages at a turn bounda
 });
 
 test('a message the store does not know, or a write that cannot be made, fails its turn but never the session', async () => {
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
-  const { ApplicationFailure } = await import('@temporalio/common');
-  const refused = () => ApplicationFailure.create({ type: 'PERSISTENCE_INVALID', message: 'write refused', nonRetryable: true });
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, {
     streamReply: async (input) => {
-      if (input.replyTo === 'unknown') throw refused();
+      if (input.replyTo === 'unknown') throw refusal('PERSISTENCE_INVALID', 'write refused');
       return reply(input);
     },
   });
@@ -425,8 +422,7 @@ test('a message the store does not know, or a write that cannot be made, fails i
 test('a write tool whose attempt fails after a cancel is not tried again', async () => {
   const started = gate();
   const fail = gate();
-  const handle = await harness.start(sessionConfig({ agent: { tools: [{ ...WRITE_TOOL, maxAttempts: 3 }] } }));
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig({ agent: { tools: [{ ...WRITE_TOOL, maxAttempts: 3 }] } }));
   scripts.set(sessionId, {
     streamReply: askTools('save'),
     executeTool: async () => {
@@ -437,7 +433,7 @@ test('a write tool whose attempt fails after a cancel is not tried again', async
   });
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await started.opened;
-  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  const cancel = await cancelAccepted(handle, { requestedBy: 'u1' });
   fail.open();
   expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
   // One attempt only: the cancel stopped the retries the policy would have made.
@@ -450,20 +446,15 @@ test('a write tool whose attempt fails after a cancel is not tried again', async
 test('one tool call whose close cannot be written does not leave the others without a result', async () => {
   const recording = gate();
   const release = gate();
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, {
     streamReply: askTools('publish', 'publish'),
-    recordToolCalls: async (_input, planned) => {
-      recording.open();
-      await release.opened;
-      return planned;
-    },
+    recordToolCalls: holdRecording(recording, release),
   });
   failingSettles.add('tc-1-0');
   await handle.signal(userMessageSignal, { messageId: 'm1' });
   await recording.opened;
-  const cancel = await handle.startUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }], waitForStage: WorkflowUpdateStage.ACCEPTED });
+  const cancel = await cancelAccepted(handle, { requestedBy: 'u1' });
   release.open();
   expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
   expect(named(sessionId, 'settleToolCall').map((c) => c.toolCallId)).toEqual(['tc-1-1']);
@@ -473,12 +464,10 @@ test('one tool call whose close cannot be written does not leave the others with
 });
 
 test('an activity refusing its input (a contract the workflow broke) fails the workflow task, not the session', async () => {
-  const handle = await harness.start(sessionConfig());
-  const sessionId = handle.workflowId.slice(3);
+  const { handle, sessionId } = await startSession(sessionConfig());
   scripts.set(sessionId, {
     streamReply: async () => {
-      const { ApplicationFailure } = await import('@temporalio/common');
-      throw ApplicationFailure.create({ type: 'ACTIVITY_INPUT_INVALID', message: 'input breaks the activity contract', nonRetryable: true });
+      throw refusal('ACTIVITY_INPUT_INVALID', 'input breaks the activity contract');
     },
   });
   await handle.signal(userMessageSignal, { messageId: 'm1' });

@@ -1,10 +1,11 @@
 import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
 import type { PersistenceActivities, StreamReplyActivities, ToolActivities } from '../activities';
+import { FailureType } from '../contracts/failure-types';
 import type { SessionConfig } from '../contracts/session';
 import type { ToolPolicy } from '../contracts/turn';
 
 /** Activity failure types that retrying cannot fix (see activities/persistence-errors.ts). */
-const PERSISTENCE_NON_RETRYABLE = ['PERSISTENCE_INVALID'];
+const PERSISTENCE_NON_RETRYABLE = [FailureType.persistenceInvalid];
 /** How often a running tool must report life; it heartbeats every third of this. */
 const TOOL_HEARTBEAT_TIMEOUT_MS = 5_000;
 

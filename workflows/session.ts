@@ -1,6 +1,7 @@
 import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, continueAsNew, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { SessionWorkflowInput, SessionWorkflowResult } from '../contracts/session';
 import { cancelTurnSignal, cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
+import { FailureType } from '../contracts/failure-types';
 import { sessionActivities } from './activities';
 import { workflowNow } from './clock';
 import { SessionState } from './session-state';
@@ -9,8 +10,6 @@ import { contained, runTurn } from './turn';
 import { MessageTraces } from './trace-context';
 
 const APPROVAL_REPLAY_GRACE_MS = 10_000;
-/** The cancel update's refusal when no turn (or not the named one) is running. */
-const NOTHING_TO_CANCEL = 'NOTHING_TO_CANCEL';
 
 /**
  * One chat session. Messages arrive by signal as IDs (their content is already in Postgres), are
@@ -45,7 +44,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       // A cancel that can change nothing is refused here, so it leaves no trace in history and
       // spends none of the run's update budget; the API answers it with cancelled: false.
       validator: ({ turn }) => {
-        if (state.currentTurn === null || (turn !== undefined && turn !== state.currentTurn)) throw refuse(NOTHING_TO_CANCEL);
+        if (state.currentTurn === null || (turn !== undefined && turn !== state.currentTurn)) throw refuse(FailureType.nothingToCancel);
       },
     },
   );

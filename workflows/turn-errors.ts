@@ -1,5 +1,6 @@
 import { ActivityFailure, ApplicationFailure, TimeoutFailure } from '@temporalio/workflow';
 import type { ErrorBody, ErrorCode } from '../contracts/errors';
+import { FailureType } from '../contracts/failure-types';
 
 const LLM_CODES: ErrorCode[] = ['LLM_TIMEOUT', 'LLM_RATE_LIMIT', 'LLM_API_ERROR', 'LLM_CONTENT_FILTER', 'LLM_AUTH_ERROR'];
 const NOT_RECOVERABLE: ErrorCode[] = ['LLM_CONTENT_FILTER', 'LLM_AUTH_ERROR'];
@@ -36,6 +37,6 @@ function codeOf(error: unknown): ErrorCode {
   const cause = error.cause;
   if (cause instanceof ApplicationFailure && LLM_CODES.includes(cause.type as ErrorCode)) return cause.type as ErrorCode;
   if (cause instanceof TimeoutFailure) return 'LLM_TIMEOUT';
-  if (cause instanceof ApplicationFailure && cause.type === 'PERSISTENCE_INVALID') return 'INTERNAL_ERROR';
+  if (cause instanceof ApplicationFailure && cause.type === FailureType.persistenceInvalid) return 'INTERNAL_ERROR';
   return 'LLM_API_ERROR';
 }

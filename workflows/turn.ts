@@ -5,10 +5,8 @@ import type { QueuedMessage } from '../contracts/session';
 import type { MessageRef, PlannedToolCall, SettleInput, ToolPolicy } from '../contracts/turn';
 import { toolActivities, type SessionActivityProxies } from './activities';
 import type { SessionState, TurnOutcome } from './session-state';
+import { FailureType } from '../contracts/failure-types';
 import { StepLimitReached, turnErrorOf } from './turn-errors';
-
-/** The failure type activities give input that breaks their contract (contracts/turn.ts). */
-const ACTIVITY_INPUT_INVALID = 'ACTIVITY_INPUT_INVALID';
 import { workflowNow } from './clock';
 import { reflectInSearchAttributes } from './search-attributes';
 
@@ -44,8 +42,8 @@ export async function runTurn(state: SessionState, acts: SessionActivityProxies,
     await scope.run(() => steps(ctx, accept));
     return 'completed';
   } catch (error) {
-    // A turn someone stopped ends as cancelled even when its activity reported a time-out first.
     if (isContractViolation(error)) throw asWorkflowBug(error);
+    // A turn someone stopped ends as cancelled even when its activity reported a time-out first.
     const cancelled = isCancellation(error) || (state.turnStop !== null && error instanceof ActivityFailure);
     if (!cancelled && !(error instanceof ActivityFailure) && !(error instanceof StepLimitReached)) throw error;
     await CancellationScope.nonCancellable(async () => {
@@ -82,7 +80,7 @@ export async function contained(what: string, write: () => Promise<unknown>, onF
 
 /** An activity refused its input: the workflow sent what the contract does not allow, a bug in workflow code. */
 function isContractViolation(error: unknown): boolean {
-  return error instanceof ActivityFailure && error.cause instanceof ApplicationFailure && error.cause.type === ACTIVITY_INPUT_INVALID;
+  return error instanceof ActivityFailure && error.cause instanceof ApplicationFailure && error.cause.type === FailureType.activityInputInvalid;
 }
 
 /** A plain error fails the workflow task (retried until fixed code is deployed); a TemporalFailure would fail the session. */

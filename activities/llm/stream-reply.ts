@@ -2,9 +2,9 @@ import { Context } from '@temporalio/activity';
 import type OpenAI from 'openai';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
-import type { ResolvedAgent } from '../../contracts/agents';
+import { FailureType } from '../../contracts/failure-types';
 import type { StreamDeltaData, Usage } from '../../contracts/events';
-import { assistantPosition, PERSISTENCE_INVALID, replyMessageIdOf, StreamReplyInput, streamIdOf, type StreamReplyResult } from '../../contracts/turn';
+import { assistantPosition, replyMessageIdOf, StreamReplyInput, streamIdOf, type StreamReplyResult } from '../../contracts/turn';
 import { appendEvent, notify } from '../../db/events';
 import { conversationUpTo, insertMessage, MessageRow } from '../../db/messages';
 import type { Logger } from '../../config/logger';
@@ -13,7 +13,7 @@ import { costOf, type PriceTable } from '../../config/pricing';
 import { ApplicationFailure } from '@temporalio/common';
 import type { AgentVersions } from '../../agents/versions';
 import { acceptMessagesIn, turnLogIds } from '../persistence';
-import { classifyPersistenceError, parseActivityInput, storableText } from '../persistence-errors';
+import { classifyingPersistenceErrors, parseActivityInput, storableText } from '../persistence-errors';
 import { toChatMessages } from './conversation';
 import { DeltaCoalescer } from './delta-coalescer';
 import { classifyLlmError, contentFilterFailure } from './llm-errors';
@@ -74,9 +74,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     const streamId = streamIdOf(input.turn, input.step);
     // Checked on every attempt: an earlier attempt may have committed and died before reporting,
     // and a `workflow reset` re-runs a committed step as attempt 1.
-    const done = await committedReply(input.sessionId, streamId).catch((error: unknown) => {
-      throw classifyPersistenceError(error);
-    });
+    const done = await committedReply(input.sessionId, streamId);
     if (done) return done;
 
     // Written while the model request is in flight: it only has to land before the first delta.
@@ -90,22 +88,16 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       });
     });
     started.catch(() => undefined);
-    let history: MessageRow[];
-    let agent: ResolvedAgent | null;
-    try {
-      [history, agent] = await Promise.all([conversationUpTo(pool, input.sessionId, input.turn, input.replyTo), deps.agents.get(input.agent.id, input.agent.version)]);
-    } catch (error) {
+    const { history, agent } = await (async () => {
+      const [rows, stored] = await Promise.all([conversationUpTo(pool, input.sessionId, input.turn, input.replyTo), deps.agents.get(input.agent.id, input.agent.version)]);
+      if (!stored) throw ApplicationFailure.nonRetryable(`agent ${input.agent.id} version ${input.agent.version} is not stored`, FailureType.persistenceInvalid);
+      if (!rows.some((m) => m.id === input.replyTo)) throw ApplicationFailure.nonRetryable(`message ${input.replyTo} is not stored`, FailureType.persistenceInvalid);
+      return { history: rows, agent: stored };
+    })().catch(async (error: unknown) => {
+      // The attempt ends only once the acceptance written meanwhile has landed (or failed).
       await started.catch(() => undefined);
-      throw classifyPersistenceError(error);
-    }
-    if (!agent) {
-      await started.catch(() => undefined);
-      throw ApplicationFailure.nonRetryable(`agent ${input.agent.id} version ${input.agent.version} is not stored`, PERSISTENCE_INVALID);
-    }
-    if (!history.some((m) => m.id === input.replyTo)) {
-      await started.catch(() => undefined);
-      throw ApplicationFailure.nonRetryable(`message ${input.replyTo} is not stored`, PERSISTENCE_INVALID);
-    }
+      throw error;
+    });
     const coalescer = new DeltaCoalescer(
       streamId,
       attempt,
@@ -184,11 +176,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     if (stalled.signal.aborted) throw stallFailure(stallMs);
     // So can a connection cut by the provider: no finish reason means the reply is incomplete.
     if (finishReason === null) throw classifyLlmError(new Error('The model stream ended before the reply was complete'));
-    try {
-      await started;
-    } catch (error) {
-      throw classifyPersistenceError(error);
-    }
+    await started;
     await coalescer.flush();
     if (finishReason === 'content_filter') throw contentFilterFailure();
 
@@ -228,9 +216,6 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
           });
         }
         return true;
-      })
-      .catch((error: unknown) => {
-        throw classifyPersistenceError(error);
       });
     if (!committed) {
       const winner = await committedReply(input.sessionId, streamId);
@@ -264,7 +249,8 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     return { messageId, finishReason, usage, toolCalls: calls };
   }
 
-  return { streamReply };
+  // Failures of its writes are classified (retryable or not) by the wrapper.
+  return classifyingPersistenceErrors({ streamReply });
 }
 
 export type StreamReplyActivities = ReturnType<typeof createStreamReplyActivities>;

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import Router from '@koa/router';
 import type { Context } from 'koa';
 import { durableFrame } from '../../contracts/events';
-import { KeelError } from '../../contracts/errors';
+import { KeelError, SESSION_EXPIRED_MESSAGE } from '../../contracts/errors';
 import { Id } from '../../contracts/ids';
 import { AfterSeqQuery, ChatBody } from '../../contracts/rest';
 import type { ApiDeps } from '../deps';
@@ -89,7 +89,7 @@ export function streamRoutes(deps: ApiDeps): Router {
       return;
     }
     // Fail before switching to SSE when the message cannot even be sent.
-    if (row.status !== 'active') throw new KeelError('SESSION_EXPIRED', 'Session expired. Please start a new conversation.');
+    if (row.status !== 'active') throw new KeelError('SESSION_EXPIRED', SESSION_EXPIRED_MESSAGE);
     const sse = openSse(ctx);
     const forward = (event: { type: string; seq: number; data: unknown }) => sse.send({ id: event.seq, event: event.type, data: event.data });
     waitForTurn(deps, {
