@@ -80,9 +80,9 @@ export class SessionState {
       this.s.recentClientIds.push(m.clientMessageId);
       if (this.s.recentClientIds.length > RECENT_CLIENT_ID_LIMIT) this.s.recentClientIds.shift();
     }
-    // Only the known fields: a signal from another client carrying more (content) stays out of the state.
     // A refusal of an earlier send of this message, not yet written, would now answer the wrong send.
     this.s.refused = this.s.refused.filter((r) => r.messageId !== m.messageId);
+    // Only the known fields: a signal from another client carrying more (content) stays out of the state.
     this.s.queue.push({
       messageId: m.messageId,
       ...(m.clientMessageId === undefined ? {} : { clientMessageId: m.clientMessageId }),
@@ -131,15 +131,20 @@ export class SessionState {
    */
   private unclaimed(by: 'turn' | 'recorder'): QueuedMessage[] {
     const own = by === 'turn' && this.current && !this.current.accepted && !this.accepting.has(this.current.messageId) ? [this.current] : [];
-    const others = [...(by === 'recorder' && this.current ? [this.current] : []), ...this.s.queue].filter(
+    const others = (by === 'recorder' ? this.pending() : this.s.queue).filter(
       (m) => !m.accepted && !this.accepting.has(m.messageId) && !this.leftToTurn.has(m.messageId),
     );
     return [...own, ...others];
   }
 
+  /** The message being answered, then the queue. */
+  private pending(): QueuedMessage[] {
+    return this.current ? [this.current, ...this.s.queue] : this.s.queue;
+  }
+
   markAccepted(messages: MessageRef[]): void {
     const ids = new Set(messages.map((m) => m.messageId));
-    for (const m of [...(this.current ? [this.current] : []), ...this.s.queue]) if (ids.has(m.messageId)) m.accepted = true;
+    for (const m of this.pending()) if (ids.has(m.messageId)) m.accepted = true;
     for (const id of ids) this.accepting.delete(id);
   }
 
@@ -164,9 +169,14 @@ export class SessionState {
     return this.current;
   }
 
+  /** Whether turn `turn` (or, without it, any turn) is running. */
+  runs(turn?: number): boolean {
+    return this.current !== null && (turn === undefined || turn === this.current.turn);
+  }
+
   /** Marks turn `turn` (or the current one) as stopped; false when that turn is not running. */
   stopTurn(stop: TurnStop, turn?: number): boolean {
-    if (!this.current || (turn !== undefined && turn !== this.current.turn)) return false;
+    if (!this.runs(turn)) return false;
     this.stopped ??= stop;
     return true;
   }

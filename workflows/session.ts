@@ -6,7 +6,7 @@ import { sessionActivities } from './activities';
 import { workflowNow } from './clock';
 import { SessionState } from './session-state';
 import { reflectInSearchAttributes } from './search-attributes';
-import { contained, runTurn } from './turn';
+import { acceptMessages, contained, runTurn } from './turn';
 import { MessageTraces } from './trace-context';
 
 const APPROVAL_REPLAY_GRACE_MS = 10_000;
@@ -44,7 +44,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       // A cancel that can change nothing is refused here, so it leaves no trace in history and
       // spends none of the run's update budget; the API answers it with cancelled: false.
       validator: ({ turn }) => {
-        if (state.currentTurn === null || (turn !== undefined && turn !== state.currentTurn)) throw refuse(FailureType.nothingToCancel);
+        if (!state.runs(turn)) throw refuse(FailureType.nothingToCancel);
       },
     },
   );
@@ -90,16 +90,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       const refused = state.takeRefused();
       if (refused.length > 0) await contained('tell refused senders', () => acts.rejectMessages({ sessionId: state.sessionId, messages: refused }));
       const batch = state.inTurn() ? state.claimUnaccepted('recorder') : [];
-      if (batch.length > 0) {
-        await contained(
-          'accept messages',
-          async () => {
-            await acts.acceptMessages({ sessionId: state.sessionId, messages: batch });
-            state.markAccepted(batch);
-          },
-          () => state.releaseClaims(batch),
-        );
-      }
+      if (batch.length > 0) await contained('accept messages', () => acceptMessages(state, acts, batch), () => state.releaseClaims(batch));
       recording = false;
     }
   })();

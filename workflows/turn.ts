@@ -50,7 +50,7 @@ export async function runTurn(state: SessionState, acts: SessionActivityProxies,
       // Each step is contained: a write that cannot be made (a non-retryable failure) must not
       // fail the whole session; the next steps and turns still run.
       // The reply may have failed before it accepted the messages it carried: accept them now.
-      if (!ctx.acceptedByReply) await contained('accept the turn\'s messages', () => acceptClaimed(ctx, accept), () => state.releaseClaims(accept));
+      if (!ctx.acceptedByReply) await contained('accept the turn\'s messages', () => acceptMessages(state, acts, accept), () => state.releaseClaims(accept));
       await closeOpenCalls(ctx, cancelled ? 'cancelled' : 'failed');
       const stop = state.turnStop;
       const body: ErrorBody = cancelled ? { code: 'TURN_CANCELLED', message: cancelMessage(stop?.reason), recoverable: true } : turnErrorOf(error);
@@ -94,10 +94,11 @@ function cancelMessage(reason: 'cancel' | 'interrupt' | 'deleted' | undefined): 
   return 'The turn was cancelled.';
 }
 
-async function acceptClaimed(ctx: TurnContext, claimed: MessageRef[]): Promise<void> {
+/** Writes the acceptance of claimed messages, then marks them accepted. */
+export async function acceptMessages(state: SessionState, acts: SessionActivityProxies, claimed: MessageRef[]): Promise<void> {
   if (claimed.length === 0) return;
-  await ctx.acts.acceptMessages({ sessionId: ctx.state.sessionId, messages: claimed });
-  ctx.state.markAccepted(claimed);
+  await acts.acceptMessages({ sessionId: state.sessionId, messages: claimed });
+  state.markAccepted(claimed);
 }
 
 async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
