@@ -3,11 +3,21 @@ import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
 import type { DatabasePool, DatabaseTransactionConnection } from 'slonik';
 import { canonicalJson } from '../contracts/canonical';
-import { assistantPosition, ExecuteToolInput, RecordToolCallsInput, SettleInput, type PlannedToolCall, type ToolOutcome } from '../contracts/turn';
+import {
+  assistantPosition,
+  BUDGET_APPROVAL_NAME,
+  ExecuteToolInput,
+  RecordToolCallsInput,
+  RequestBudgetApprovalInput,
+  SettleInput,
+  type BudgetApprovalRequest,
+  type PlannedToolCall,
+  type ToolOutcome,
+} from '../contracts/turn';
 import type { Metrics } from '../config/metrics';
 import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
-import { insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
+import { findToolCall, insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
 import { ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolSettings } from '../tools';
 import { classifyingPersistenceErrors, parseActivityInput, storableJson } from './persistence-errors';
 
@@ -113,6 +123,40 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
     });
   }
 
+  /**
+   * Pauses a turn over its budget: an approval request in the approvals table (so the approvals
+   * API, its list and the WebSocket decide it as any other), a budget.exceeded event and the
+   * approval.required that names it. The ID comes from the session, turn and pause number, so a
+   * retry writes nothing twice and returns the same request.
+   */
+  async function requestBudgetApproval(raw: RequestBudgetApprovalInput): Promise<BudgetApprovalRequest> {
+    const input = parseActivityInput(RequestBudgetApprovalInput, raw);
+    const approvalId = `bud_${createHash('sha256').update(`${input.sessionId}\0${input.turn}\0${input.pause}`).digest('hex').slice(0, 32)}`;
+    const args = { overruns: input.overruns };
+    const digest = approvalDigest(BUDGET_APPROVAL_NAME, JSON.stringify(args), input.agent);
+    const expiresAt = new Date(input.nowMs + input.ttlMs).toISOString();
+    await pool.transaction(async (tx) => {
+      await insertToolCall(tx, {
+        id: approvalId,
+        modelCallId: approvalId,
+        sessionId: input.sessionId,
+        turn: input.turn,
+        step: input.step,
+        name: BUDGET_APPROVAL_NAME,
+        arguments: args,
+        status: 'pending_approval',
+        digest,
+        requiresApproval: true,
+        expiresAt,
+      });
+      await appendEvent(tx, { sessionId: input.sessionId, key: `budget:${approvalId}`, type: 'budget.exceeded', data: { turn: input.turn, approvalId, overruns: input.overruns, expiresAt } });
+      await appendEvent(tx, { sessionId: input.sessionId, key: `approval:${approvalId}`, type: 'approval.required', data: { toolCallId: approvalId, name: BUDGET_APPROVAL_NAME, arguments: args, digest, expiresAt, turn: input.turn } });
+    });
+    // The stored request is the one that stands (a retry on another day must not move its expiry).
+    const stored = await findToolCall(pool, approvalId);
+    return { approvalId, digest: stored?.digest ?? digest, expiresAt: stored?.expires_at ? new Date(stored.expires_at).toISOString() : expiresAt };
+  }
+
   /** Records an approval decision and/or a result. Idempotent. */
   async function settleToolCall(raw: SettleInput): Promise<void> {
     const input = parseActivityInput(SettleInput, raw);
@@ -156,7 +200,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
     return outcome;
   }
 
-  return classifyingPersistenceErrors({ recordToolCalls, settleToolCall, executeTool });
+  return classifyingPersistenceErrors({ recordToolCalls, settleToolCall, executeTool, requestBudgetApproval });
 }
 
 /**

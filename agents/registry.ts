@@ -1,9 +1,13 @@
-import type { CommonQueryMethods } from 'slonik';
+import type { DatabasePool } from 'slonik';
 import { DEFAULT_AGENT_ID, resolveAgent, type ResolvedAgent } from '../contracts/agents';
 import { digestOf } from '../contracts/canonical';
 import type { ToolDefinition } from '../contracts/tools';
 import { syncAgents } from '../db/agents';
+import { releaseFileVersions } from '../db/releases';
 import { AgentConfigError, loadAgentFile } from './load';
+
+/** Who the audit names for releases made by the definitions file. */
+export const FILE_ACTOR = 'agents-file';
 
 /** The agents of this deployment, each at the version its current definition is stored under. */
 export class AgentRegistry {
@@ -14,15 +18,20 @@ export class AgentRegistry {
     this.byId = new Map(agents.map((a) => [a.id, a]));
   }
 
-  /** Loads and validates the file, checks every tool exists, then stores new versions. */
-  static async load(db: CommonQueryMethods, file: string, tools: Record<string, ToolDefinition>): Promise<AgentRegistry> {
+  /**
+   * Loads and validates the file, checks every tool exists, then stores new versions: an agent's
+   * first version becomes its active release, and so does a definition the file changed.
+   */
+  static async load(db: DatabasePool, file: string, tools: Record<string, ToolDefinition>): Promise<AgentRegistry> {
     const defs = await loadAgentFile(file);
     if (!defs.some((d) => d.id === DEFAULT_AGENT_ID)) {
       throw new AgentConfigError(file, [{ field: 'agents', message: `no agent has the id "${DEFAULT_AGENT_ID}", which sessions use by default` }]);
     }
     // Resolving before storing: a definition naming an unknown tool must not become a version.
     const resolved = defs.map((def) => resolveAgent(def, 0, digestOf(def), tools));
-    const versions = new Map((await syncAgents(db, defs)).map((s) => [s.id, s.version]));
+    const synced = await syncAgents(db, defs);
+    await releaseFileVersions(db, synced, FILE_ACTOR);
+    const versions = new Map(synced.map((s) => [s.id, s.version]));
     return new AgentRegistry(resolved.map((agent) => ({ ...agent, version: versions.get(agent.id) ?? 0 })));
   }
 

@@ -15,6 +15,8 @@ export function sessionAgentOf(agent: ResolvedAgent, defaultModel: string): Sess
     maxStepsPerTurn: agent.maxStepsPerTurn,
     model: agent.model.name ?? defaultModel,
     ...(agent.model.temperature === undefined ? {} : { temperature: agent.model.temperature }),
+    ...(agent.budget === undefined ? {} : { budget: agent.budget }),
+    approvalTtlMs: agent.approvalTtlMs,
     tools: agent.tools.map((t) => ({
       name: t.name,
       permission: t.permission,

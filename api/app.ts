@@ -9,6 +9,10 @@ import { agentRoutes } from './routes/agents';
 import { httpMetrics, metricsRoutes } from './metrics';
 import { httpServerSpans } from './tracing';
 import { adminRoutes } from './routes/admin';
+import { workerRoutes } from './routes/workers';
+import { releaseRoutes } from './routes/releases';
+import { runRoutes } from './routes/runs';
+import { sloRoutes } from './routes/slo';
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
@@ -30,7 +34,7 @@ export function createApp(deps: ApiDeps): Koa {
       },
     }),
   );
-  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), metricsRoutes(deps), adminRoutes(deps)]) {
+  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), releaseRoutes(deps), metricsRoutes(deps), adminRoutes(deps), workerRoutes(deps), runRoutes(deps), sloRoutes(deps)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

@@ -118,3 +118,10 @@ export class Authenticator {
 export function callerOf(ctx: Context): Caller {
   return ctx.state.caller as Caller;
 }
+
+/** The caller, who must hold an admin token (403 FORBIDDEN otherwise). */
+export function adminCallerOf(ctx: Context): Caller {
+  const caller = callerOf(ctx);
+  if (!caller.isAdmin) throw new KeelError('FORBIDDEN', 'This needs an admin token');
+  return caller;
+}

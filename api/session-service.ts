@@ -21,6 +21,9 @@ import { messageAccepted, storeIncomingMessage } from '../db/messages';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import { sessionAgentOf } from '../agents/session-agent';
 import { AgentVersions } from '../agents/versions';
+import { pickVersion } from '../agents/release-picker';
+import { getRelease } from '../db/releases';
+import type { Budget } from '../contracts/agents';
 import { toolDefinitions } from '../tools';
 import type { sessionWorkflow } from '../workflows';
 
@@ -41,8 +44,14 @@ export class SessionService {
     private readonly metrics: Metrics,
     private readonly limiter: RateLimiter,
     private readonly log: Logger,
-    private readonly versions: AgentVersions,
+    /** Stored agent versions, resolved against this deployment's tools. */
+    readonly versions: AgentVersions,
   ) {}
+
+  /** For the release routes, which start watch workflows and move sessions. */
+  get temporal(): Client {
+    return this.client;
+  }
 
   static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry, metrics: Metrics, limiter: RateLimiter, log: Logger): Promise<SessionService> {
     const connection = await Connection.connect({ address: temporalAddressOf(settings) });
@@ -53,7 +62,8 @@ export class SessionService {
   async create(caller: Caller, input: { title?: string; agentId?: string }): Promise<SessionRow> {
     const id = randomUUID();
     const agentId = input.agentId ?? this.agents.defaultId;
-    const agent = this.agents.get(agentId);
+    const release = await getRelease(this.pool, agentId);
+    const agent = release ? await this.versions.get(agentId, pickVersion(release, id)) : null;
     if (!agent) throw new KeelError('AGENT_NOT_FOUND', 'No such agent', { agentId });
     const row = await insertSession(this.pool, { id, title: input.title ?? null, agentId, agentVersion: agent.version, ownerId: caller.userId });
     try {
@@ -105,8 +115,10 @@ export class SessionService {
     sessionId: string,
     content: string,
     clientMessageId: string | undefined,
-    channel: 'websocket' | 'rest' | 'chat',
+    channel: 'websocket' | 'rest' | 'chat' | 'run',
     requestId: string,
+    /** A run's own turn limits, carried by the signal (IDs and decisions, never content). */
+    budget?: Budget,
   ): Promise<{ messageId: string }> {
     const startedAt = performance.now();
     const row = await this.require(sessionId, caller);
@@ -120,7 +132,7 @@ export class SessionService {
       await storeIncomingMessage(this.pool, { id: messageId, sessionId, content, ...(clientMessageId ? { clientMessageId } : {}) });
       await this.client.workflow
         .getHandle(sessionWorkflowId(sessionId))
-        .signal(userMessageSignal, { messageId, requestId, ...(clientMessageId ? { clientMessageId } : {}) });
+        .signal(userMessageSignal, { messageId, requestId, ...(clientMessageId ? { clientMessageId } : {}), ...(budget ? { budget } : {}) });
     } catch (error) {
       await release?.();
       throw error instanceof KeelError ? error : await this.mapTemporalError(sessionId, error);

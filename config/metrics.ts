@@ -34,6 +34,11 @@ export function createMetrics(component: 'api' | 'worker', sources: { activeSess
     ),
     openWebSockets: m(new Gauge({ name: 'keel_open_websockets', help: 'Open WebSocket connections', registers: [registry] })),
     channelLag: m(new Histogram({ name: 'keel_event_channel_lag_seconds', help: 'Durable event commit to arrival at this API process', buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5], registers: [registry] })),
+    rollbacks: m(new Counter({ name: 'keel_release_rollbacks_total', help: 'Release versions rolled back by the health check, by the role they had', labelNames: ['role'], registers: [registry] })),
+    alerts: m(new Counter({ name: 'keel_alerts_total', help: 'Operational incidents raised (new ones only), by kind: worker_stale, turn_stuck', labelNames: ['kind'], registers: [registry] })),
+    runTimeToExecute: m(new Histogram({ name: 'keel_run_time_to_execute_seconds', help: 'Background run, submit to finish, by final status (observed once per run by the worker outbox)', labelNames: ['status'], buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600], registers: [registry] })),
+    runs: m(new Counter({ name: 'keel_runs_total', help: 'Background runs ended, by final status (done, error, cancelled)', labelNames: ['status'], registers: [registry] })),
+    webhookDeliveries: m(new Counter({ name: 'keel_webhook_deliveries_total', help: 'Webhook POST attempts by target kind and outcome', labelNames: ['kind', 'outcome'], registers: [registry] })),
     httpDuration: m(new Histogram({ name: 'keel_http_request_seconds', help: 'REST request duration by route and status', labelNames: ['method', 'route', 'status'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30], registers: [registry] })),
   };
 }

@@ -57,8 +57,14 @@ const Env = z.object({
   KEEL_SESSION_IDLE_TTL_MS: int(30 * 60_000),
   KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),
   KEEL_SESSION_MAX_QUEUED: int(50),
+  KEEL_PERSISTENCE_TIMEOUT_MS: int(10_000),
   KEEL_WORKER_SHUTDOWN_GRACE_MS: int(30_000),
   KEEL_WORKER_HEARTBEAT_THROTTLE_MS: int(1_000),
+  KEEL_BUILD_VERSION: optionalString,
+  KEEL_WORKER_HEARTBEAT_MS: int(5_000),
+  KEEL_WORKERS_LIST_WINDOW_MS: int(60 * 60_000),
+  KEEL_ALERT_HEARTBEAT_STALE_MS: int(120_000),
+  KEEL_ALERT_TURN_STUCK_MS: int(10 * 60_000),
 
   KEEL_LOCAL_MODEL_PORT: int(8787),
   KEEL_WORKER_METRICS_PORT: int(9464),
@@ -74,6 +80,18 @@ const Env = z.object({
   KEEL_MAX_SSE_PER_USER: int(20),
 
   KEEL_AGENTS_FILE: z.string().default('agents/agents.yaml'),
+  KEEL_HEALTH_CHECKS_ENABLED: z.enum(['true', 'false']).default('true'),
+  KEEL_HEALTH_CHECK_INTERVAL_MS: int(60_000),
+  KEEL_HEALTH_WINDOW_MS: int(10 * 60_000),
+  KEEL_HEALTH_MIN_SAMPLE: int(5),
+  KEEL_HEALTH_MAX_TURN_ERROR_RATE: z.coerce.number().min(0).max(1).default(0.2),
+  KEEL_HEALTH_MAX_TTFT_P95_MS: int(10_000),
+  KEEL_HEALTH_MAX_TOOL_FAILURE_RATE: z.coerce.number().min(0).max(1).default(0.5),
+  KEEL_HEALTH_PROBE_ATTEMPTS: int(2),
+  KEEL_HEALTH_PROBE_TIMEOUT_MS: int(30_000),
+  KEEL_RELEASE_WATCH_MS: int(10 * 60_000),
+  KEEL_RELEASE_WATCH_INTERVAL_MS: int(10_000),
+  KEEL_ROLLBACK_MOVE_SESSIONS: z.enum(['true', 'false']).default('true'),
   KEEL_PRICE_TABLE: z
     .string()
     .default('{}')
@@ -88,6 +106,25 @@ const Env = z.object({
   KEEL_HTTP_ALLOW_HOSTS: z.string().default(''),
   KEEL_HTTP_TIMEOUT_MS: int(10_000),
   KEEL_HTTP_MAX_BYTES: int(64 * 1024),
+
+  // Background runs, webhooks and SLOs (docs/runs.md).
+  KEEL_RUN_DEDUPE_WINDOW_MS: int(60 * 60_000),
+  KEEL_RUN_SEND_LEASE_MS: int(10_000),
+  KEEL_WEBHOOK_SECRET: optionalString,
+  KEEL_WEBHOOK_ALLOW_HOSTS: z.string().default(''),
+  KEEL_WEBHOOK_TIMEOUT_MS: int(10_000),
+  KEEL_WEBHOOK_MAX_ATTEMPTS: int(8),
+  KEEL_WEBHOOK_RETRY_INITIAL_MS: int(1_000),
+  KEEL_WEBHOOK_RETRY_MAX_MS: int(60_000),
+  KEEL_NOTIFY_WEBHOOK_URL: optionalUrl,
+  KEEL_OUTBOX_POLL_MS: int(1_000),
+  KEEL_OUTBOX_BATCH: int(100),
+  KEEL_OUTBOX_LEASE_MS: int(30_000),
+  KEEL_SLO_TTE_P95_SECONDS: z.coerce.number().positive().default(60),
+  KEEL_SLO_TTE_P99_SECONDS: z.coerce.number().positive().default(120),
+  KEEL_SLO_SUCCESS_RATE: z.coerce.number().min(0).max(1).default(0.99),
+  KEEL_SLO_AVAILABILITY: z.coerce.number().min(0).max(1).default(0.995),
+  KEEL_SLO_MAX_WINDOW_MS: int(30 * 24 * 60 * 60_000),
 
   // The standard OpenTelemetry names; with neither endpoint set, tracing is off.
   OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl,
@@ -104,6 +141,9 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
     throw new Error(`Invalid configuration: ${problems}`);
   }
   const e = parsed.data;
+  if (e.KEEL_WORKERS_LIST_WINDOW_MS <= e.KEEL_ALERT_HEARTBEAT_STALE_MS) {
+    throw new Error('Invalid configuration: KEEL_WORKERS_LIST_WINDOW_MS must be longer than KEEL_ALERT_HEARTBEAT_STALE_MS (a worker silent for longer than the window is no longer checked)');
+  }
   return {
     dataDir: e.KEEL_DATA_DIR,
     logLevel: e.KEEL_LOG_LEVEL,
@@ -150,6 +190,18 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
     },
     localModelPort: e.KEEL_LOCAL_MODEL_PORT,
     workerMetricsPort: e.KEEL_WORKER_METRICS_PORT,
+    /** KEEL_BUILD_VERSION as given; config/build-version.ts works out the default. */
+    buildVersion: e.KEEL_BUILD_VERSION,
+    operations: {
+      /** How often each worker writes its heartbeat row (docs/operations.md). */
+      workerHeartbeatMs: Math.max(100, e.KEEL_WORKER_HEARTBEAT_MS),
+      /** Workers whose last heartbeat is this recent are listed by GET /workers and checked for staleness. */
+      workersWindowMs: Math.max(1, e.KEEL_WORKERS_LIST_WINDOW_MS),
+      /** A worker not marked stopped whose last heartbeat is older than this is stale. */
+      heartbeatStaleMs: Math.max(1, e.KEEL_ALERT_HEARTBEAT_STALE_MS),
+      /** A turn running this long without its turn.done is stuck. */
+      turnStuckMs: Math.max(1, e.KEEL_ALERT_TURN_STUCK_MS),
+    },
     rateLimits: {
       messagesPerSession: e.KEEL_RATE_MESSAGES_PER_SESSION,
       messagesWindowMs: Math.max(1, e.KEEL_RATE_MESSAGES_WINDOW_MS),
@@ -168,6 +220,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       idleTtlMs: e.KEEL_SESSION_IDLE_TTL_MS,
       continueAsNewAfterEvents: Math.max(1, e.KEEL_CONTINUE_AS_NEW_EVENTS),
       maxQueuedMessages: Math.max(1, e.KEEL_SESSION_MAX_QUEUED),
+      persistenceTimeoutMs: Math.max(1_000, e.KEEL_PERSISTENCE_TIMEOUT_MS),
       llm: {
         startToCloseTimeoutMs: e.KEEL_LLM_TIMEOUT_MS + 5_000,
         heartbeatTimeoutMs: e.KEEL_LLM_HEARTBEAT_TIMEOUT_MS,
@@ -178,12 +231,66 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       },
     } satisfies Omit<SessionConfig, 'agent'>,
     agentsFile: e.KEEL_AGENTS_FILE,
+    releases: {
+      /** Whether the worker keeps the release health-check Schedule (created idempotently at start). */
+      healthChecksEnabled: e.KEEL_HEALTH_CHECKS_ENABLED === 'true',
+      checkIntervalMs: Math.max(1_000, e.KEEL_HEALTH_CHECK_INTERVAL_MS),
+      /** How far back the live signals (turn errors, TTFT, tool failures) look. */
+      windowMs: Math.max(1_000, e.KEEL_HEALTH_WINDOW_MS),
+      /** Observations a live rate needs before it can fail a version. */
+      minSample: Math.max(1, e.KEEL_HEALTH_MIN_SAMPLE),
+      thresholds: {
+        maxTurnErrorRate: e.KEEL_HEALTH_MAX_TURN_ERROR_RATE,
+        maxTtftP95Ms: e.KEEL_HEALTH_MAX_TTFT_P95_MS,
+        maxToolFailureRate: e.KEEL_HEALTH_MAX_TOOL_FAILURE_RATE,
+      },
+      /** A probe fails a version only after failing this many times in a row within one check. */
+      probeAttempts: Math.max(1, e.KEEL_HEALTH_PROBE_ATTEMPTS),
+      probeTimeoutMs: Math.max(100, e.KEEL_HEALTH_PROBE_TIMEOUT_MS),
+      /** After an activation, the new version is watched this long… */
+      watchMs: e.KEEL_RELEASE_WATCH_MS,
+      /** …and checked this often. */
+      watchIntervalMs: Math.max(500, e.KEEL_RELEASE_WATCH_INTERVAL_MS),
+      /** Whether sessions on a rolled-back version move to the replacement at their next turn (else they keep it). */
+      moveSessions: e.KEEL_ROLLBACK_MOVE_SESSIONS === 'true',
+    },
     prices: { ...DEFAULT_PRICES, ...e.KEEL_PRICE_TABLE },
     tools: {
       httpAllowHosts: e.KEEL_HTTP_ALLOW_HOSTS.split(',').map((h) => h.trim()).filter(Boolean),
       httpTimeoutMs: e.KEEL_HTTP_TIMEOUT_MS,
       httpMaxBytes: e.KEEL_HTTP_MAX_BYTES,
     } satisfies ToolSettings,
+    runs: {
+      /** An un-keyed repeat (same user, agent, session and input) within this long answers the same run. */
+      dedupeWindowMs: Math.max(1, e.KEEL_RUN_DEDUPE_WINDOW_MS),
+      /** A repeat takes over sending a run's message once its submitter has not done so for this long (it died). */
+      sendLeaseMs: Math.max(100, e.KEEL_RUN_SEND_LEASE_MS),
+    },
+    webhooks: {
+      /** HMAC-SHA256 key of the X-Keel-Signature header; unset, runs refuse webhookUrl and incidents are not sent. */
+      secret: e.KEEL_WEBHOOK_SECRET,
+      /** Hosts (host or host:port) a webhook URL may name although they are private or loopback addresses. */
+      allowHosts: e.KEEL_WEBHOOK_ALLOW_HOSTS.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean),
+      timeoutMs: Math.max(100, e.KEEL_WEBHOOK_TIMEOUT_MS),
+      retry: {
+        maximumAttempts: Math.max(1, e.KEEL_WEBHOOK_MAX_ATTEMPTS),
+        initialIntervalMs: Math.max(1, e.KEEL_WEBHOOK_RETRY_INITIAL_MS),
+        maximumIntervalMs: Math.max(1, e.KEEL_WEBHOOK_RETRY_MAX_MS, e.KEEL_WEBHOOK_RETRY_INITIAL_MS),
+      },
+      /** Where incidents are posted (the operator's own receiver: no address check). */
+      notifyUrl: e.KEEL_NOTIFY_WEBHOOK_URL,
+      outboxPollMs: Math.max(50, e.KEEL_OUTBOX_POLL_MS),
+      outboxBatch: Math.max(1, e.KEEL_OUTBOX_BATCH),
+      /** How long a worker's outbox owns the runs it claimed; a dead worker's go to another after it. */
+      outboxLeaseMs: Math.max(1_000, e.KEEL_OUTBOX_LEASE_MS),
+    },
+    slo: {
+      tteP95Seconds: e.KEEL_SLO_TTE_P95_SECONDS,
+      tteP99Seconds: e.KEEL_SLO_TTE_P99_SECONDS,
+      successRate: e.KEEL_SLO_SUCCESS_RATE,
+      availability: e.KEEL_SLO_AVAILABILITY,
+      maxWindowMs: Math.max(1, e.KEEL_SLO_MAX_WINDOW_MS),
+    },
     tracing: {
       /** OTLP/HTTP (JSON) traces URL; undefined turns tracing off. The generic endpoint gets the standard /v1/traces path. */
       otlpTracesUrl: e.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? (e.OTEL_EXPORTER_OTLP_ENDPOINT ? `${e.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined),

@@ -30,6 +30,56 @@ export const ToolPolicy = z
   .strict();
 export type ToolPolicy = z.infer<typeof ToolPolicy>;
 
+/**
+ * Limits on what one turn may spend (per agent in its definition, per run in POST /runs). A turn
+ * that reaches one pauses for an approver: approve gives it another allowance of the same size,
+ * reject ends it with BUDGET_EXCEEDED (docs/budgets.md).
+ */
+export const Budget = z
+  .object({
+    /** Input plus output tokens of every model call in the turn. */
+    maxTokens: z.number().int().positive().optional(),
+    maxCostUsd: z.number().positive().optional(),
+    /** Tool calls the model may make in the turn. */
+    maxToolCalls: z.number().int().positive().optional(),
+  })
+  .strict();
+export type Budget = z.infer<typeof Budget>;
+
+/**
+ * A synthetic probe turn the release health check runs against a version: the prompt, and what
+ * a healthy answer looks like. At least one expectation is required.
+ */
+export const HealthCheckProbe = z
+  .object({
+    name: z.string().min(1).max(64),
+    prompt: z.string().min(1).max(4_000),
+    expect: z
+      .object({
+        /** A regular expression (case-insensitive) the final reply must match. */
+        replyMatches: z
+          .string()
+          .min(1)
+          .refine((p) => {
+            try {
+              new RegExp(p, 'i');
+              return true;
+            } catch {
+              return false;
+            }
+          }, 'must be a valid regular expression')
+          .optional(),
+        /** A tool the model must call while answering. */
+        toolCalled: z.string().min(1).optional(),
+        /** The whole probe (every model call and read tool) must finish within this many ms. */
+        withinMs: z.number().int().min(100).max(600_000).optional(),
+      })
+      .strict()
+      .refine((e) => e.replyMatches !== undefined || e.toolCalled !== undefined || e.withinMs !== undefined, 'needs at least one of replyMatches, toolCalled, withinMs'),
+  })
+  .strict();
+export type HealthCheckProbe = z.infer<typeof HealthCheckProbe>;
+
 export const AgentDefinition = z
   .object({
     id: z.string().regex(AGENT_ID_PATTERN, 'must be 1 to 64 letters, digits, "_" or "-"'),
@@ -42,9 +92,17 @@ export const AgentDefinition = z
     approvalTtlMs: approvalTtlMs.default(DEFAULT_APPROVAL_TTL_MS),
     maxStepsPerTurn: z.number().int().min(1).max(50).default(DEFAULT_MAX_STEPS_PER_TURN),
     busyPolicy: BusyPolicy.default('queue'),
+    budget: Budget.optional(),
+    /** Probe turns the release health check runs against this version (docs/releases.md). */
+    healthChecks: z.array(HealthCheckProbe).max(20).optional(),
   })
   .strict()
   .superRefine((def, ctx) => {
+    def.healthChecks?.forEach((probe, i) => {
+      if (probe.expect.toolCalled !== undefined && !def.tools.includes(probe.expect.toolCalled)) {
+        ctx.addIssue({ code: 'custom', path: ['healthChecks', i, 'expect', 'toolCalled'], message: `"${probe.expect.toolCalled}" is not in tools` });
+      }
+    });
     def.tools.forEach((tool, i) => {
       if (def.tools.indexOf(tool) !== i) ctx.addIssue({ code: 'custom', path: ['tools', i], message: `"${tool}" is listed twice` });
     });
@@ -71,6 +129,8 @@ export interface ResolvedAgent {
   approvalTtlMs: number;
   maxStepsPerTurn: number;
   busyPolicy: BusyPolicy;
+  budget?: Budget;
+  healthChecks: HealthCheckProbe[];
 }
 
 function own<T>(record: Record<string, T> | undefined, key: string): T | undefined {
@@ -109,5 +169,7 @@ export function resolveAgent(def: AgentDefinition, version: number, digest: stri
     approvalTtlMs: def.approvalTtlMs,
     maxStepsPerTurn: def.maxStepsPerTurn,
     busyPolicy: def.busyPolicy,
+    ...(def.budget === undefined ? {} : { budget: { ...def.budget } }),
+    healthChecks: def.healthChecks ?? [],
   };
 }

@@ -37,6 +37,15 @@ export const ErrorCode = z.enum([
   'CHAT_TIMEOUT',
   'APPROVAL_PENDING',
   'CONSUMER_TOO_SLOW',
+  'VERSION_NOT_FOUND',
+  'NO_ACTIVE_VERSION',
+  'VERSION_ALREADY_ACTIVE',
+  'VERSION_NOT_ACTIVE',
+  'NO_PREVIOUS_VERSION',
+  'BUDGET_EXCEEDED',
+  'RUN_NOT_FOUND',
+  'RUN_ALREADY_FINISHED',
+  'IDEMPOTENCY_KEY_REUSED',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
@@ -76,6 +85,15 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   CHAT_TIMEOUT: 504,
   APPROVAL_PENDING: 409,
   CONSUMER_TOO_SLOW: 429,
+  VERSION_NOT_FOUND: 404,
+  NO_ACTIVE_VERSION: 409,
+  VERSION_ALREADY_ACTIVE: 409,
+  VERSION_NOT_ACTIVE: 409,
+  NO_PREVIOUS_VERSION: 409,
+  BUDGET_EXCEEDED: 409,
+  RUN_NOT_FOUND: 404,
+  RUN_ALREADY_FINISHED: 409,
+  IDEMPOTENCY_KEY_REUSED: 409,
 };
 
 export const SESSION_EXPIRED_MESSAGE = 'Session expired. Please start a new conversation.';
@@ -121,6 +139,19 @@ const recoverableByCode: Record<ErrorCode, boolean> = {
   APPROVAL_PENDING: true,
   // A stream reader fell too far behind and was cut off; it resumes with ?after=.
   CONSUMER_TOO_SLOW: true,
+  // Release changes refused by the release's current state: the same request cannot succeed as is.
+  VERSION_NOT_FOUND: false,
+  NO_ACTIVE_VERSION: false,
+  VERSION_ALREADY_ACTIVE: false,
+  VERSION_NOT_ACTIVE: false,
+  NO_PREVIOUS_VERSION: false,
+  // A turn over its budget that no approver raised: the same request meets the same limit.
+  BUDGET_EXCEEDED: false,
+  RUN_NOT_FOUND: false,
+  // A cancel of a run that has already ended: there is nothing left to stop.
+  RUN_ALREADY_FINISHED: false,
+  // The same idempotency key with another input, agent or session: use a new key.
+  IDEMPOTENCY_KEY_REUSED: false,
 };
 
 export function httpStatusOf(code: ErrorCode): number {

@@ -1,10 +1,13 @@
 import { z } from 'zod';
 import { ErrorBody } from './errors';
+import { RunStatus } from './runs';
 
 export const Usage = z.object({
   inputTokens: z.number().int().nonnegative(),
   outputTokens: z.number().int().nonnegative(),
   costUsd: z.number().nonnegative(),
+  /** The provider sent no usage for this reply: the zeros above are unknown, not zero (its message stores NULL). */
+  usageMissing: z.literal(true).optional(),
 });
 export type Usage = z.infer<typeof Usage>;
 
@@ -104,6 +107,31 @@ export const SessionExpiredData = z.object({ idleMs: z.number().int().nonnegativ
 
 export const SessionDeletedData = z.object({ deletedBy: z.string() });
 
+/** A background run moved (docs/runs.md): each status change, and each tool call of its turn. */
+export const RunProgressData = z.object({
+  runId: z.string(),
+  status: RunStatus,
+  step: z.number().int().positive().optional(),
+  tool: z.string().optional(),
+  toolCallId: z.string().optional(),
+});
+
+/** One limit a turn went over: which, what it has used, and the limit it went over. */
+export const BudgetOverrun = z.object({
+  limit: z.enum(['tokens', 'costUsd', 'toolCalls']),
+  used: z.number().nonnegative(),
+  max: z.number().positive(),
+});
+export type BudgetOverrun = z.infer<typeof BudgetOverrun>;
+
+/** A turn reached a limit of its budget and waits for an approver (the approval.required that follows names approvalId). */
+export const BudgetExceededData = z.object({
+  turn: z.number().int().positive(),
+  approvalId: z.string(),
+  overruns: z.array(BudgetOverrun).min(1),
+  expiresAt: z.string(),
+});
+
 /** Events written to the session's log, each with a gap-free `seq`. */
 export const durableEventSchemas = {
   'message.accepted': MessageAcceptedData,
@@ -117,6 +145,8 @@ export const durableEventSchemas = {
   error: ErrorEventData,
   'session.expired': SessionExpiredData,
   'session.deleted': SessionDeletedData,
+  'run.progress': RunProgressData,
+  'budget.exceeded': BudgetExceededData,
 } as const;
 
 export type DurableEventType = keyof typeof durableEventSchemas;

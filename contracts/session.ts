@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BusyPolicy } from './agents';
+import { Budget, BusyPolicy } from './agents';
 import { Usage } from './events';
 import { MessageRef, RefusedMessage, ToolPolicy } from './turn';
 
@@ -20,6 +20,10 @@ export const SessionAgent = z.object({
   model: z.string(),
   temperature: z.number().optional(),
   tools: z.array(ToolPolicy),
+  /** Each turn's limits, unless its message (a run) brings its own. */
+  budget: Budget.optional(),
+  /** How long an approval that is not a tool's (a budget's) waits for a decision: the agent's approvalTtlMs. */
+  approvalTtlMs: z.number().int().positive().optional(),
 });
 export type SessionAgent = z.infer<typeof SessionAgent>;
 
@@ -31,6 +35,12 @@ export const SessionConfig = z.object({
   continueAsNewAfterEvents: z.number().int().positive(),
   /** Messages waiting for their turn beyond this are refused with SESSION_BUSY. */
   maxQueuedMessages: z.number().int().positive(),
+  /**
+   * Start-to-close of one attempt of a persistence activity (a few writes): also how long a turn
+   * waits for a retry when the worker running the attempt died. Absent in sessions started
+   * before it was carried: 30 s.
+   */
+  persistenceTimeoutMs: z.number().int().positive().optional(),
   llm: z.object({
     startToCloseTimeoutMs: z.number().int().positive(),
     heartbeatTimeoutMs: z.number().int().positive(),
@@ -43,7 +53,11 @@ export const SessionConfig = z.object({
 export type SessionConfig = z.infer<typeof SessionConfig>;
 
 /** A message waiting for its turn; `accepted` once its row has its turn and message.accepted is written. */
-export const QueuedMessage = MessageRef.extend({ accepted: z.boolean() });
+export const QueuedMessage = MessageRef.extend({
+  accepted: z.boolean(),
+  /** A run's own limits for its turn; each field it sets replaces the agent's. */
+  budget: Budget.optional(),
+});
 export type QueuedMessage = z.infer<typeof QueuedMessage>;
 
 
@@ -106,6 +120,7 @@ export const UserMessageSignal = z.object({
   messageId: z.string(),
   clientMessageId: z.string().optional(),
   requestId: z.string().optional(),
+  budget: Budget.optional(),
 });
 export type UserMessageSignal = z.infer<typeof UserMessageSignal>;
 
@@ -132,3 +147,7 @@ export type CancelTurnResult = z.infer<typeof CancelTurnResult>;
 /** Ends the session for good (it was deleted): the turn stops, approvals are cancelled. */
 export const EndSessionSignal = z.object({ reason: z.literal('deleted'), requestedBy: z.string() });
 export type EndSessionSignal = z.infer<typeof EndSessionSignal>;
+
+/** Moves a session to another version of its agent, from its next turn on (a rollback of the version it runs). */
+export const SwitchAgentSignal = z.object({ agent: SessionAgent, reason: z.string(), requestedBy: z.string() });
+export type SwitchAgentSignal = z.infer<typeof SwitchAgentSignal>;

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ErrorBody } from './errors';
-import { ApprovalOutcome, ToolResultStatus, Usage } from './events';
+import { ApprovalOutcome, BudgetOverrun, ToolResultStatus, Usage } from './events';
 import { ToolPermission } from './tools';
 
 /**
@@ -149,6 +149,26 @@ export const TurnFailureInput = z.object({
   cancelledBy: z.string().optional(),
 });
 export type TurnFailureInput = z.infer<typeof TurnFailureInput>;
+
+/** The turn pauses: an approval request (the approvals API decides it) and a budget.exceeded event. */
+export const RequestBudgetApprovalInput = z.object({
+  sessionId: z.string(),
+  turn: z.number().int().positive(),
+  step: z.number().int().positive(),
+  /** Numbers the pauses of one turn: each is its own approval. */
+  pause: z.number().int().positive(),
+  overruns: z.array(BudgetOverrun).min(1),
+  agent: z.object({ id: z.string(), version: z.number().int().nonnegative() }),
+  ttlMs: z.number().int().positive(),
+  nowMs: z.number(),
+});
+export type RequestBudgetApprovalInput = z.infer<typeof RequestBudgetApprovalInput>;
+
+export const BudgetApprovalRequest = z.object({ approvalId: z.string(), digest: z.string(), expiresAt: z.string() });
+export type BudgetApprovalRequest = z.infer<typeof BudgetApprovalRequest>;
+
+/** The name a budget approval goes by in the approvals API and its events. */
+export const BUDGET_APPROVAL_NAME = 'budget';
 
 export const ExpireSessionInput = z.object({ sessionId: z.string(), idleMs: z.number().int().nonnegative() });
 export type ExpireSessionInput = z.infer<typeof ExpireSessionInput>;

@@ -6,6 +6,7 @@ import type {
   CancelTurnResult,
   EndSessionSignal,
   SessionStateView,
+  SwitchAgentSignal,
   UserMessageSignal,
 } from './session';
 
@@ -22,6 +23,8 @@ export const cancelTurnSignal = defineSignal<[CancelTurnRequest]>('cancelTurn');
 /** An update, not a signal: the approver needs to hear whether the decision counted. */
 export const decideApprovalUpdate = defineUpdate<ApprovalDecisionResult, [ApprovalDecision]>('decideApproval');
 export const endSessionSignal = defineSignal<[EndSessionSignal]>('endSession');
+/** A rollback moves sessions off the bad version; applied between turns. */
+export const switchAgentSignal = defineSignal<[SwitchAgentSignal]>('switchAgent');
 export const sessionStateQuery = defineQuery<SessionStateView>('sessionState');
 
 /** How many client message IDs a session remembers for de-duplication. */

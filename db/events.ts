@@ -8,6 +8,7 @@ import {
   type DurableEventType,
   durableEventSchemas,
 } from '../contracts/events';
+import { followRunEvent, RUN_EVENT_TYPES } from './runs';
 
 const EventRow = z.object({
   session_id: z.string(),
@@ -49,7 +50,10 @@ export async function appendEvent<T extends DurableEventType>(
   const data = durableEventSchemas[event.type].parse(event.data);
   await tx.query(sql.unsafe`SELECT 1 FROM sessions WHERE id = ${event.sessionId} FOR NO KEY UPDATE`);
   const row = await tx.one(appendStatement(event, data));
-  return { event: toEvent(row), inserted: row.inserted };
+  const appended = toEvent(row);
+  // Background runs follow their turn's events in the same transaction (db/runs.ts).
+  if (row.inserted && RUN_EVENT_TYPES.has(event.type)) await followRunEvent(tx, appended, event.key, appendEvent);
+  return { event: appended, inserted: row.inserted };
 }
 
 function appendStatement(event: NewEvent, data: unknown) {

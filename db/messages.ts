@@ -35,15 +35,17 @@ export interface NewMessage {
   toolCalls?: { id: string; name: string; arguments: string }[];
   /** On a tool message: the model's ID of the call it answers. */
   toolCallId?: string;
+  /** On an assistant message: model request to first streamed text, in ms (release health checks read it). */
+  ttftMs?: number;
 }
 
 /** Inserts once: a retried activity that writes the same message changes nothing. */
 export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Promise<void> {
   await db.query(sql.unsafe`
-    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, cost_usd, tool_calls, tool_call_id)
+    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, cost_usd, tool_calls, tool_call_id, ttft_ms)
     VALUES (${m.id}, ${m.sessionId}, ${m.turn}, ${m.position}, ${m.role}, ${m.content},
             ${m.clientMessageId ?? null}, ${m.inputTokens ?? null}, ${m.outputTokens ?? null}, ${m.costUsd ?? null},
-            ${m.toolCalls ? sql.jsonb(m.toolCalls) : null}, ${m.toolCallId ?? null})
+            ${m.toolCalls ? sql.jsonb(m.toolCalls) : null}, ${m.toolCallId ?? null}, ${m.ttftMs ?? null})
     ON CONFLICT DO NOTHING`);
 }
 
@@ -111,6 +113,8 @@ export async function listMessages(db: CommonQueryMethods, sessionId: string, pa
 
 export const UsageTotals = z.object({
   messages: z.number(),
+  /** Assistant messages whose provider sent no usage (NULL tokens): the sums below leave them out. */
+  without_usage: z.number(),
   input_tokens: z.number(),
   output_tokens: z.number(),
   cost_usd: z.coerce.number(),
@@ -120,6 +124,7 @@ export const UsageTotals = z.object({
 export async function usageTotals(db: CommonQueryMethods, sessionId: string): Promise<z.infer<typeof UsageTotals>> {
   return db.one(sql.type(UsageTotals)`
     SELECT count(*) FILTER (WHERE role = 'assistant')::int AS messages,
+           count(*) FILTER (WHERE role = 'assistant' AND input_tokens IS NULL)::int AS without_usage,
            COALESCE(SUM(input_tokens), 0)::int AS input_tokens,
            COALESCE(SUM(output_tokens), 0)::int AS output_tokens,
            COALESCE(SUM(cost_usd), 0)::text AS cost_usd

@@ -2,6 +2,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import { z } from 'zod';
+import { misbehaviourOf, WRONG_REPLY, type Misbehaviour } from './misbehave';
 import { brainReply, ChatRequest, conversationProblem, promptTokens, splitArguments, tokenize, type Reply, type ToolCallSpec } from './reply';
 
 export type { ToolCallSpec } from './reply';
@@ -106,6 +107,9 @@ function scriptedFailure(f: FailSpec): HttpError {
 
 const contentFiltered = () =>
   invalidRequest("The response was filtered due to the prompt triggering OpenAI's content management policy.", 'prompt', 'content_filter');
+
+const misbehavingFailure = () =>
+  new HttpError(500, 'The server had an error while processing your request (keel-misbehave: error).', 'server_error');
 
 /**
  * Scripts by scope, plus the constructor defaults. A request sees the most specific value of
@@ -221,6 +225,13 @@ interface Pacing {
   tokenDelayMs: number;
 }
 
+/** How an answer is sent, beyond its content. */
+interface Delivery {
+  pacing: Pacing;
+  /** False for `no-usage`: the answer carries no usage, even when the request asks for it. */
+  usage: boolean;
+}
+
 /** One chat completion exchange: aborted when the client goes away or the server stops. */
 interface Exchange {
   res: ServerResponse;
@@ -231,7 +242,8 @@ interface Exchange {
 /**
  * An OpenAI-compatible chat completions server with deterministic replies, scriptable per
  * scope (the request's `user` field, where callers put the session ID): delays, failures,
- * hangs, content filtering, tool calls and broken streams. Used by the offline demo and tests.
+ * hangs, content filtering, tool calls and broken streams. A request can also ask to misbehave
+ * itself (misbehave.ts). Used by the offline demo and tests; see docs/model-server.md.
  */
 export class LocalModelServer {
   private server: http.Server | undefined;
@@ -343,19 +355,22 @@ export class LocalModelServer {
   private async chatCompletion(body: unknown, exchange: Exchange): Promise<void> {
     const scope = scopeOf(body);
     this.recorded.push({ scope, body, at: Date.now() });
-    const request = validate(body);
+    const { request, misbehaviour } = validate(body);
+    // Scripted outcomes come before a misbehaving one, and scripted content and pacing win over it.
     if (this.scripts.takeCount(scope, 'hangNext')) return hang(exchange);
     const failure = this.scripts.takeFailure(scope);
     if (failure) throw scriptedFailure(failure);
     if (this.scripts.value(scope, 'contentFilter')) throw contentFiltered();
-    const completion = this.complete(scope, request, exchange.serial);
-    const pacing = this.pacing(scope);
-    if (!request.stream) return respond(exchange, request, completion, pacing);
-    return stream(exchange, request, completion, pacing, this.scripts.takeCount(scope, 'failMidStreamNext'));
+    if (misbehaviour.error) throw misbehavingFailure();
+    const completion = this.complete(scope, request, exchange.serial, misbehaviour);
+    const delivery: Delivery = { pacing: this.pacing(scope, misbehaviour), usage: !misbehaviour.noUsage };
+    if (!request.stream) return respond(exchange, request, completion, delivery);
+    return stream(exchange, request, completion, delivery, this.scripts.takeCount(scope, 'failMidStreamNext'));
   }
 
-  private complete(scope: string, request: ChatRequest, serial: number): Completion {
-    const reply: Reply = this.scriptedReply(scope) ?? brainReply(request);
+  private complete(scope: string, request: ChatRequest, serial: number, misbehaviour: Misbehaviour): Completion {
+    const misbehaving: Reply | undefined = misbehaviour.wrong ? { kind: 'text', text: WRONG_REPLY } : undefined;
+    const reply: Reply = this.scriptedReply(scope) ?? misbehaving ?? brainReply(request);
     if (reply.kind === 'text') return textCompletion(reply.text);
     return toolCallCompletion(reply.calls.map((c, i) => ({ ...c, id: c.id ?? `call_keel${serial}_${i}` })));
   }
@@ -367,17 +382,22 @@ export class LocalModelServer {
     return text === undefined ? undefined : { kind: 'text', text };
   }
 
-  private pacing(scope: string): Pacing {
-    return { firstTokenDelayMs: this.scripts.value(scope, 'firstTokenDelayMs') ?? 0, tokenDelayMs: this.scripts.value(scope, 'tokenDelayMs') ?? 0 };
+  private pacing(scope: string, misbehaviour: Misbehaviour): Pacing {
+    return {
+      firstTokenDelayMs: this.scripts.value(scope, 'firstTokenDelayMs') ?? misbehaviour.slowMs ?? 0,
+      tokenDelayMs: this.scripts.value(scope, 'tokenDelayMs') ?? 0,
+    };
   }
 }
 
-function validate(body: unknown): ChatRequest {
+function validate(body: unknown): { request: ChatRequest; misbehaviour: Misbehaviour } {
   const parsed = ChatRequest.safeParse(body);
   if (!parsed.success) throw describeZodError(parsed.error);
   const problem = conversationProblem(parsed.data.messages);
   if (problem) throw invalidRequest(problem.message, problem.param);
-  return parsed.data;
+  const asked = misbehaviourOf(parsed.data);
+  if ('problem' in asked) throw invalidRequest(asked.problem.message, asked.problem.param);
+  return { request: parsed.data, misbehaviour: asked.misbehaviour };
 }
 
 function usageOf(request: ChatRequest, completion: Completion) {
@@ -397,7 +417,7 @@ async function hang({ res, signal }: Exchange): Promise<void> {
   res.destroy();
 }
 
-async function respond({ res, signal, serial }: Exchange, request: ChatRequest, completion: Completion, pacing: Pacing): Promise<void> {
+async function respond({ res, signal, serial }: Exchange, request: ChatRequest, completion: Completion, { pacing, usage }: Delivery): Promise<void> {
   await pause(pacing.firstTokenDelayMs + pacing.tokenDelayMs * Math.max(0, completion.deltas.length - 1), signal);
   const body = {
     id: `chatcmpl-keel${serial}`,
@@ -405,13 +425,13 @@ async function respond({ res, signal, serial }: Exchange, request: ChatRequest, 
     created: Math.floor(Date.now() / 1000),
     model: request.model,
     choices: [{ index: 0, message: completion.message, logprobs: null, finish_reason: completion.finishReason }],
-    usage: usageOf(request, completion),
+    ...(usage ? { usage: usageOf(request, completion) } : {}),
   };
   sendJson(res, 200, body, { 'x-request-id': `req_keel${serial}` });
 }
 
-function chunkWriter(res: ServerResponse, serial: number, request: ChatRequest) {
-  const includeUsage = request.stream_options?.include_usage === true;
+function chunkWriter(res: ServerResponse, serial: number, request: ChatRequest, usage: boolean) {
+  const includeUsage = usage && request.stream_options?.include_usage === true;
   const base = { id: `chatcmpl-keel${serial}`, object: 'chat.completion.chunk', created: Math.floor(Date.now() / 1000), model: request.model };
   const write = (choices: object[], usage: object | null) => {
     res.write(`data: ${JSON.stringify({ ...base, choices, ...(includeUsage ? { usage } : {}) })}\n\n`);
@@ -430,11 +450,11 @@ function deltasBeforeBreak(total: number): number {
   return Math.min(CHUNKS_BEFORE_MID_STREAM_FAILURE, Math.max(1, total - 1));
 }
 
-async function stream(exchange: Exchange, request: ChatRequest, completion: Completion, pacing: Pacing, breaks: boolean): Promise<void> {
+async function stream(exchange: Exchange, request: ChatRequest, completion: Completion, { pacing, usage }: Delivery, breaks: boolean): Promise<void> {
   const { res, signal, serial } = exchange;
   res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-request-id': `req_keel${serial}` });
   res.flushHeaders();
-  const chunks = chunkWriter(res, serial, request);
+  const chunks = chunkWriter(res, serial, request, usage);
   await pause(pacing.firstTokenDelayMs, signal);
   chunks.delta({ role: 'assistant', content: completion.finishReason === 'tool_calls' ? null : '', refusal: null });
   const deltas = breaks ? completion.deltas.slice(0, deltasBeforeBreak(completion.deltas.length)) : completion.deltas;

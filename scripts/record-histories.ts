@@ -58,12 +58,13 @@ class Api {
   constructor(
     readonly base: string,
     private readonly sockets: WsClient[],
+    private readonly token = DEV_TOKEN,
   ) {}
 
   async request(method: string, route: string, body?: unknown): Promise<{ status: number; body: any; text: string }> {
     const res = await fetch(`${this.base}/api/v1${route}`, {
       method,
-      headers: { authorization: `Bearer ${DEV_TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     });
     const text = await res.text();
@@ -138,6 +139,9 @@ interface Context {
   model: LocalModelServer;
   temporal: Client;
   slow: SlowEndpoint;
+  /** A REST call with an admin token (release changes). */
+  admin(method: string, route: string, body?: unknown): Promise<{ status: number; body: any; text: string }>;
+  taskQueue: string;
 }
 
 /** The session took another path than the scenario is for (a timing race): worth another try. */
@@ -611,7 +615,92 @@ const scenarios: Scenario[] = [
       return { deleted: expectPath(await closedHistory(ctx, workflowId), { 'the workflow ended': (f) => ['workflowExecutionTerminated', 'workflowExecutionCompleted'].includes(f.last) }) };
     },
   },
+  {
+    name: 'budget',
+    files: {
+      'budget-approved': 'a turn over its agent\'s token budget (maxTokens 5) pauses before its tool runs (budget.exceeded, an approval); approved over REST, the tool runs and the turn completes.',
+      'budget-rejected': 'the same pause rejected: the turn ends with BUDGET_EXCEEDED and the tool call is closed without running.',
+    },
+    uses: 'agent budget, WS message, budget.exceeded + approval.required frames, POST /sessions/:id/approvals/:approvalId, turn.done',
+    async run(ctx) {
+      const api = await ctx.api();
+      const histories: Record<string, History> = {};
+      for (const approved of [true, false]) {
+        const { sessionId, ws, workflowId } = await api.session('budgeted');
+        ws.send({ type: 'message', content: 'What is 15 + 27?' });
+        const paused = await ws.waitFor(of('budget.exceeded'));
+        await settledHistory(ctx, workflowId);
+        const res = await api.request('POST', `/sessions/${sessionId}/approvals/${paused.data.approvalId}`, { approved });
+        if (res.status !== 200) throw new Error(`decide: ${res.status} ${res.text}`);
+        await turnDone(ws, approved ? 'completed' : 'failed');
+        histories[approved ? 'budget-approved' : 'budget-rejected'] = expectPath(await settledHistory(ctx, workflowId), {
+          'paused for the budget': (f) => f.activities.includes('requestBudgetApproval'),
+          'decided by an update': (f) => f.updates.includes('decideApproval'),
+          [approved ? 'the tool ran' : 'the tool never ran']: (f) => f.activities.includes(TOOL_RUN) === approved,
+        });
+      }
+      return histories;
+    },
+  },
+  {
+    name: 'agent-switched',
+    files: { 'agent-switched': 'a session on version 2 of its agent answers a turn; an operator rolls version 2 back (POST /agents/:id/rollback), which moves the session (the switchAgent signal); its next turn runs version 1.' },
+    uses: 'POST /agents/:id/versions, /activate {watch:false}, /rollback (admin), WS message, turn.done, the switchAgent signal',
+    async run(ctx) {
+      const v2 = await publish(ctx, 'released', { systemPrompt: 'Version 2 of the released assistant.' });
+      await expectOk(ctx.admin('POST', '/agents/released/activate', { version: v2, watch: false }));
+      const api = await ctx.api();
+      const { sessionId, ws, workflowId } = await api.session('released');
+      ws.send({ type: 'message', content: 'hello version 2' });
+      await turnDone(ws, 'completed');
+      await expectOk(ctx.admin('POST', '/agents/released/rollback', { reason: 'recorded for replay' }));
+      ws.send({ type: 'message', content: 'hello version 1' });
+      await turnDone(ws, 'completed', 2);
+      const prompt = ctx.model.requests(sessionId).at(-1)?.body.messages[0]?.content;
+      if (prompt === 'Version 2 of the released assistant.') throw new NotRecorded('the second turn still ran version 2');
+      return { 'agent-switched': expectPath(await settledHistory(ctx, workflowId), { 'the switchAgent signal arrived': (f) => f.signals.includes('switchAgent'), 'two turns answered': (f) => f.activities.filter((a) => a === MODEL_CALL).length === 2 }) };
+    },
+  },
+  {
+    name: 'release-health',
+    files: {
+      'release-health-rollback': 'releaseHealthWorkflow (what the Schedule starts): a broken active version fails its probe (the model answers HTTP 500) and is rolled back to the one before it.',
+      'release-watch-passed': 'releaseWatchWorkflow after an activation: a healthy version passes every check of a short probation (timers between checks).',
+    },
+    uses: 'POST /agents/:id/versions, /activate (admin), the local model\'s [keel-misbehave: error] marker, workflow start of releaseHealthWorkflow and releaseWatchWorkflow',
+    async run(ctx) {
+      const broken = await publish(ctx, 'released', { systemPrompt: 'A broken release. [keel-misbehave: error]' });
+      await expectOk(ctx.admin('POST', '/agents/released/activate', { version: broken, watch: false }));
+      const health = await ctx.temporal.workflow.start('releaseHealthWorkflow', { taskQueue: ctx.taskQueue, workflowId: `record-release-health-${Date.now()}`, args: [] });
+      await health.result();
+      const good = (await ctx.admin('GET', '/agents/released/versions')).body.release.activeVersion as number;
+      const watch = await ctx.temporal.workflow.start('releaseWatchWorkflow', {
+        taskQueue: ctx.taskQueue,
+        workflowId: `record-release-watch-${Date.now()}`,
+        args: [{ target: { agentId: 'released', version: good, role: 'active' }, probationMs: 1_500, intervalMs: 500 }],
+      });
+      await watch.result();
+      return {
+        'release-health-rollback': expectPath(await closedHistory(ctx, health.workflowId), { 'rolled back': (f) => f.activities.includes('rollbackRelease'), 'completed': (f) => f.last === 'workflowExecutionCompleted' }),
+        'release-watch-passed': expectPath(await closedHistory(ctx, watch.workflowId), { 'checked more than once': (f) => f.activities.filter((a) => a === 'evaluateRelease').length >= 2, 'slept between checks': (f) => f.timersFired >= 1, 'never rolled back': (f) => !f.activities.includes('rollbackRelease') }),
+      };
+    },
+  },
 ];
+
+async function expectOk(pending: Promise<{ status: number; text: string }>): Promise<void> {
+  const res = await pending;
+  if (res.status < 200 || res.status > 299) throw new Error(`${res.status} ${res.text}`);
+}
+
+/** Publishes the agent's active definition with `changes`; returns the new version. */
+async function publish(ctx: Context, agentId: string, changes: Record<string, unknown>): Promise<number> {
+  const current = (await ctx.admin('GET', `/agents/${agentId}/versions`)).body;
+  const definition = current.versions.find((v: { version: number }) => v.version === current.release.activeVersion).definition;
+  const res = await ctx.admin('POST', `/agents/${agentId}/versions`, { ...definition, ...changes });
+  if (res.status !== 201 && res.status !== 200) throw new Error(`publish: ${res.status} ${res.text}`);
+  return res.body.version as number;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Files
@@ -755,6 +844,8 @@ async function main(): Promise<number> {
     const extraApis: Spawned[] = [];
     stops.push(async () => void (await Promise.all(extraApis.map((a) => a.kill()))));
     const ctx: Context = {
+      admin: () => Promise.reject(new Error('not ready')),
+      taskQueue: stack.env.KEEL_TASK_QUEUE!,
       model: stack.model,
       temporal: temporalClient,
       slow,
@@ -773,6 +864,8 @@ async function main(): Promise<number> {
         return api;
       },
     };
+    const adminApi = new Api(stack.base, sockets, await stack.issueToken('recorder-admin', true));
+    ctx.admin = (method, route, body) => adminApi.request(method, route, body);
     say(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
 
     await mkdir(OUT_DIR, { recursive: true });

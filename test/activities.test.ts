@@ -1,5 +1,5 @@
+import { createServer, type AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { DefaultLogger } from '@temporalio/worker';
@@ -24,6 +24,7 @@ import { migrate } from '../db/migrate';
 import { openPool, type DatabasePool } from '../db/pool';
 import { LocalModelServer } from '../model-server/server';
 import { DEFAULT_TOOL_SETTINGS, type Tool } from '../tools';
+import { switchableProxy } from './support/tcp-proxy';
 import { createTestDatabase, dropTestDatabase } from './support/database';
 
 /**
@@ -78,36 +79,6 @@ async function until(check: () => boolean, what: string, timeoutMs = 5_000): Pro
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
-}
-
-/** A TCP proxy to `target` (a database URL); close() stops it listening and cuts every connection. */
-async function tcpProxy(target: URL): Promise<{ url: string; close(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const track = (socket: Socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => socket.destroy());
-  };
-  const server = createServer((client) => {
-    const upstream = connect(Number(target.port), target.hostname);
-    track(client);
-    track(upstream);
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const url = new URL(target);
-  url.hostname = '127.0.0.1';
-  url.port = String((server.address() as AddressInfo).port);
-  return {
-    url: url.toString(),
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const socket of sockets) socket.destroy();
-      }),
-  };
 }
 
 function gate<T = void>() {
@@ -431,7 +402,7 @@ describe('persistence failures', () => {
   test('an unreachable database is NOT a non-retryable failure: Temporal retries it', async () => {
     // slonik reads type OIDs when the pool is made, so the pool is made through a proxy that is
     // then closed: every connection the activities ask for meets a closed port.
-    const proxy = await tcpProxy(new URL(databaseUrl));
+    const proxy = await switchableProxy(new URL(databaseUrl));
     const deadPool = await createPool(proxy.url, { connectionTimeout: 500, connectionRetryLimit: 0 });
     deadPool.on('error', () => undefined);
     await proxy.close();

@@ -12,6 +12,7 @@ import type { ToolDefinition, ToolPermission } from '../contracts/tools';
 import { AgentConfigError, DEFAULT_AGENTS_FILE, loadAgentFile } from '../agents/load';
 import { AgentRegistry } from '../agents/registry';
 import { agentVersion, latestAgent, listLatestAgents, syncAgents } from '../db/agents';
+import { getRelease, listAudit, listVersions, rollbackRelease } from '../db/releases';
 import { migrate } from '../db/migrate';
 import { openPool, type DatabasePool } from '../db/pool';
 
@@ -283,5 +284,29 @@ describe('agent versions in Postgres', () => {
 
     const noDefault = await yamlFile('agents:\n  - id: other\n    name: O\n    systemPrompt: x\n');
     await expect(AgentRegistry.load(pool, noDefault, tools)).rejects.toThrow(AgentConfigError);
+  });
+
+  test('the file releases its version: seeded, changed, reverted; a rollback outlives a restart with the same file', async () => {
+    const yaml = (prompt: string) => yamlFile(`agents:\n  - id: default\n    name: D\n    systemPrompt: x\n  - id: rel\n    name: R\n    systemPrompt: ${prompt}\n`);
+    const active = async () => (await getRelease(pool, 'rel'))?.active_version;
+    const first = await yaml('one');
+    await AgentRegistry.load(pool, first, tools);
+    expect(await active()).toBe(1);
+    const second = await yaml('two');
+    await Promise.all([AgentRegistry.load(pool, second, tools), AgentRegistry.load(otherPool, second, tools)]);
+    expect(await active()).toBe(2);
+    // Two processes starting with the changed file released it once.
+    expect((await listAudit(pool, 'rel', 10)).filter((a) => a.action === 'activate').map((a) => a.to_version)).toEqual([2, 1]);
+
+    await rollbackRelease(pool, { agentId: 'rel', reason: 'bad', actor: 'ops', automatic: false });
+    expect(await active()).toBe(1);
+    await AgentRegistry.load(pool, second, tools);
+    expect(await active()).toBe(1);
+    expect((await listVersions(pool, 'rel')).find((v) => v.version === 2)?.status).toBe('rolled_back');
+
+    // Going back to the first definition in the file is a deploy of version 1.
+    await AgentRegistry.load(pool, first, tools);
+    expect(await active()).toBe(1);
+    expect((await listAudit(pool, 'rel', 1))[0]).toMatchObject({ action: 'activate', to_version: 1, actor: 'agents-file' });
   });
 });

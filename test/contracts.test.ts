@@ -79,7 +79,10 @@ const _exactCancelResult: Equal<UpdateResult<typeof cancelTurnUpdate>, { cancell
 const _exactCancelArgs: Equal<UpdateArgs<typeof cancelTurnUpdate>, [{ turn?: number | undefined; requestedBy: string }]> = true;
 // @ts-expect-error the result is not just a boolean flag
 const _notJustAFlag: Equal<UpdateResult<typeof cancelTurnUpdate>, { cancelled: boolean }> = true;
-const _exactSignal: Equal<SignalPayload<typeof userMessageSignal>, { messageId: string; clientMessageId?: string | undefined; requestId?: string | undefined }> = true;
+const _exactSignal: Equal<
+  SignalPayload<typeof userMessageSignal>,
+  { messageId: string; clientMessageId?: string | undefined; requestId?: string | undefined; budget?: { maxTokens?: number | undefined; maxCostUsd?: number | undefined; maxToolCalls?: number | undefined } | undefined }
+> = true;
 
 async function _throughTheClient(handle: WorkflowHandle): Promise<void> {
   await handle.signal(userMessageSignal, { messageId: 'm1' });

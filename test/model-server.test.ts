@@ -308,3 +308,125 @@ describe('bad input and control endpoints', () => {
     expect(server.requests()).toEqual([]);
   });
 });
+
+describe('misbehaving on request', () => {
+  const system = (content: string): ChatCompletionMessageParam => ({ role: 'system', content });
+
+  async function streamed(model: string, messages: ChatCompletionMessageParam[], tools?: ChatCompletionTool[]) {
+    const startedAt = Date.now();
+    const stream = await client.chat.completions.create({ model, messages, stream: true, stream_options: { include_usage: true }, ...(tools ? { tools } : {}) });
+    const chunks: ChatCompletionChunk[] = [];
+    let firstChunkMs: number | undefined;
+    for await (const chunk of stream) {
+      firstChunkMs ??= Date.now() - startedAt;
+      chunks.push(chunk);
+    }
+    return {
+      chunks,
+      firstChunkMs: firstChunkMs ?? Infinity,
+      text: chunks.map((c) => c.choices[0]?.delta.content ?? '').join(''),
+      finishReason: chunks.find((c) => c.choices[0]?.finish_reason)?.choices[0]?.finish_reason,
+      toolCalls: chunks.flatMap((c) => c.choices[0]?.delta.tool_calls ?? []),
+      usageChunks: chunks.filter((c) => 'usage' in c),
+    };
+  }
+
+  test.each([
+    ['a system prompt marker', 'keel-local', [system('You help. [keel-misbehave: error]'), user('hi')]],
+    ['the model name', 'keel-misbehave-error', [system('You help.'), user('hi')]],
+  ])('error, asked by %s: every call answers 500 with an OpenAI-shaped body, streamed or not', async (_how, model, messages) => {
+    for (let i = 0; i < 3; i++) {
+      const error = await apiError(i % 2 ? client.chat.completions.create({ model, messages }) : streamed(model, messages));
+      expect(error.status).toBe(500);
+      expect(error.error).toEqual({ message: 'The server had an error while processing your request (keel-misbehave: error).', type: 'server_error', param: null, code: null });
+    }
+    expect(server.requests()).toHaveLength(3);
+  });
+
+  test('slow-<ms> holds back the first token that long; the same request without it answers at once', async () => {
+    const messages = [system('You help. [keel-misbehave: slow-400]'), user('hi')];
+    const slow = await streamed('keel-local', messages);
+    expect(slow.firstChunkMs).toBeGreaterThanOrEqual(390);
+    expect(slow.text).toBe('You said: hi.');
+    const plain = await streamed('keel-local', [system('You help.'), user('hi')]);
+    expect(plain.firstChunkMs).toBeLessThan(300);
+
+    const startedAt = Date.now();
+    await client.chat.completions.create({ model: 'keel-misbehave-slow-300', messages: [user('hi')] });
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(290);
+  });
+
+  test('wrong answers a fixed wrong text and never calls a tool, even for arithmetic with a calculator offered', async () => {
+    const reply = await streamed('keel-local', [system('[keel-misbehave: wrong] You help.'), user('What is 15 + 27?')], [calculator]);
+    expect(reply).toMatchObject({ text: 'I cannot help with that.', finishReason: 'stop', toolCalls: [] });
+    const byName = await client.chat.completions.create({ model: 'keel-misbehave-wrong', messages: [user('What is 15 + 27?')], tools: [calculator] });
+    expect(byName.choices[0]!.message).toMatchObject({ content: 'I cannot help with that.' });
+    expect(byName.choices[0]!.message.tool_calls).toBeUndefined();
+  });
+
+  test('no-usage streams the reply normally but never a usage chunk, though the request asks for one', async () => {
+    const normal = await streamed('keel-local', [system('You help.'), user('hello there')]);
+    expect(normal.usageChunks.length).toBeGreaterThan(0);
+
+    const reply = await streamed('keel-local', [system('You help. [keel-misbehave: no-usage]'), user('hello there')]);
+    expect(reply).toMatchObject({ text: 'You said: hello there.', finishReason: 'stop', usageChunks: [] });
+    expect(reply.chunks.every((c) => c.choices.length === 1)).toBe(true);
+    const plain = await client.chat.completions.create({ model: 'keel-misbehave-no-usage', messages: [user('hello there')] });
+    expect(plain.choices[0]!.message.content).toBe('You said: hello there.');
+    expect(plain).not.toHaveProperty('usage');
+  });
+
+  test('markers combine, in one marker, in several and with the model name; the same request misbehaves the same way every time', async () => {
+    const messages = [system('[keel-misbehave: wrong, no-usage] You help.'), { role: 'developer', content: '[keel-misbehave: slow-200]' } as ChatCompletionMessageParam, user('What is 1 + 1?')];
+    for (let i = 0; i < 2; i++) {
+      const reply = await streamed('keel-local', messages, [calculator]);
+      expect(reply).toMatchObject({ text: 'I cannot help with that.', toolCalls: [], usageChunks: [] });
+      expect(reply.firstChunkMs).toBeGreaterThanOrEqual(190);
+    }
+    const both = await streamed('keel-misbehave-wrong', [system('[keel-misbehave: no-usage]'), user('hi')]);
+    expect(both).toMatchObject({ text: 'I cannot help with that.', usageChunks: [] });
+  });
+
+  test('a marker outside the system prompt is only text', async () => {
+    const reply = await streamed('keel-local', [system('You help.'), user('[keel-misbehave: wrong]')]);
+    expect(reply.text).toBe('You said: [keel-misbehave: wrong].');
+    expect(reply.usageChunks.length).toBeGreaterThan(0);
+  });
+
+  test('an unknown mode is refused with a 400 that names where it was asked for', async () => {
+    const inPrompt = await apiError(streamed('keel-local', [user('x'), system('[keel-misbehave: wrong, explode]')]));
+    expect(inPrompt).toMatchObject({ status: 400, type: 'invalid_request_error', param: 'messages.[1].content' });
+    expect(inPrompt.message).toContain("Unknown keel-misbehave mode 'explode'");
+    const byName = await apiError(client.chat.completions.create({ model: 'keel-misbehave-slow', messages: [user('x')] }));
+    expect(byName).toMatchObject({ status: 400, param: 'model' });
+    const tooSlow = await apiError(client.chat.completions.create({ model: 'keel-misbehave-slow-3600001', messages: [user('x')] }));
+    expect(tooSlow.message).toContain('longer than 3600000 ms');
+  });
+
+  describe('scripts win where they conflict', () => {
+    test('a scripted failure or hang is used up first, then error answers 500', async () => {
+      server.script('*', { failNext: { count: 1, status: 429 }, hangNext: 1 });
+      const messages = [system('[keel-misbehave: error]'), user('x')];
+      await expect(client.chat.completions.create({ model: 'm', messages }, { timeout: 100 })).rejects.toThrow(OpenAI.APIConnectionError);
+      expect((await apiError(streamed('m', messages))).status).toBe(429);
+      expect((await apiError(streamed('m', messages))).status).toBe(500);
+    });
+
+    test('a scripted reply or tool call wins over wrong', async () => {
+      server.script('*', { reply: 'scripted text' });
+      expect((await streamed('keel-misbehave-wrong', [user('x')])).text).toBe('scripted text');
+      server.reset();
+      server.script('*', { toolCalls: [{ name: 'calculator', arguments: '{"expression":"1 + 1"}' }] });
+      const called = await streamed('keel-misbehave-wrong', [user('x')]);
+      expect(called.toolCalls.map((c) => c.function?.name)).toEqual(['calculator']);
+      expect((await streamed('keel-misbehave-wrong', [user('x')])).text).toBe('I cannot help with that.');
+    });
+
+    test('a scripted first-token delay wins over slow-<ms>', async () => {
+      server.script('*', { firstTokenDelayMs: 0 });
+      const reply = await streamed('keel-misbehave-slow-5000', [user('x')]);
+      expect(reply.firstChunkMs).toBeLessThan(1_000);
+      expect(reply.text).toBe('You said: x.');
+    });
+  });
+});

@@ -68,7 +68,7 @@ test('malformed REST bodies get one error envelope with a stable code', async ()
   const ok = await stack.request('GET', `/api/v1/sessions/${sessionId}/messages?limit=100`);
   expect(ok.status).toBe(200);
   const health = await stack.request('GET', '/api/v1/health');
-  expect(health.body).toEqual({ status: 'ok', checks: { temporal: true, postgres: true, worker: true } });
+  expect(health.body).toEqual({ status: 'ok', version: expect.any(String), checks: { temporal: true, postgres: true, worker: true } });
   const ready = await stack.request('GET', '/api/v1/ready');
   expect([ready.status, ready.body.ready]).toEqual([200, true]);
 });

@@ -2,9 +2,9 @@ import { Context } from '@temporalio/activity';
 import { WorkflowUpdateStage, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import type { ExecuteToolInput, PlannedToolCall, RecordToolCallsInput, StreamReplyInput, StreamReplyResult, ToolOutcome } from '../contracts/turn';
-import { cancelTurnUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
+import { cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, switchAgentSignal, userMessageSignal } from '../contracts/workflow-messages';
 import { SessionStatusKey } from '../contracts/search-attributes';
-import { eventually, gate, sessionConfig, startWorkflowHarness, until, WRITE_TOOL, type Call, type SessionActivityDoubles } from './support/workflow-harness';
+import { eventually, gate, READ_TOOL, sessionConfig, startWorkflowHarness, until, WRITE_TOOL, type Call, type SessionActivityDoubles } from './support/workflow-harness';
 
 /**
  * The session workflow against the real Temporal server with typed activity doubles: each
@@ -92,6 +92,10 @@ const doubles: SessionActivityDoubles = {
     const outcome = script ? await script(input) : { status: 'succeeded' as const, result: 'ok' };
     record('executeTool', { ...input, finished: outcome.status });
     return outcome;
+  },
+  async requestBudgetApproval(input) {
+    record('requestBudgetApproval', input);
+    return { approvalId: `bud-${input.turn}-${input.pause}`, digest: 'bd', expiresAt: new Date(input.nowMs + input.ttlMs).toISOString() };
   },
 };
 
@@ -475,4 +479,92 @@ test('an activity refusing its input (a contract the workflow broke) fails the w
   expect(named(sessionId, 'recordTurnFailure')).toHaveLength(0);
   expect((await handle.describe()).status.name).toBe('RUNNING');
   await handle.terminate('test done');
+});
+
+test('a switch of agent version during a turn applies from the next turn: no turn changes version halfway', async () => {
+  const running = gate();
+  const hold = gate();
+  const { handle, sessionId } = await startSession(sessionConfig({ agent: { version: 2, model: 'model-v2' } }));
+  // Turn 1 asks for a tool in step 1 and is held in step 2, after the switch arrived.
+  scripts.set(sessionId, {
+    streamReply: async (input) => {
+      if (input.turn === 1 && input.step === 2) {
+        running.open();
+        await hold.opened;
+      }
+      return reply(input, input.turn === 1 && input.step === 1 ? [toolCall(READ_TOOL.name)] : []);
+    },
+  });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await running.opened;
+  const v1 = sessionConfig({ agent: { version: 1, model: 'model-v1', busyPolicy: 'reject' } }).agent;
+  await handle.signal(switchAgentSignal, { agent: v1, reason: 'version 2 was rolled back', requestedBy: 'health-check' });
+  // Another agent's version is ignored.
+  await handle.signal(switchAgentSignal, { agent: { ...v1, id: 'other', version: 9 }, reason: 'wrong agent', requestedBy: 'x' });
+  expect((await handle.query(sessionStateQuery)).agent).toEqual({ id: 'a', version: 2, busyPolicy: 'queue' });
+  hold.open();
+  await eventually(async () => (await handle.query(sessionStateQuery)).agent.version === 1, 'the switch after turn 1');
+  await handle.signal(userMessageSignal, { messageId: 'm2' });
+  await eventually(async () => named(sessionId, 'streamReply').some((s) => s.turn === 2), 'turn 2');
+  expect(named(sessionId, 'streamReply').map((s) => [s.turn, s.step, s.agent.version, s.model])).toEqual([
+    [1, 1, 2, 'model-v2'],
+    [1, 2, 2, 'model-v2'],
+    [2, 1, 1, 'model-v1'],
+  ]);
+  expect((await handle.query(sessionStateQuery)).agent).toEqual({ id: 'a', version: 1, busyPolicy: 'reject' });
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+describe('budgets', () => {
+  const budgeted = (budget: Record<string, number>) => sessionConfig({ agent: { budget, approvalTtlMs: 60_000 } });
+  const decide = (handle: WorkflowHandle, toolCallId: string, approved: boolean) =>
+    handle.executeUpdate(decideApprovalUpdate, { args: [{ toolCallId, approved, decidedBy: 'approver', digest: 'bd' }] });
+
+  test('a turn over its tool-call budget pauses for an approver; approved, it goes on with the limit raised', async () => {
+    const { handle, sessionId } = await startSession(budgeted({ maxToolCalls: 1 }));
+    scripts.set(sessionId, { streamReply: askTools(READ_TOOL.name, READ_TOOL.name) });
+    await handle.signal(userMessageSignal, { messageId: 'm1' });
+    await eventually(async () => (await handle.query(sessionStateQuery)).pendingApprovals.length === 1, 'the budget approval');
+    // Paused before any tool ran.
+    expect(named(sessionId, 'executeTool')).toHaveLength(0);
+    expect(named(sessionId, 'requestBudgetApproval')).toEqual([expect.objectContaining({ turn: 1, step: 1, pause: 1, overruns: [{ limit: 'toolCalls', used: 2, max: 1 }], ttlMs: 60_000 })]);
+    expect(await decide(handle, 'bud-1-1', true)).toEqual({ toolCallId: 'bud-1-1', outcome: 'approved' });
+    await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null, 'the turn to finish');
+    expect(named(sessionId, 'executeTool').filter((c) => c.finished)).toHaveLength(2);
+    expect(named(sessionId, 'settleToolCall').find((c) => c.toolCallId === 'bud-1-1')).toMatchObject({ name: 'budget', approval: { outcome: 'approved', decidedBy: 'approver' } });
+    expect(named(sessionId, 'recordTurnFailure')).toHaveLength(0);
+    // The raise (2 allowed now) is the turn's; the next turn starts from the agent's limit again.
+    await handle.signal(userMessageSignal, { messageId: 'm2' });
+    await eventually(async () => named(sessionId, 'requestBudgetApproval').length === 2, 'the second turn\'s pause');
+    expect(named(sessionId, 'requestBudgetApproval')[1]).toMatchObject({ turn: 2, pause: 1, overruns: [{ limit: 'toolCalls', used: 2, max: 1 }] });
+    await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+  });
+
+  test('rejected, the turn ends with BUDGET_EXCEEDED and its calls are closed without running', async () => {
+    const { handle, sessionId } = await startSession(budgeted({ maxTokens: 1 }));
+    scripts.set(sessionId, { streamReply: askTools(READ_TOOL.name) });
+    await handle.signal(userMessageSignal, { messageId: 'm1' });
+    await eventually(async () => (await handle.query(sessionStateQuery)).pendingApprovals.length === 1, 'the budget approval');
+    expect(named(sessionId, 'requestBudgetApproval')[0]).toMatchObject({ overruns: [{ limit: 'tokens', used: 2, max: 1 }] });
+    await decide(handle, 'bud-1-1', false);
+    await eventually(async () => named(sessionId, 'recordTurnFailure').length === 1, 'the turn failure');
+    expect(named(sessionId, 'recordTurnFailure')[0]).toMatchObject({ status: 'failed', error: { code: 'BUDGET_EXCEEDED', recoverable: false } });
+    expect(named(sessionId, 'executeTool')).toHaveLength(0);
+    expect(named(sessionId, 'settleToolCall').find((c) => c.toolCallId === 'tc-1-0')).toMatchObject({ status: 'failed' });
+    await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+  });
+
+  test('a message\'s own budget replaces the agent\'s field by field; without limits nothing pauses', async () => {
+    const { handle, sessionId } = await startSession(budgeted({ maxToolCalls: 1, maxTokens: 1000 }));
+    scripts.set(sessionId, { streamReply: askTools(READ_TOOL.name, READ_TOOL.name) });
+    await handle.signal(userMessageSignal, { messageId: 'm1', budget: { maxToolCalls: 5 } });
+    await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null && named(sessionId, 'streamReply').length === 2, 'turn 1');
+    expect(named(sessionId, 'requestBudgetApproval')).toHaveLength(0);
+    await handle.signal(userMessageSignal, { messageId: 'm2', budget: { maxTokens: 1 } });
+    await eventually(async () => named(sessionId, 'requestBudgetApproval').length === 1, 'turn 2\'s pause');
+    // maxTokens from the message, maxToolCalls from the agent: both over.
+    expect(named(sessionId, 'requestBudgetApproval')[0]!.overruns.map((o: { limit: string }) => o.limit)).toEqual(['tokens', 'toolCalls']);
+    await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+    await eventually(async () => named(sessionId, 'settleToolCall').some((c) => c.toolCallId === 'bud-2-1' && c.approval?.outcome === 'cancelled'), 'the budget approval closed as cancelled');
+  });
 });

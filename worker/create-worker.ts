@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
+import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
-import { createPersistenceActivities, createStreamReplyActivities, createToolActivities } from '../activities';
+import { createPersistenceActivities, createReleaseActivities, createStreamReplyActivities, createToolActivities } from '../activities';
 import { builtinTools, toolDefinitions } from '../tools';
 import { AgentVersions } from '../agents/versions';
 import type { Metrics } from '../config/metrics';
@@ -10,6 +11,10 @@ import type { Logger } from '../config/logger';
 import { temporalAddressOf, type Settings } from '../config/settings';
 import type { Tracing } from '../config/tracing';
 import { tracingWorkerOptions, WORKFLOW_INTERCEPTOR_MODULES } from './tracing';
+import { createNotifyActivities } from '../notify/deliver-webhook';
+import { createAlertActivities } from '../activities/alerts';
+import { workerIdentity } from './heartbeat';
+import { TurnTracker } from './turn-tracker';
 
 export async function createWorker(settings: Settings, pool: DatabasePool, metrics: Metrics, log: Logger, tracing?: Tracing) {
   const connection = await NativeConnection.connect({ address: temporalAddressOf(settings) });
@@ -21,10 +26,16 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     timeout: settings.llm.timeoutMs,
   });
   const agents = new AgentVersions(pool, toolDefinitions(settings.tools));
+  // A client for what activities start or signal themselves (moving sessions off a rolled-back version).
+  const clientConnection = await Connection.connect({ address: temporalAddressOf(settings) });
+  const client = new Client({ connection: clientConnection, namespace: settings.temporal.namespace });
   const activities = {
     ...createStreamReplyActivities({ pool, openai, agents, streamCoalesceMs: settings.llm.streamCoalesceMs, prices: settings.prices, metrics, log }),
     ...createPersistenceActivities({ pool, metrics, log }),
     ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools, metrics }),
+    ...createAlertActivities({ pool, metrics, log, thresholds: settings.operations }),
+    ...createReleaseActivities({ pool, openai, client, versions: agents, tools: builtinTools, settings, metrics, log }),
+    ...createNotifyActivities({ pool, secret: settings.webhooks.secret, allowHosts: settings.webhooks.allowHosts, metrics, log }),
   };
   const bundle = settings.temporal.workflowBundlePath;
   const workflowSource = bundle ? { workflowBundle: { codePath: bundle } } : { workflowsPath: require.resolve('../workflows') };
@@ -32,8 +43,11 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
   if (tracing && bundle && !readFileSync(bundle, 'utf8').includes('OpenTelemetryInboundInterceptor')) {
     log.warn({ bundle }, 'tracing is on but the workflow bundle has no tracing interceptors (build it with scripts/bundle-workflows.ts --tracing): workflow spans are missing');
   }
+  // Counts this worker's turns for its heartbeat (worker/heartbeat.ts).
+  const turns = new TurnTracker(metrics);
   const worker = await Worker.create({
     connection,
+    identity: workerIdentity(),
     namespace: settings.temporal.namespace,
     taskQueue: settings.temporal.taskQueue,
     activities,
@@ -46,8 +60,8 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     defaultHeartbeatThrottleInterval: settings.worker.heartbeatThrottleMs,
     ...workflowSource,
     // A prebuilt bundle holds its workflow interceptors (bundle-workflows.ts --tracing); one built here gets them when tracing is on.
-    interceptors: bundle || !tracing ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES },
+    interceptors: turns.with(bundle || !tracing ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES }),
     sinks,
   });
-  return { worker, connection };
+  return { worker, connection, client, clientConnection, turns };
 }

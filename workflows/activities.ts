@@ -6,6 +6,8 @@ import type { ToolPolicy } from '../contracts/turn';
 
 /** Activity failure types that retrying cannot fix (see activities/persistence-errors.ts). */
 const PERSISTENCE_NON_RETRYABLE = [FailureType.persistenceInvalid];
+/** Sessions started before the persistence time-out was carried in their config. */
+const LEGACY_PERSISTENCE_TIMEOUT_MS = 30_000;
 /** How often a running tool must report life; it heartbeats every third of this. */
 const TOOL_HEARTBEAT_TIMEOUT_MS = 5_000;
 
@@ -13,8 +15,8 @@ const TOOL_HEARTBEAT_TIMEOUT_MS = 5_000;
 export function sessionActivities(config: SessionConfig) {
   // Persistence keeps trying while the database is down (an accepted message is never lost),
   // but gives up at once on a failure that retrying cannot fix.
-  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall'>>({
-    startToCloseTimeout: '30 seconds',
+  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall' | 'requestBudgetApproval'>>({
+    startToCloseTimeout: config.persistenceTimeoutMs ?? LEGACY_PERSISTENCE_TIMEOUT_MS,
     retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
   });
   const llm = proxyActivities<StreamReplyActivities>({
@@ -38,6 +40,7 @@ export function sessionActivities(config: SessionConfig) {
     expireSession: persistence.expireSession,
     recordToolCalls: persistence.recordToolCalls,
     settleToolCall: persistence.settleToolCall,
+    requestBudgetApproval: persistence.requestBudgetApproval,
     streamReply: llm.streamReply,
   };
 }

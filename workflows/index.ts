@@ -1,1 +1,3 @@
 export { sessionWorkflow } from './session';
+export { releaseHealthWorkflow, releaseWatchWorkflow } from './release-health';
+export { webhookDeliveryWorkflow } from './webhook-delivery';

@@ -1,6 +1,7 @@
 import type { Usage } from '../contracts/events';
 import type {
   ApprovalDecision,
+  SessionAgent,
   PendingApprovalView,
   QueuedMessage,
   SessionSnapshot,
@@ -37,6 +38,8 @@ export class SessionState {
   /** Approvals the current turn waits for. Turns never span continue-as-new, so these are not carried. */
   private readonly approvals = new Map<string, PendingApproval>();
   private readonly settled = new Map<string, 'decided' | 'expired' | 'cancelled'>();
+  /** A version switch that waits for the running turn to end. Applied before any snapshot, so never carried. */
+  private nextAgent: SessionAgent | null = null;
 
   constructor(private readonly s: SessionSnapshot) {}
 
@@ -87,6 +90,7 @@ export class SessionState {
       messageId: m.messageId,
       ...(m.clientMessageId === undefined ? {} : { clientMessageId: m.clientMessageId }),
       ...(m.requestId === undefined ? {} : { requestId: m.requestId }),
+      ...(m.budget === undefined ? {} : { budget: m.budget }),
       turn: this.s.nextTurn++,
       accepted: false,
     });
@@ -118,7 +122,7 @@ export class SessionState {
   claimUnaccepted(by: 'turn' | 'recorder'): MessageRef[] {
     const claimed = this.unclaimed(by);
     for (const m of claimed) this.accepting.add(m.messageId);
-    return claimed.map(({ accepted: _accepted, ...ref }) => ref);
+    return claimed.map(({ accepted: _accepted, budget: _budget, ...ref }) => ref);
   }
 
   hasUnclaimed(by: 'turn' | 'recorder'): boolean {
@@ -200,6 +204,23 @@ export class SessionState {
     if (this.current) this.outcomes.set(this.current.turn, outcome);
     if (this.outcomes.size > OUTCOME_MEMORY) this.outcomes.delete(this.outcomes.keys().next().value!);
     this.current = null;
+    this.applyAgentSwitch();
+  }
+
+  /**
+   * Moves the session to another version of its agent (a release was rolled back): at once when
+   * no turn runs, else when the running turn ends, so a turn never changes version halfway.
+   */
+  switchAgent(agent: SessionAgent): void {
+    if (agent.id !== this.s.config.agent.id) return;
+    this.nextAgent = agent;
+    if (!this.inTurn()) this.applyAgentSwitch();
+  }
+
+  private applyAgentSwitch(): void {
+    if (!this.nextAgent) return;
+    this.s.config = { ...this.s.config, agent: this.nextAgent };
+    this.nextAgent = null;
   }
 
   /** How a recent turn ended; undefined while it runs (or when it is too old to remember). */

@@ -1,6 +1,6 @@
 import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, continueAsNew, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { SessionWorkflowInput, SessionWorkflowResult } from '../contracts/session';
-import { cancelTurnSignal, cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
+import { cancelTurnSignal, cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, switchAgentSignal, userMessageSignal } from '../contracts/workflow-messages';
 import { FailureType } from '../contracts/failure-types';
 import { sessionActivities } from './activities';
 import { workflowNow } from './clock';
@@ -56,6 +56,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     state.end();
     turnScope?.cancel();
   });
+  setHandler(switchAgentSignal, ({ agent }) => state.switchAgent(agent));
   setHandler(sessionStateQuery, () => state.view());
   setHandler(
     decideApprovalUpdate,

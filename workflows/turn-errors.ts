@@ -21,8 +21,23 @@ export class StepLimitReached extends Error {
   }
 }
 
+/** An approver refused to raise the turn's budget (or let the request expire). */
+export class BudgetRefused extends Error {
+  override readonly name = 'BudgetRefused';
+  constructor(
+    readonly limits: string[],
+    readonly outcome: 'rejected' | 'expired',
+  ) {
+    super(`budget ${limits.join(', ')} ${outcome}`);
+  }
+}
+
 /** What the client is told when a turn fails: a stable code, never internals. */
 export function turnErrorOf(error: unknown): ErrorBody {
+  if (error instanceof BudgetRefused) {
+    const why = error.outcome === 'rejected' ? 'the approver did not raise it' : 'nobody raised it in time';
+    return { code: 'BUDGET_EXCEEDED', message: `The turn reached its budget (${error.limits.join(', ')}) and ${why}.`, recoverable: false };
+  }
   if (error instanceof StepLimitReached) {
     return { code: 'STEP_LIMIT_REACHED', message: `The agent used its ${error.steps} steps for this turn without a final answer.`, recoverable: true };
   }

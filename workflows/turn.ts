@@ -3,10 +3,12 @@ import type { ErrorBody } from '../contracts/errors';
 import type { ApprovalOutcome, ToolResultStatus } from '../contracts/events';
 import type { QueuedMessage } from '../contracts/session';
 import type { MessageRef, PlannedToolCall, SettleInput, ToolPolicy } from '../contracts/turn';
+import type { BudgetOverrun } from '../contracts/events';
 import { toolActivities, type SessionActivityProxies } from './activities';
 import type { SessionState, TurnOutcome } from './session-state';
 import { FailureType } from '../contracts/failure-types';
-import { StepLimitReached, turnErrorOf } from './turn-errors';
+import { BudgetRefused, StepLimitReached, turnErrorOf } from './turn-errors';
+import { TurnBudget } from './budget';
 import { workflowNow } from './clock';
 import { reflectInSearchAttributes } from './search-attributes';
 
@@ -45,7 +47,7 @@ export async function runTurn(state: SessionState, acts: SessionActivityProxies,
     if (isContractViolation(error)) throw asWorkflowBug(error);
     // A turn someone stopped ends as cancelled even when its activity reported a time-out first.
     const cancelled = isCancellation(error) || (state.turnStop !== null && error instanceof ActivityFailure);
-    if (!cancelled && !(error instanceof ActivityFailure) && !(error instanceof StepLimitReached)) throw error;
+    if (!cancelled && !(error instanceof ActivityFailure) && !(error instanceof StepLimitReached) && !(error instanceof BudgetRefused)) throw error;
     await CancellationScope.nonCancellable(async () => {
       // Each step is contained: a write that cannot be made (a non-retryable failure) must not
       // fail the whole session; the next steps and turns still run.
@@ -104,6 +106,7 @@ export async function acceptMessages(state: SessionState, acts: SessionActivityP
 async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
   const { state, acts, message } = ctx;
   const agent = state.config.agent;
+  const budget = TurnBudget.of(agent.budget, message.budget);
   for (let step = 1; step <= agent.maxStepsPerTurn; step++) {
     const reply = await acts.streamReply({
       sessionId: state.sessionId,
@@ -121,6 +124,7 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
       ctx.acceptedByReply = true;
     }
     state.recordReply(reply.usage);
+    budget?.addReply(reply.usage);
     if (reply.toolCalls.length === 0) return;
     // Not cancellable: the reply asking for these calls is stored, so the calls must be known
     // here (in ctx.open) before a cancel can land, or they would be left without results.
@@ -136,6 +140,10 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
       }),
     );
     for (const call of planned) ctx.open.set(call.toolCallId, call);
+    if (budget) {
+      await staysWithinBudget(ctx, budget, planned.length, step);
+      budget.addToolCalls(planned.length);
+    }
     // allSettled, not all: on a cancel, every sibling's in-flight write finishes before the
     // turn closes the calls still open, so none is settled twice.
     const results = await Promise.allSettled(planned.map((call) => runToolCall(ctx, call)));
@@ -143,6 +151,46 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
     if (failed) throw failed.reason;
   }
   throw new StepLimitReached(agent.maxStepsPerTurn);
+}
+
+/** The agent's approval time-to-live, for sessions started before it was carried (never in practice: it comes with the budget). */
+const FALLBACK_APPROVAL_TTL_MS = 30 * 60_000;
+
+/**
+ * Before the tools of a step run: a turn over its budget pauses for an approver, through the
+ * approvals that tool calls use. Approved, it goes on with the limits raised; rejected or
+ * expired, it ends with BUDGET_EXCEEDED (its open calls are closed as failed, as on any failure).
+ */
+async function staysWithinBudget(ctx: TurnContext, budget: TurnBudget, plannedToolCalls: number, step: number): Promise<void> {
+  const { state, acts, message } = ctx;
+  const agent = state.config.agent;
+  for (let over: BudgetOverrun[] = budget.overruns(plannedToolCalls); over.length > 0; over = budget.overruns(plannedToolCalls)) {
+    const request = await CancellationScope.nonCancellable(() =>
+      acts.requestBudgetApproval({
+        sessionId: state.sessionId,
+        turn: message.turn,
+        step,
+        pause: budget.nextPause(),
+        overruns: over,
+        agent: { id: agent.id, version: agent.version },
+        ttlMs: agent.approvalTtlMs ?? FALLBACK_APPROVAL_TTL_MS,
+        nowMs: workflowNow(),
+      }),
+    );
+    const ids = { sessionId: state.sessionId, toolCallId: request.approvalId, modelCallId: request.approvalId, name: 'budget', turn: message.turn, position: 0 };
+    let decision: Awaited<ReturnType<typeof awaitApproval>>;
+    try {
+      decision = await awaitApproval(ctx, { toolCallId: request.approvalId, name: 'budget', digest: request.digest, expiresAt: request.expiresAt });
+    } catch (error) {
+      if (isCancellation(error)) {
+        await CancellationScope.nonCancellable(() => contained('close the budget approval', () => acts.settleToolCall({ ...ids, approval: { outcome: 'cancelled', decidedBy: null, feedback: null } })));
+      }
+      throw error;
+    }
+    await CancellationScope.nonCancellable(() => acts.settleToolCall({ ...ids, approval: decision }));
+    if (decision.outcome !== 'approved') throw new BudgetRefused(over.map((o) => o.limit), decision.outcome === 'rejected' ? 'rejected' : 'expired');
+    budget.raise(over);
+  }
 }
 
 async function runToolCall(ctx: TurnContext, call: PlannedToolCall): Promise<void> {
@@ -197,7 +245,7 @@ function timedOut(error: unknown): boolean {
   return cause?.name === 'TimeoutFailure' || cause?.type === 'TOOL_TIMEOUT';
 }
 
-async function awaitApproval(ctx: TurnContext, call: PlannedToolCall): Promise<{ outcome: ApprovalOutcome; decidedBy: string | null; feedback: string | null }> {
+async function awaitApproval(ctx: TurnContext, call: Pick<PlannedToolCall, 'toolCallId' | 'name' | 'digest' | 'expiresAt'>): Promise<{ outcome: ApprovalOutcome; decidedBy: string | null; feedback: string | null }> {
   const expiresAtMs = new Date(call.expiresAt!).getTime();
   ctx.state.awaitApproval({ toolCallId: call.toolCallId, name: call.name, digest: call.digest, expiresAt: call.expiresAt! });
   reflectInSearchAttributes(ctx.state, false);

@@ -3,7 +3,7 @@ import type OpenAI from 'openai';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import { FailureType } from '../../contracts/failure-types';
-import type { StreamDeltaData, Usage } from '../../contracts/events';
+import { Usage, type StreamDeltaData } from '../../contracts/events';
 import { assistantPosition, replyMessageIdOf, StreamReplyInput, streamIdOf, type StreamReplyResult } from '../../contracts/turn';
 import { appendEvent, notify } from '../../db/events';
 import { conversationUpTo, insertMessage, MessageRow } from '../../db/messages';
@@ -29,7 +29,7 @@ export interface StreamReplyDeps {
   log: Logger;
 }
 
-const StreamEndRow = z.object({ data: z.object({ messageId: z.string(), finishReason: z.string(), usage: z.object({ inputTokens: z.number(), outputTokens: z.number(), costUsd: z.number() }) }) });
+const StreamEndRow = z.object({ data: z.object({ messageId: z.string(), finishReason: z.string(), usage: Usage }) });
 
 /** NOTIFY payloads are limited to 8000 bytes; 1,000 UTF-16 units stay under it even when every one is a 6-byte JSON escape. */
 const MAX_DELTA_CHARS = 1_000;
@@ -127,7 +127,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     let firstTokenAt: number | null = null;
     const toolCalls = new ToolCallAssembler();
     let finishReason: string | null = null;
-    let usage: Usage = { inputTokens: 0, outputTokens: 0, costUsd: 0 };
+    let reported: Usage | null = null;
     const tools = agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name, description, parameters } }));
     try {
       // The client's own time-out (KEEL_LLM_TIMEOUT_MS, set on the client) bounds the wait for the response headers.
@@ -157,7 +157,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
         if (choice?.finish_reason) finishReason = choice.finish_reason;
         if (chunk.usage) {
           const tokens = { inputTokens: chunk.usage.prompt_tokens, outputTokens: chunk.usage.completion_tokens };
-          usage = { ...tokens, costUsd: costOf(deps.prices, input.model, tokens) };
+          reported = { ...tokens, costUsd: costOf(deps.prices, input.model, tokens) };
         }
       }
     } catch (error) {
@@ -179,6 +179,8 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     await started;
     await coalescer.flush();
     if (finishReason === 'content_filter') throw contentFilterFailure();
+    // A provider that sent no usage: the message stores NULL tokens and cost, the events carry the flag.
+    const usage: Usage = reported ?? { inputTokens: 0, outputTokens: 0, costUsd: 0, usageMissing: true };
 
     content = storableText(content);
     const calls = toolCalls.result().map((c) => ({ ...c, name: storableText(c.name), arguments: storableText(c.arguments) }));
@@ -201,9 +203,8 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
           position: assistantPosition(input.step),
           role: 'assistant',
           content,
-          inputTokens: usage.inputTokens,
-          outputTokens: usage.outputTokens,
-          costUsd: usage.costUsd,
+          ...(reported ? { inputTokens: reported.inputTokens, outputTokens: reported.outputTokens, costUsd: reported.costUsd } : {}),
+          ...(firstTokenAt === null ? {} : { ttftMs: Math.round(firstTokenAt - requestedAt) }),
           ...(calls.length ? { toolCalls: calls.map((c) => ({ id: c.modelCallId, name: c.name, arguments: c.arguments })) } : {}),
         });
         // A reply that asks for no tools ends the turn.
@@ -230,6 +231,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     metrics.tokens.inc({ direction: 'output' }, usage.outputTokens);
     metrics.costUsd.inc(usage.costUsd);
     if (calls.length === 0) metrics.turns.inc({ status: 'completed' });
+    if (!reported) deps.log.warn({ ...turnLogIds(input), step: input.step, attempt, model: input.model, messageId }, 'model reply came without usage: tokens and cost stored as unknown');
     deps.log.info(
       {
         ...turnLogIds(input),

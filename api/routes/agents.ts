@@ -19,24 +19,9 @@ function approvalView(row: ToolCallRow) {
   };
 }
 
-/** Agents, approvals and turn control. */
+/** Approvals and turn control (agents and their releases: routes/releases.ts). */
 export function agentRoutes(deps: ApiDeps): Router {
   const router = new Router({ prefix: '/api/v1' });
-
-  router.get('/agents', (ctx) => {
-    ctx.body = {
-      agents: deps.agents.list().map((a) => ({
-        id: a.id,
-        version: a.version,
-        name: a.name,
-        description: a.description ?? null,
-        busyPolicy: a.busyPolicy,
-        maxStepsPerTurn: a.maxStepsPerTurn,
-        approvalTtlMs: a.approvalTtlMs,
-        tools: a.tools.map((t) => ({ name: t.name, description: t.description, permission: t.permission, requiresApproval: t.requiresApproval, approvalTtlMs: t.approvalTtlMs })),
-      })),
-    };
-  });
 
   router.get('/approvals', async (ctx) => {
     const query = parseInput(ApprovalListQuery, ctx.query);

@@ -8,6 +8,7 @@ import type { SessionRow } from '../../db/sessions';
 import type { ApiDeps } from '../deps';
 import { callerOf } from '../auth';
 import { parseInput } from '../errors';
+import { buildVersion } from '../../config/build-version';
 
 export function sessionView(row: SessionRow) {
   return {
@@ -30,7 +31,10 @@ function messageView(m: MessageRow) {
     role: m.role,
     content: m.content,
     clientMessageId: m.client_message_id,
-    usage: m.role === 'assistant' ? { inputTokens: m.input_tokens ?? 0, outputTokens: m.output_tokens ?? 0, costUsd: m.cost_usd ?? 0 } : null,
+    usage:
+      m.role === 'assistant'
+        ? { inputTokens: m.input_tokens ?? 0, outputTokens: m.output_tokens ?? 0, costUsd: m.cost_usd ?? 0, ...(m.input_tokens === null ? { usageMissing: true } : {}) }
+        : null,
     createdAt: new Date(m.created_at).toISOString(),
   };
 }
@@ -72,7 +76,7 @@ export function sessionRoutes(deps: ApiDeps): Router {
     const id = parseInput(Id, ctx.params.id);
     await deps.sessions.require(id, callerOf(ctx));
     const t = await usageTotals(deps.pool, id);
-    ctx.body = { sessionId: id, assistantMessages: t.messages, inputTokens: t.input_tokens, outputTokens: t.output_tokens, costUsd: t.cost_usd };
+    ctx.body = { sessionId: id, assistantMessages: t.messages, repliesWithoutUsage: t.without_usage, inputTokens: t.input_tokens, outputTokens: t.output_tokens, costUsd: t.cost_usd };
   });
 
   router.delete('/sessions/:id', async (ctx) => {
@@ -82,6 +86,7 @@ export function sessionRoutes(deps: ApiDeps): Router {
   });
 
   // No authentication on either: load balancers and orchestrators call them.
+  const version = buildVersion(deps.settings.buildVersion);
   const checks = async () => {
     const [temporal, postgres, worker] = await Promise.all([
       deps.sessions.checkTemporal(),
@@ -95,7 +100,7 @@ export function sessionRoutes(deps: ApiDeps): Router {
     const result = await checks();
     const ok = result.temporal && result.postgres;
     ctx.status = ok ? 200 : 503;
-    ctx.body = { status: ok ? (result.worker ? 'ok' : 'degraded') : 'down', checks: result };
+    ctx.body = { status: ok ? (result.worker ? 'ok' : 'degraded') : 'down', version, checks: result };
   });
 
   router.get('/ready', async (ctx) => {

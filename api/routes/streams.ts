@@ -1,72 +1,29 @@
 import { randomUUID } from 'node:crypto';
 import Router from '@koa/router';
 import type { Context } from 'koa';
-import { durableFrame } from '../../contracts/events';
 import { KeelError, SESSION_EXPIRED_MESSAGE } from '../../contracts/errors';
 import { Id } from '../../contracts/ids';
-import { AfterSeqQuery, ChatBody } from '../../contracts/rest';
+import { ChatBody } from '../../contracts/rest';
 import type { ApiDeps } from '../deps';
 import { callerOf } from '../auth';
 import { envelopeOf, parseInput, toKeelError } from '../errors';
 import { messageIdFor } from '../session-service';
 import { openSse } from '../sse';
+import { refuseWhenStopping, sseCursor, streamFeedOverSse } from '../feed-stream';
 import { waitForTurn } from '../turn-waiter';
 import { lastSeq } from '../../db/events';
-
-const SSE_KEEPALIVE_MS = 15_000;
 
 export function streamRoutes(deps: ApiDeps): Router {
   const router = new Router({ prefix: '/api/v1' });
 
   router.get('/sessions/:id/events', async (ctx) => {
     const sessionId = parseInput(Id, ctx.params.id);
-    const query = parseInput(AfterSeqQuery, ctx.query);
-    const lastEventId = ctx.get('last-event-id');
-    const after = lastEventId ? parseInput(AfterSeqQuery.shape.after, lastEventId) : query.after;
+    const { after, streamOffset } = sseCursor(ctx);
     const caller = callerOf(ctx);
     // Read before the check: a deletion after the check is then an event this stream gets (session.deleted).
     const seqAtCheck = after === undefined ? await lastSeq(deps.pool, sessionId) : after;
     await deps.sessions.require(sessionId, caller);
-    refuseWhenStopping(deps);
-    const maxStreams = deps.settings.rateLimits.sseStreamsPerUser;
-    if (maxStreams > 0 && deps.connections.count('sse', caller.userId) >= maxStreams) {
-      throw new KeelError('RATE_LIMIT_EXCEEDED', `At most ${maxStreams} open event streams per user`, { retryAfter: 1 });
-    }
-    const sse = openSse(ctx);
-    const sendFrame = (frame: { type: string; sessionId: string; seq?: number; data: unknown }) => sse.send({ ...(frame.seq === undefined ? {} : { id: frame.seq }), event: frame.type, data: frame });
-    /** Ends the stream with one `error` frame, as a WebSocket closes with one. */
-    const endWith = (error: KeelError) => {
-      if (sse.closed) return;
-      deps.log.warn({ sessionId, code: error.code }, 'event stream ended by the server');
-      deps.metrics.errors.inc({ code: error.code });
-      sendFrame({ type: 'error', sessionId, data: error.toBody(ctx.state.requestId as string) });
-      sse.end();
-    };
-    const subscription = deps.feed.open(
-      { sessionId, after: seqAtCheck, ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
-      {
-        event: (e) => sendFrame(durableFrame(e)),
-        delta: (d) => sendFrame({ type: 'stream.delta', sessionId, data: d }),
-        backlog: () => sse.backlog(),
-        stopped: endWith,
-      },
-    );
-    const unregister = deps.connections.add({
-      kind: 'sse',
-      userId: caller.userId,
-      tokenKey: caller.tokenKey,
-      end: (reason) => (reason === 'revoked' ? endWith(new KeelError('UNAUTHORIZED', 'The token is no longer valid')) : sse.end()),
-    });
-    // A stalled reader is also found between events: a keepalive that finds the buffer full starts the clock.
-    const keepalive = setInterval(() => {
-      if (sse.backlog() > deps.settings.api.maxBufferedBytes) subscription.checkBacklog();
-      else sse.comment('keepalive');
-    }, SSE_KEEPALIVE_MS);
-    sse.onClose(() => {
-      clearInterval(keepalive);
-      unregister();
-      subscription.close();
-    });
+    streamFeedOverSse(deps, ctx, caller, { sessionId, after: seqAtCheck, ...(streamOffset === undefined ? {} : { streamOffset }) });
   });
 
   router.post('/sessions/:id/chat', async (ctx) => {
@@ -110,10 +67,6 @@ export function streamRoutes(deps: ApiDeps): Router {
   });
 
   return router;
-}
-
-function refuseWhenStopping(deps: ApiDeps): void {
-  if (deps.connections.stopping) throw new KeelError('SERVICE_UNAVAILABLE', 'The server is shutting down; try again');
 }
 
 function chatError(deps: ApiDeps, ctx: Context, raw: unknown, send: (frame: { event: string; data: unknown }) => void): void {

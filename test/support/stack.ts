@@ -51,6 +51,8 @@ export async function startStack(opts: StackOptions = {}) {
     KEEL_ADMIN_API_KEY: ADMIN_KEY,
     KEEL_DEV_TOKEN: DEV_TOKEN,
     KEEL_TOKEN_CACHE_MS: '1000',
+    // The release health Schedule outlives a test's stack on the shared server: only the tests that check releases turn it on.
+    KEEL_HEALTH_CHECKS_ENABLED: 'false',
     ...opts.env,
   };
   let workerMetricsPort = 0;

@@ -1,0 +1,129 @@
+import http from 'node:http';
+import https from 'node:https';
+import type { LookupFunction } from 'node:net';
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import type { DatabasePool } from 'slonik';
+import { DeliverWebhookInput, WEBHOOK_HEADERS, type WebhookTarget } from '../contracts/webhooks';
+import { WebhookFailureType } from '../contracts/webhook-failures';
+import type { Logger } from '../config/logger';
+import type { Metrics } from '../config/metrics';
+import { classifyingPersistenceErrors, parseActivityInput } from '../activities/persistence-errors';
+import { markIncidentNotified } from '../db/incidents';
+import { setWebhookStatus } from '../db/runs';
+import { recordDeliveryAttempt, type DeliveryAttempt } from '../db/webhooks';
+import { resolveAndCheck, type PinnedTarget } from '../tools/http-request';
+import { ToolRefusedError } from '../tools';
+import { webhookSignature } from './signature';
+
+export interface NotifyDeps {
+  pool: DatabasePool;
+  /** KEEL_WEBHOOK_SECRET; without it nothing is sent (an unsigned webhook cannot be trusted). */
+  secret: string | undefined;
+  /** KEEL_WEBHOOK_ALLOW_HOSTS: private or loopback hosts a caller's webhook URL may still name. */
+  allowHosts: readonly string[];
+  metrics: Metrics;
+  log: Logger;
+}
+
+/** Receiver answers worth another attempt: it may be down, overloaded or restarting. */
+const RETRYABLE_STATUS = (status: number) => status >= 500 || status === 408 || status === 425 || status === 429;
+/** Bytes of a receiver's answer read (and dropped) before the connection is closed. */
+const MAX_RESPONSE_BYTES = 64 * 1024;
+
+/** A delivery that no further attempt can make: the address is refused, or the receiver said no (4xx). */
+class Refused extends Error {}
+
+/**
+ * The one activity of the webhook delivery workflow: one signed POST, its outcome recorded in
+ * webhook_deliveries. A 2xx delivers; 5xx, 408, 425, 429 and network failures are retried by
+ * Temporal (the workflow's retry policy); any other answer, a redirect included, is final.
+ */
+export function createNotifyActivities(deps: NotifyDeps) {
+  async function deliverWebhook(raw: DeliverWebhookInput): Promise<{ httpStatus: number }> {
+    const input = parseActivityInput(DeliverWebhookInput, raw);
+    const attempt = Context.current().info.attempt;
+    const last = attempt >= input.maxAttempts;
+    const startedAt = performance.now();
+    const record = async (outcome: DeliveryAttempt['outcome'], extra: { httpStatus?: number; error?: string }) => {
+      await recordDeliveryAttempt(deps.pool, { deliveryId: input.deliveryId, target: input.target, attempt, outcome, durationMs: performance.now() - startedAt, ...extra });
+      deps.metrics.webhookDeliveries.inc({ kind: input.target.kind, outcome });
+    };
+    const fail = async (outcome: 'failed' | 'refused', extra: { httpStatus?: number; error: string }): Promise<never> => {
+      await record(outcome, extra);
+      const final = outcome === 'refused' || last;
+      if (final) await settle(deps.pool, input.target, 'failed');
+      deps.log.warn({ deliveryId: input.deliveryId, attempt, outcome, final, ...extra }, 'webhook not delivered');
+      if (outcome === 'refused') throw ApplicationFailure.nonRetryable(extra.error, WebhookFailureType.refused);
+      throw ApplicationFailure.retryable(extra.error, WebhookFailureType.failed);
+    };
+
+    let status: number;
+    try {
+      if (!deps.secret) throw new Refused('no webhook secret is configured (KEEL_WEBHOOK_SECRET)');
+      const url = new URL(input.url);
+      const pinned = input.checkAddress ? await resolveAndCheck(url, deps.allowHosts).catch(refusedAsFinal) : undefined;
+      const timestamp = Math.floor(Date.now() / 1000);
+      status = await post(url, input.body, {
+        'content-type': 'application/json',
+        'user-agent': 'Keel-Webhook/1',
+        [WEBHOOK_HEADERS.signature]: webhookSignature(deps.secret, timestamp, input.body),
+        [WEBHOOK_HEADERS.timestamp]: String(timestamp),
+        [WEBHOOK_HEADERS.delivery]: input.deliveryId,
+        [WEBHOOK_HEADERS.attempt]: String(attempt),
+      }, input.timeoutMs, pinned);
+    } catch (error) {
+      return fail(error instanceof Refused ? 'refused' : 'failed', { error: (error as Error).message });
+    }
+    if (status >= 200 && status < 300) {
+      await record('delivered', { httpStatus: status });
+      await settle(deps.pool, input.target, 'delivered');
+      deps.log.info({ deliveryId: input.deliveryId, attempt, httpStatus: status }, 'webhook delivered');
+      return { httpStatus: status };
+    }
+    return fail(RETRYABLE_STATUS(status) ? 'failed' : 'refused', { httpStatus: status, error: `the receiver answered ${status}` });
+  }
+
+  return classifyingPersistenceErrors({ deliverWebhook });
+}
+
+export type NotifyActivities = ReturnType<typeof createNotifyActivities>;
+
+function refusedAsFinal(error: unknown): never {
+  throw error instanceof ToolRefusedError ? new Refused(error.message) : error;
+}
+
+async function settle(pool: DatabasePool, target: WebhookTarget, outcome: 'delivered' | 'failed'): Promise<void> {
+  if (target.kind === 'run') await setWebhookStatus(pool, target.id, outcome);
+  else await markIncidentNotified(pool, target.id, outcome);
+}
+
+/** A lookup that answers with the checked address, so a second DNS answer (rebinding) is never used. */
+function pinnedLookup(target: PinnedTarget): LookupFunction {
+  return (_hostname, options, callback) => {
+    if (options.all) callback(null, [{ address: target.address, family: target.family }]);
+    else callback(null, target.address, target.family);
+  };
+}
+
+/** POSTs `body` and resolves with the status once the answer is read (up to MAX_RESPONSE_BYTES). */
+function post(url: URL, body: string, headers: Record<string, string>, timeoutMs: number, pinned: PinnedTarget | undefined): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const client = url.protocol === 'https:' ? https : http;
+    const req = client.request(
+      url,
+      { method: 'POST', headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) }, signal: AbortSignal.timeout(timeoutMs), ...(pinned ? { lookup: pinnedLookup(pinned) } : {}) },
+      (res) => {
+        let read = 0;
+        res.on('data', (chunk: Buffer) => {
+          read += chunk.length;
+          if (read > MAX_RESPONSE_BYTES) res.destroy();
+        });
+        res.on('close', () => resolve(res.statusCode ?? 0));
+        res.on('error', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
