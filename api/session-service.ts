@@ -18,6 +18,7 @@ import type { Logger } from '../config/logger';
 import { temporalAddressOf, type Settings } from '../config/settings';
 import { tracingClientInterceptors } from './tracing';
 import { messageAccepted, storeIncomingMessage } from '../db/messages';
+import { turnOutcome } from '../db/events';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import { sessionAgentOf } from '../agents/session-agent';
 import { AgentVersions } from '../agents/versions';
@@ -26,6 +27,10 @@ import { getRelease } from '../db/releases';
 import type { Budget } from '../contracts/agents';
 import { toolDefinitions } from '../tools';
 import type { sessionWorkflow } from '../workflows';
+
+/** How long a send under the `reject` policy waits for a turn whose turn.done is written to end in the workflow too. */
+const TURN_END_GRACE_MS = 2_000;
+const TURN_END_POLL_MS = 25;
 
 /** A message ID derived from the client's ID, so a repeated send names the same message. */
 export function messageIdFor(sessionId: string, clientMessageId?: string): string {
@@ -151,7 +156,15 @@ export class SessionService {
 
   /** The `reject` policy answers at once; the workflow enforces it too, for the sends that race this check. */
   private async refuseWhenBusy(sessionId: string): Promise<void> {
-    const state = await this.state(sessionId);
+    let state = await this.state(sessionId);
+    // A turn whose turn.done is written is over for the client, which may send at once; the
+    // workflow learns it when the activity's completion reaches it, moments later. Wait for
+    // that instead of refusing (and so the workflow, too, takes the message as idle).
+    const deadline = Date.now() + TURN_END_GRACE_MS;
+    while (state?.turnInProgress && state.queued.length === 0 && Date.now() < deadline && (await turnOutcome(this.pool, sessionId, state.turnInProgress.replyTo)).some((e) => e.type === 'turn.done')) {
+      await new Promise((resolve) => setTimeout(resolve, TURN_END_POLL_MS));
+      state = await this.state(sessionId);
+    }
     if (state && (state.turnInProgress || state.queued.length > 0)) {
       throw new KeelError('SESSION_BUSY', 'The session is busy; send the message again when the current turn is done.');
     }
