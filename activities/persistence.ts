@@ -94,6 +94,8 @@ export function createPersistenceActivities(deps: { pool: DatabasePool; metrics:
           content: null,
           usage: null,
           ...(input.cancelledBy ? { cancelledBy: input.cancelledBy } : {}),
+          ...(input.agentVersion === undefined ? {} : { agentVersion: input.agentVersion }),
+          ...(input.status === 'failed' ? { errorCode: input.error.code } : {}),
         },
       });
       return done.inserted;

@@ -15,7 +15,7 @@ import {
   type RollbackOutcome,
 } from '../contracts/releases';
 import { recordIncident } from '../db/incidents';
-import { AuditRow, listReleases, rollbackRelease as rollBack } from '../db/releases';
+import { listReleases, previousGoodVersion, rollbackOfCheck, recentAutoRollback, rollbackRelease as rollBack, sessionsOnVersion } from '../db/releases';
 import { isHealthy, verdictsFor } from '../releases/decide';
 import { liveSignals } from '../releases/live-signals';
 import { moveSessionsOff } from '../releases/move-sessions';
@@ -111,43 +111,42 @@ export function createReleaseActivities(deps: ReleaseActivityDeps) {
   }
 
   /**
-   * Rolls the failing version back (unless someone already changed its role), moves its
-   * sessions when KEEL_ROLLBACK_MOVE_SESSIONS says so, and records the incident that the
-   * notification outbox delivers. Idempotent: a retry finds the rollback it already made.
+   * Rolls the failing version back (unless someone already changed its role), records the
+   * incident that the notification outbox delivers, then moves the version's sessions when
+   * KEEL_ROLLBACK_MOVE_SESSIONS says so. Idempotent: a retry finds the rollback its check made.
+   *
+   * An active version is not rolled back when that cannot help: another automatic rollback of
+   * the agent happened within the health window, or the version it would go back to fails its
+   * probes too. Both are what an outage of the provider or a tool looks like, and rolling back
+   * then would walk back through every good version; a release_unhealthy incident is raised instead.
    */
   async function rollbackRelease(raw: RollbackReleaseInput): Promise<RollbackOutcome> {
     const input = parseActivityInput(RollbackReleaseInput, raw);
+    const ctx = Context.current();
     const { evaluation } = input;
     const { target } = evaluation;
     const failed = evaluation.verdicts.filter((v) => v.failed).map((v) => v.rule);
-    const reason = `health check failed: ${failed.join(', ')}`;
-    const made = await rollBack(pool, { agentId: target.agentId, version: target.version, reason, actor: HEALTH_CHECK_ACTOR, automatic: true, expect: target.role }).catch((error: unknown) => {
-      if ((error as { code?: string }).code === 'AGENT_NOT_FOUND') return null;
-      throw error;
-    });
-    const audit = made?.audit ?? (await earlierAutoRollback(target.agentId, target.version, evaluation.startedAt));
+    let audit = await rollbackOfCheck(pool, evaluation.checkId);
+    // The version lost its role meanwhile (an operator acted, or the watch and the Schedule raced): nothing to do.
+    if (!audit && !(await stillReleased(target))) return noLongerReleased(evaluation.checkId);
     if (!audit) {
-      // Nothing to go back to, or the version lost its role meanwhile: an incident only in the first case.
-      const stillThere = await stillReleased(target);
-      await pool.query(sql.unsafe`UPDATE release_checks SET decision = 'no_rollback' WHERE id = ${evaluation.checkId}`);
-      if (!stillThere) return { rolledBack: false, skipped: 'the version is no longer active or canary', toVersion: null, incidentId: null, affectedSessions: 0, movedSessions: 0 };
-      const { incident } = await recordIncident(pool, {
-        kind: 'release_unhealthy',
-        dedupeKey: `release_unhealthy:${target.agentId}:${target.version}`,
-        summary: `${target.agentId} v${target.version} (${target.role}) is failing its health check and there is no earlier good version to roll back to`,
-        agentId: target.agentId,
-        version: target.version,
-        detectedAt: new Date(evaluation.checkedAt),
-        decidedAt: new Date(input.decidedAt),
-        evidence: { checkId: evaluation.checkId, failed, probes: evaluation.probes, live: evaluation.live, verdicts: evaluation.verdicts },
+      const held = target.role === 'active' ? await reasonToHoldBack(target, ctx) : null;
+      if (held) return unhealthy(input, failed, held);
+      const reason = `health check failed: ${failed.join(', ')}`;
+      const made = await rollBack(pool, { agentId: target.agentId, version: target.version, reason, actor: HEALTH_CHECK_ACTOR, automatic: true, expect: target.role, checkId: evaluation.checkId }).catch((error: unknown) => {
+        if ((error as { code?: string }).code === 'AGENT_NOT_FOUND') return null;
+        throw error;
       });
-      return { rolledBack: false, skipped: 'no earlier good version', toVersion: null, incidentId: incident.id, affectedSessions: 0, movedSessions: 0 };
+      audit = made?.audit ?? null;
+    }
+    if (!audit) {
+      // The version lost its role in the meantime, or an active one has nothing to go back to.
+      if (!(await stillReleased(target))) return noLongerReleased(evaluation.checkId);
+      return unhealthy(input, failed, 'there is no earlier good version to roll back to');
     }
     const to = audit.to_version!;
-    const moved = await moveSessionsOff(
-      { pool, client: deps.client, versions: deps.versions, defaultModel: settings.llm.model },
-      { agentId: target.agentId, from: target.version, to, move: config.moveSessions, requestedBy: HEALTH_CHECK_ACTOR },
-    );
+    const affected = await sessionsOnVersion(pool, target.agentId, target.version);
+    // The incident first: it must not wait on (or be lost with) the move of many sessions.
     const { incident, created } = await recordIncident(pool, {
       kind: 'release_rolled_back',
       dedupeKey: `release_rolled_back:${target.agentId}:${target.version}:${audit.id}`,
@@ -158,20 +157,68 @@ export function createReleaseActivities(deps: ReleaseActivityDeps) {
       decidedAt: new Date(input.decidedAt),
       rolledBackAt: new Date(audit.created_at),
       evidence: { checkId: evaluation.checkId, failed, rolledBackTo: to, role: target.role, probes: evaluation.probes, live: evaluation.live, verdicts: evaluation.verdicts, sessionsMoved: config.moveSessions },
-      affectedSessions: moved.affected,
+      affectedSessions: affected.length,
     });
     if (created) {
       deps.metrics.rollbacks.inc({ role: target.role });
-      deps.log.warn({ ...target, to, incidentId: incident.id, affectedSessions: moved.affected, movedSessions: moved.moved, failed }, 'release rolled back');
+      deps.log.warn({ ...target, to, incidentId: incident.id, affectedSessions: affected.length, failed }, 'release rolled back');
     }
+    const moved = await moveSessionsOff(
+      { pool, client: deps.client, versions: deps.versions, defaultModel: settings.llm.model },
+      { agentId: target.agentId, from: target.version, to, move: config.moveSessions, requestedBy: HEALTH_CHECK_ACTOR },
+      () => ctx.heartbeat(),
+    );
     return { rolledBack: true, toVersion: to, incidentId: incident.id, affectedSessions: moved.affected, movedSessions: moved.moved };
   }
 
-  async function earlierAutoRollback(agentId: string, version: number, since: string): Promise<AuditRow | null> {
-    return pool.maybeOne(sql.type(AuditRow)`
-      SELECT id, agent_id, action, from_version, to_version, canary_percent, actor, reason, created_at FROM release_audit
-      WHERE agent_id = ${agentId} AND from_version = ${version} AND action = 'auto_rollback' AND created_at >= ${since}
-      ORDER BY id DESC LIMIT 1`);
+  /** Why an active version should not be rolled back automatically now, or null. */
+  async function reasonToHoldBack(target: ReleaseTarget, ctx: Context): Promise<string | null> {
+    const last = await recentAutoRollback(pool, target.agentId, config.windowMs);
+    // A rollback of this very version (by the other of the watch and the Schedule) is no outage.
+    if (last && last.from_version !== target.version) {
+      return `${target.agentId} was already rolled back automatically at ${new Date(last.created_at).toISOString()} (v${last.from_version} → v${last.to_version}); another failure within the health window looks like an outage, not a bad release`;
+    }
+    const to = await previousGoodVersion(pool, target.agentId, target.version);
+    const replacement = to === null ? null : await deps.versions.get(target.agentId, to);
+    if (!replacement) return null;
+    const beat = setInterval(() => ctx.heartbeat(), HEARTBEAT_MS);
+    try {
+      for (const probe of replacement.healthChecks) {
+        const result = await runProbe(probeDeps, replacement, probe, ctx.cancellationSignal);
+        if (!result.passed) return `v${to}, the version it would roll back to, fails its probe "${probe.name}" too (${result.failures.join('; ')}): an outage, not a bad release`;
+      }
+    } finally {
+      clearInterval(beat);
+    }
+    return null;
+  }
+
+  /** A failing version left in place: the check says so, and a release_unhealthy incident is raised (once per version). */
+  async function unhealthy(input: RollbackReleaseInput, failed: string[], why: string): Promise<RollbackOutcome> {
+    const { evaluation } = input;
+    const { target } = evaluation;
+    await setDecision(evaluation.checkId, 'no_rollback');
+    const { incident, created } = await recordIncident(pool, {
+      kind: 'release_unhealthy',
+      dedupeKey: `release_unhealthy:${target.agentId}:${target.version}`,
+      summary: `${target.agentId} v${target.version} (${target.role}) is failing its health check (${failed.join(', ')}) and was not rolled back: ${why}`,
+      agentId: target.agentId,
+      version: target.version,
+      detectedAt: new Date(evaluation.checkedAt),
+      decidedAt: new Date(input.decidedAt),
+      evidence: { checkId: evaluation.checkId, failed, notRolledBack: why, probes: evaluation.probes, live: evaluation.live, verdicts: evaluation.verdicts },
+    });
+    if (created) deps.log.error({ ...target, incidentId: incident.id, failed, why }, 'release unhealthy, not rolled back');
+    return { rolledBack: false, skipped: why, toVersion: null, incidentId: incident.id, affectedSessions: 0, movedSessions: 0 };
+  }
+
+  async function noLongerReleased(checkId: string): Promise<RollbackOutcome> {
+    await setDecision(checkId, 'no_rollback');
+    return { rolledBack: false, skipped: 'the version is no longer active or canary', toVersion: null, incidentId: null, affectedSessions: 0, movedSessions: 0 };
+  }
+
+  async function setDecision(checkId: string, decision: 'no_rollback'): Promise<void> {
+    await pool.query(sql.unsafe`UPDATE release_checks SET decision = ${decision} WHERE id = ${checkId}`);
   }
 
   return classifyingPersistenceErrors({ listReleaseTargets, stillReleased, evaluateRelease, rollbackRelease });

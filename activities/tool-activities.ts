@@ -88,6 +88,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
           digest: call.digest,
           requiresApproval,
           expiresAt: call.expiresAt,
+          agentVersion: input.agent.version,
         });
         const ids = { sessionId: input.sessionId };
         await appendEvent(tx, { ...ids, key: `toolcall:${call.toolCallId}`, type: 'tool.call', data: { toolCallId: call.toolCallId, name: call.name, arguments: args, turn: input.turn, step: input.step, requiresApproval } });

@@ -23,7 +23,7 @@ import { blockedAddressRule } from '../tools/http-request';
 import type { Caller } from './auth';
 import type { ApiDeps } from './deps';
 import { toKeelError } from './errors';
-import { messageIdFor } from './session-service';
+import { messageIdFor } from '../contracts/ids';
 
 /**
  * Refusals that say the message did not reach the session (and never will as sent): the run
@@ -73,6 +73,7 @@ export class RunService {
       agentId,
       sessionId: session?.id ?? null,
       inputDigest,
+      input: body.input,
       ...(body.idempotencyKey === undefined ? {} : { idempotencyKey: body.idempotencyKey }),
       ...(body.webhookUrl === undefined ? {} : { webhookUrl: body.webhookUrl }),
       ...(body.budget === undefined ? {} : { budget: body.budget }),
@@ -106,6 +107,9 @@ export class RunService {
   private async send(caller: Caller, claimed: RunRecord, input: string): Promise<RunRecord> {
     const { deps } = this;
     let run = claimed;
+    // An earlier attempt named the message, so it may have stored and signalled it: it is sent
+    // again as admitted then, never refused now (its turn may already be coming).
+    const resend = claimed.message_id !== null;
     try {
       if (run.session_id === null) {
         const session = await deps.sessions.create(caller, { agentId: run.agent_id, title: `run ${run.id}` });
@@ -114,8 +118,11 @@ export class RunService {
       const sessionId = run.session_id!;
       const clientMessageId = runClientMessageId(run.id);
       if (run.message_id === null) run = await setMessageId(deps.pool, run.id, messageIdFor(sessionId, clientMessageId));
+      // Cancelled (or ended by the worker's outbox) while this request was getting here: not sent.
+      const current = await findRun(deps.pool, run.id);
+      if (current && current.status !== 'queued') return current;
       // The run ID is the request ID of its turn: the worker's log lines for the turn carry it.
-      await deps.sessions.sendMessage(caller, sessionId, input, clientMessageId, 'run', run.id, run.budget ?? undefined);
+      await deps.sessions.sendMessage(caller, sessionId, input, clientMessageId, 'run', run.id, { budget: run.budget ?? undefined, resend });
       await markSent(deps.pool, run.id);
     } catch (raw) {
       const error = toKeelError(raw);

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { Client, Connection, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { AgentRegistry } from '../agents/registry';
@@ -9,7 +9,7 @@ import { findToolCall, type ToolCallRow } from '../db/tool-calls';
 import type { DatabasePool } from 'slonik';
 import { KeelError, SESSION_EXPIRED_MESSAGE } from '../contracts/errors';
 import { FailureType } from '../contracts/failure-types';
-import { sessionWorkflowId } from '../contracts/ids';
+import { messageIdFor, sessionWorkflowId } from '../contracts/ids';
 import { AgentIdKey, LastActivityKey, OwnerKey, PendingApprovalsKey, SessionStatusKey } from '../contracts/search-attributes';
 import type { ApprovalDecision, ApprovalDecisionResult, CancelTurnResult, SessionStateView } from '../contracts/session';
 import { cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
@@ -32,11 +32,6 @@ import type { sessionWorkflow } from '../workflows';
 const TURN_END_GRACE_MS = 2_000;
 const TURN_END_POLL_MS = 25;
 
-/** A message ID derived from the client's ID, so a repeated send names the same message. */
-export function messageIdFor(sessionId: string, clientMessageId?: string): string {
-  if (!clientMessageId) return `m_${randomUUID().replace(/-/g, '')}`;
-  return `m_${createHash('sha256').update(`${sessionId}\0${clientMessageId}`).digest('hex').slice(0, 32)}`;
-}
 
 /** Session operations shared by REST, WebSocket and SSE: the one place that talks to Temporal. */
 export class SessionService {
@@ -122,16 +117,25 @@ export class SessionService {
     clientMessageId: string | undefined,
     channel: 'websocket' | 'rest' | 'chat' | 'run',
     requestId: string,
-    /** A run's own turn limits, carried by the signal (IDs and decisions, never content). */
-    budget?: Budget,
+    opts: {
+      /** A run's own turn limits, carried by the signal (IDs and decisions, never content). */
+      budget?: Budget;
+      /**
+       * The message may already be stored and signalled by an earlier attempt (a run's repeat):
+       * it was admitted then, so the busy check and the rate limit are not applied again (a
+       * refusal now would refuse a message whose turn may already be coming).
+       */
+      resend?: boolean;
+    } = {},
   ): Promise<{ messageId: string }> {
+    const { budget, resend = false } = opts;
     const startedAt = performance.now();
     const row = await this.require(sessionId, caller);
     if (row.status === 'expired') throw expired();
     const messageId = messageIdFor(sessionId, clientMessageId);
     if (clientMessageId !== undefined && (await messageAccepted(this.pool, messageId))) return { messageId };
-    if ((await this.policyOf(row)) === 'reject') await this.refuseWhenBusy(sessionId);
-    const release = await this.limiter.messageToSession(sessionId);
+    if (!resend && (await this.policyOf(row)) === 'reject') await this.refuseWhenBusy(sessionId);
+    const release = resend ? undefined : await this.limiter.messageToSession(sessionId);
     const checkedAt = performance.now();
     try {
       await storeIncomingMessage(this.pool, { id: messageId, sessionId, content, ...(clientMessageId ? { clientMessageId } : {}) });

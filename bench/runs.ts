@@ -114,18 +114,21 @@ async function main() {
     const slo = await call(admin, 'GET', '/slo?window=1h');
 
     // --- rollback -------------------------------------------------------------------------------
-    const rollback = async (watch: boolean) => {
-      const current = await call(admin, 'GET', '/agents/default/versions');
+    // Each on its own agent: a second automatic rollback of one agent within the health window is
+    // held back on purpose (it looks like an outage), so the Schedule's case uses another agent.
+    const probe = (await call(admin, 'GET', '/agents/default/versions')).versions[0].definition.healthChecks;
+    const rollback = async (agentId: string, watch: boolean) => {
+      const current = await call(admin, 'GET', `/agents/${agentId}/versions`);
       const good = current.release.activeVersion as number;
       const definition = current.versions.find((v: { version: number }) => v.version === good).definition;
-      const broken = await call(admin, 'POST', '/agents/default/versions', { ...definition, systemPrompt: `${definition.systemPrompt} [keel-misbehave: error] ${watch ? 'watch' : 'schedule'}` });
+      const broken = await call(admin, 'POST', `/agents/${agentId}/versions`, { ...definition, healthChecks: probe, systemPrompt: `${definition.systemPrompt} [keel-misbehave: error]` });
       const activatedAt = performance.now();
-      await call(admin, 'POST', '/agents/default/activate', { version: broken.version, watch });
+      await call(admin, 'POST', `/agents/${agentId}/activate`, { version: broken.version, watch });
       for (;;) {
-        const now = await call(admin, 'GET', '/agents/default/versions');
+        const now = await call(admin, 'GET', `/agents/${agentId}/versions`);
         if (now.release.activeVersion === good) {
           const ms = performance.now() - activatedAt;
-          const incident = (await call(admin, 'GET', '/incidents?kind=release_rolled_back')).incidents.find((i: { version: number }) => i.version === broken.version);
+          const incident = (await call(admin, 'GET', `/incidents?kind=release_rolled_back&agentId=${agentId}`)).incidents.find((i: { version: number }) => i.version === broken.version);
           return { ms: Math.round(ms), detectToRollbackMs: incident ? Date.parse(incident.rolledBackAt) - Date.parse(incident.detectedAt) : null };
         }
         if (performance.now() - activatedAt > 5 * 60_000) throw new Error('no rollback within 5 minutes');
@@ -133,8 +136,8 @@ async function main() {
       }
     };
     log('rollback by the activation\'s watch');
-    const byWatch = await rollback(true);
-    const bySchedule = args['no-schedule'] ? null : (log('rollback by the Schedule alone (up to a minute)'), await rollback(false));
+    const byWatch = await rollback('default', true);
+    const bySchedule = args['no-schedule'] ? null : (log('rollback by the Schedule alone (up to a minute)'), await rollback('interrupter', false));
 
     console.log(
       JSON.stringify(

@@ -110,6 +110,7 @@ const Env = z.object({
   // Background runs, webhooks and SLOs (docs/runs.md).
   KEEL_RUN_DEDUPE_WINDOW_MS: int(60 * 60_000),
   KEEL_RUN_SEND_LEASE_MS: int(10_000),
+  KEEL_RUN_UNSENT_GRACE_MS: int(30_000),
   KEEL_WEBHOOK_SECRET: optionalString,
   KEEL_WEBHOOK_ALLOW_HOSTS: z.string().default(''),
   KEEL_WEBHOOK_TIMEOUT_MS: int(10_000),
@@ -265,6 +266,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       dedupeWindowMs: Math.max(1, e.KEEL_RUN_DEDUPE_WINDOW_MS),
       /** A repeat takes over sending a run's message once its submitter has not done so for this long (it died). */
       sendLeaseMs: Math.max(100, e.KEEL_RUN_SEND_LEASE_MS),
+      /** How long after a send lease ran out the worker's outbox sends a run's message itself (the API died, nobody repeated). */
+      unsentGraceMs: e.KEEL_RUN_UNSENT_GRACE_MS,
     },
     webhooks: {
       /** HMAC-SHA256 key of the X-Keel-Signature header; unset, runs refuse webhookUrl and incidents are not sent. */

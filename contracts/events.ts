@@ -95,6 +95,10 @@ export const TurnDoneData = z.object({
   usage: Usage.nullable(),
   /** On a cancelled turn: the user who cancelled it, or `interrupt` when a new message did. */
   cancelledBy: z.string().optional(),
+  /** The agent version that ran the turn (absent on turns before it was recorded): release health checks read it. */
+  agentVersion: z.number().int().nonnegative().optional(),
+  /** On a failed turn: its error's code, so health checks can leave out failures that are not the version's (BUDGET_EXCEEDED). */
+  errorCode: z.string().optional(),
 });
 
 export const ErrorEventData = ErrorBody.extend({

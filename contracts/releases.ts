@@ -77,8 +77,9 @@ export const ReleaseEvaluation = z.object({
   checkId: z.string(),
   target: ReleaseTarget,
   healthy: z.boolean(),
+  /** When the check finished: a failing version's detection time (the incident's detectedAt). */
   checkedAt: z.string(),
-  /** When the check began: a failing version's detection time. */
+  /** When the check began. */
   startedAt: z.string(),
   probes: z.array(ProbeResult),
   live: LiveSignals,

@@ -147,6 +147,8 @@ export const TurnFailureInput = z.object({
   status: z.enum(['failed', 'cancelled']),
   /** Who stopped the turn: the user ID of a cancel, or the reason when no one did. */
   cancelledBy: z.string().optional(),
+  /** The agent version that ran the turn. */
+  agentVersion: z.number().int().nonnegative().optional(),
 });
 export type TurnFailureInput = z.infer<typeof TurnFailureInput>;
 

@@ -24,6 +24,10 @@ export const DeliverWebhookInput = z.object({
 });
 export type DeliverWebhookInput = z.infer<typeof DeliverWebhookInput>;
 
+/** The delivery's end when its last attempt could not record one (timed out, its worker died, bad input). */
+export const SettleWebhookInput = DeliverWebhookInput.pick({ deliveryId: true, target: true });
+export type SettleWebhookInput = z.infer<typeof SettleWebhookInput>;
+
 export const WebhookRetry = z.object({
   maximumAttempts: z.number().int().positive(),
   initialIntervalMs: z.number().int().positive(),

@@ -37,15 +37,17 @@ export interface NewMessage {
   toolCallId?: string;
   /** On an assistant message: model request to first streamed text, in ms (release health checks read it). */
   ttftMs?: number;
+  /** On an assistant message: the agent version that wrote it. */
+  agentVersion?: number;
 }
 
 /** Inserts once: a retried activity that writes the same message changes nothing. */
 export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Promise<void> {
   await db.query(sql.unsafe`
-    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, cost_usd, tool_calls, tool_call_id, ttft_ms)
+    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, cost_usd, tool_calls, tool_call_id, ttft_ms, agent_version)
     VALUES (${m.id}, ${m.sessionId}, ${m.turn}, ${m.position}, ${m.role}, ${m.content},
             ${m.clientMessageId ?? null}, ${m.inputTokens ?? null}, ${m.outputTokens ?? null}, ${m.costUsd ?? null},
-            ${m.toolCalls ? sql.jsonb(m.toolCalls) : null}, ${m.toolCallId ?? null}, ${m.ttftMs ?? null})
+            ${m.toolCalls ? sql.jsonb(m.toolCalls) : null}, ${m.toolCallId ?? null}, ${m.ttftMs ?? null}, ${m.agentVersion ?? null})
     ON CONFLICT DO NOTHING`);
 }
 

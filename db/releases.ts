@@ -65,11 +65,11 @@ export async function listAudit(db: CommonQueryMethods, agentId: string, limit: 
 
 async function audit(
   tx: CommonQueryMethods,
-  a: { agentId: string; action: AuditAction; from: number | null; to: number | null; canaryPercent?: number | null; actor: string; reason?: string | null },
+  a: { agentId: string; action: AuditAction; from: number | null; to: number | null; canaryPercent?: number | null; actor: string; reason?: string | null; checkId?: string | null },
 ): Promise<AuditRow> {
   return tx.one(sql.type(AuditRow)`
-    INSERT INTO release_audit (agent_id, action, from_version, to_version, canary_percent, actor, reason)
-    VALUES (${a.agentId}, ${a.action}, ${a.from}, ${a.to}, ${a.canaryPercent ?? null}, ${a.actor}, ${a.reason ?? null})
+    INSERT INTO release_audit (agent_id, action, from_version, to_version, canary_percent, actor, reason, check_id)
+    VALUES (${a.agentId}, ${a.action}, ${a.from}, ${a.to}, ${a.canaryPercent ?? null}, ${a.actor}, ${a.reason ?? null}, ${a.checkId ?? null})
     RETURNING ${AUDIT_COLUMNS}`);
 }
 
@@ -92,10 +92,12 @@ export async function recordPublished(db: DatabasePool, synced: SyncedAgent, act
 
 /**
  * At start, the definitions file's version of each agent becomes the active release when it is
- * not the version the file released last: the file seeds version 1, and a changed (or reverted)
- * definition is activated, as a deploy is a release. An unchanged file changes nothing, so a
- * rollback outlives restarts. Processes starting together release it once (the check and the
- * change hold the agent's release lock).
+ * newer than the version the file released last: the file seeds version 1, and a changed
+ * definition (a new version) is activated, as a deploy is a release. An unchanged file changes
+ * nothing, so a rollback outlives restarts; neither does a file whose definition is an older
+ * version (a reverted file, or an old process restarting during a rolling deploy, which must not
+ * undo the deploy): activate that one through the API. Processes starting together release it
+ * once (the check and the change hold the agent's release lock).
  */
 export async function releaseFileVersions(db: DatabasePool, synced: SyncedAgent[], actor: string): Promise<void> {
   for (const s of synced) {
@@ -104,7 +106,7 @@ export async function releaseFileVersions(db: DatabasePool, synced: SyncedAgent[
       await lockAgent(tx, s.id);
       const last = await tx.maybeOne(sql.type(z.object({ to_version: z.number() }))`
         SELECT to_version FROM release_audit WHERE agent_id = ${s.id} AND actor = ${actor} AND action = 'activate' ORDER BY id DESC LIMIT 1`);
-      if (last?.to_version === s.version) return;
+      if (last && s.version <= last.to_version!) return;
       await activateIn(tx, { agentId: s.id, version: s.version, actor, reason: last ? 'the definitions file changed' : 'first version from the definitions file' });
     });
   }
@@ -168,7 +170,7 @@ async function retire(tx: CommonQueryMethods, agentId: string, version: number):
 }
 
 /** The version that was active most recently before, other than `bad`, and not rolled back since. */
-async function previousGoodVersion(tx: CommonQueryMethods, agentId: string, bad: number): Promise<number | null> {
+export async function previousGoodVersion(tx: CommonQueryMethods, agentId: string, bad: number): Promise<number | null> {
   const row = await tx.maybeOne(sql.type(z.object({ to_version: z.number() }))`
     SELECT a.to_version FROM release_audit a JOIN agents g ON g.id = a.agent_id AND g.version = a.to_version
     WHERE a.agent_id = ${agentId} AND a.action IN ('activate', 'rollback', 'auto_rollback')
@@ -192,7 +194,7 @@ export interface RollbackResult extends ReleaseChange {
  */
 export async function rollbackRelease(
   db: DatabasePool,
-  r: { agentId: string; version?: number; reason: string; actor: string; automatic: boolean; expect?: 'active' | 'canary' },
+  r: { agentId: string; version?: number; reason: string; actor: string; automatic: boolean; expect?: 'active' | 'canary'; checkId?: string },
 ): Promise<RollbackResult | null> {
   return db.transaction(async (tx) => {
     await lockAgent(tx, r.agentId);
@@ -207,7 +209,7 @@ export async function rollbackRelease(
       const release = await tx.one(sql.type(ReleaseRow)`
         UPDATE agent_releases SET canary_version = NULL, canary_percent = NULL, updated_at = now() WHERE agent_id = ${r.agentId} RETURNING ${RELEASE_COLUMNS}`);
       await setStatus(tx, r.agentId, version, 'rolled_back');
-      const row = await audit(tx, { agentId: r.agentId, action, from: version, to: current.active_version, actor: r.actor, reason: r.reason });
+      const row = await audit(tx, { agentId: r.agentId, action, from: version, to: current.active_version, actor: r.actor, reason: r.reason, checkId: r.checkId ?? null });
       return { release, audit: row, role, from: version, to: current.active_version };
     }
     const to = await previousGoodVersion(tx, r.agentId, version);
@@ -222,7 +224,7 @@ export async function rollbackRelease(
       WHERE agent_id = ${r.agentId} RETURNING ${RELEASE_COLUMNS}`);
     await setStatus(tx, r.agentId, version, 'rolled_back');
     await setStatus(tx, r.agentId, to, 'active');
-    const row = await audit(tx, { agentId: r.agentId, action, from: version, to, actor: r.actor, reason: r.reason });
+    const row = await audit(tx, { agentId: r.agentId, action, from: version, to, actor: r.actor, reason: r.reason, checkId: r.checkId ?? null });
     return { release, audit: row, role, from: version, to };
   });
 }
@@ -237,7 +239,20 @@ export async function sessionsOnVersion(db: CommonQueryMethods, agentId: string,
 export async function moveSessions(db: CommonQueryMethods, ids: string[], agentId: string, from: number, to: number): Promise<number> {
   if (ids.length === 0) return 0;
   const result = await db.query(sql.unsafe`
-    UPDATE sessions SET agent_version = ${to}, agent_version_since = now(), updated_at = now()
+    UPDATE sessions SET agent_version = ${to}, updated_at = now()
     WHERE id = ANY(${sql.array(ids, 'text')}) AND agent_id = ${agentId} AND agent_version = ${from} AND status = 'active'`);
   return result.rowCount;
+}
+
+/** The automatic rollback a health check made, if it made one (a retried rollback finds its own). */
+export async function rollbackOfCheck(db: CommonQueryMethods, checkId: string): Promise<AuditRow | null> {
+  return db.maybeOne(sql.type(AuditRow)`SELECT ${AUDIT_COLUMNS} FROM release_audit WHERE check_id = ${checkId}`);
+}
+
+/** The agent's last automatic rollback, if it happened within `windowMs` (the database's clock). */
+export async function recentAutoRollback(db: CommonQueryMethods, agentId: string, windowMs: number): Promise<AuditRow | null> {
+  return db.maybeOne(sql.type(AuditRow)`
+    SELECT ${AUDIT_COLUMNS} FROM release_audit
+    WHERE agent_id = ${agentId} AND action = 'auto_rollback' AND created_at > now() - make_interval(secs => ${windowMs / 1000})
+    ORDER BY id DESC LIMIT 1`);
 }

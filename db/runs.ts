@@ -72,6 +72,8 @@ export interface RunClaim {
   /** The session to run in; null: a session is made for the run. */
   sessionId: string | null;
   inputDigest: string;
+  /** Kept until the message is sent, for the worker's outbox to send it if this request dies first. */
+  input: string;
   idempotencyKey?: string;
   webhookUrl?: string;
   budget?: Budget;
@@ -108,8 +110,8 @@ export async function claimRun(pool: DatabasePool, c: RunClaim): Promise<{ run: 
 async function insertRun(tx: DatabaseTransactionConnection, c: RunClaim, id: string): Promise<string | null> {
   const sessionId = c.sessionId;
   return tx.maybeOneFirst(sql.type(z.object({ id: z.string() }))`
-    INSERT INTO runs (id, owner_id, session_id, agent_id, input_digest, idempotency_key, webhook_url, budget, start_seq, send_lease_until)
-    VALUES (${id}, ${c.ownerId}, ${sessionId}, ${c.agentId}, ${c.inputDigest}, ${c.idempotencyKey ?? null},
+    INSERT INTO runs (id, owner_id, session_id, agent_id, input_digest, input, idempotency_key, webhook_url, budget, start_seq, send_lease_until)
+    VALUES (${id}, ${c.ownerId}, ${sessionId}, ${c.agentId}, ${c.inputDigest}, ${c.input}, ${c.idempotencyKey ?? null},
             ${c.webhookUrl ?? null}, ${c.budget ? sql.jsonb(c.budget) : null}, COALESCE((SELECT MAX(seq) FROM session_events WHERE session_id = ${sessionId}), 0),
             statement_timestamp() + ${c.leaseMs} * interval '1 millisecond')
     ON CONFLICT (id) DO NOTHING
@@ -129,7 +131,7 @@ export async function setMessageId(db: CommonQueryMethods, runId: string, messag
 }
 
 export async function markSent(db: CommonQueryMethods, runId: string): Promise<void> {
-  await db.query(sql.unsafe`UPDATE runs SET sent_at = COALESCE(sent_at, statement_timestamp()), send_lease_until = NULL, updated_at = statement_timestamp() WHERE id = ${runId}`);
+  await db.query(sql.unsafe`UPDATE runs SET sent_at = COALESCE(sent_at, statement_timestamp()), send_lease_until = NULL, input = NULL, updated_at = statement_timestamp() WHERE id = ${runId}`);
 }
 
 /** Takes over the sending of a queued run's message whose sender has not finished within its lease (it died). */
@@ -141,9 +143,38 @@ export async function takeSendLease(db: CommonQueryMethods, runId: string, lease
   return taken ? db.one(sql.type(RunRecord)`SELECT ${RECORD} WHERE r.id = ${runId}`) : null;
 }
 
-/** The send failed in a way that may or may not have reached the session: the next repeat re-sends at once. */
+/**
+ * The send failed in a way that may or may not have reached the session: the next repeat
+ * re-sends at once, and the worker's outbox once the grace after this moment has passed.
+ */
 export async function releaseSendLease(db: CommonQueryMethods, runId: string): Promise<void> {
-  await db.query(sql.unsafe`UPDATE runs SET send_lease_until = NULL WHERE id = ${runId} AND sent_at IS NULL`);
+  await db.query(sql.unsafe`UPDATE runs SET send_lease_until = statement_timestamp() WHERE id = ${runId} AND sent_at IS NULL`);
+}
+
+export const UnsentRun = z.object({
+  id: z.string(),
+  session_id: z.string().nullable(),
+  message_id: z.string().nullable(),
+  input: z.string().nullable(),
+  budget: Budget.nullable(),
+});
+export type UnsentRun = z.infer<typeof UnsentRun>;
+
+/**
+ * Takes over the sending of up to `limit` queued runs whose message nobody sent: their sender's
+ * lease ran out more than `graceMs` ago (the API died, or its send failed and the client never
+ * repeated). Leased for `leaseMs` like a repeat's takeover, so a repeat meanwhile waits for it.
+ */
+export async function claimUnsentRuns(db: CommonQueryMethods, opts: { graceMs: number; leaseMs: number; limit: number }): Promise<UnsentRun[]> {
+  const rows = await db.any(sql.type(UnsentRun)`
+    UPDATE runs SET send_lease_until = statement_timestamp() + ${opts.leaseMs} * interval '1 millisecond', updated_at = statement_timestamp()
+    WHERE id IN (
+      SELECT id FROM runs
+      WHERE status = 'queued' AND sent_at IS NULL
+        AND (send_lease_until IS NULL OR send_lease_until < statement_timestamp() - ${opts.graceMs} * interval '1 millisecond')
+      ORDER BY created_at LIMIT ${opts.limit} FOR UPDATE SKIP LOCKED)
+    RETURNING id, session_id, message_id, input, budget`);
+  return [...rows];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -256,7 +287,7 @@ export async function followRunEvent(tx: DatabaseTransactionConnection, event: D
     case 'message.accepted': {
       const d = event.data as DurableEventData<'message.accepted'>;
       await tx.query(sql.unsafe`
-        UPDATE runs SET turn = ${d.turn}, sent_at = COALESCE(sent_at, statement_timestamp()), send_lease_until = NULL, updated_at = statement_timestamp()
+        UPDATE runs SET turn = ${d.turn}, sent_at = COALESCE(sent_at, statement_timestamp()), send_lease_until = NULL, input = NULL, updated_at = statement_timestamp()
         WHERE message_id = ${d.messageId} AND session_id = ${sessionId} AND turn IS NULL`);
       return;
     }
@@ -348,7 +379,7 @@ export async function followRunEvent(tx: DatabaseTransactionConnection, event: D
       await move(
         tx,
         sql.fragment`session_id = ${sessionId} AND status IN ('queued', 'running', 'waiting_approval')`,
-        sql.fragment`status = 'cancelled', cancelled_by = ${d.deletedBy}, error_code = 'SESSION_NOT_FOUND',
+        sql.fragment`status = 'cancelled', cancelled_by = ${d.deletedBy}, error_code = 'SESSION_NOT_FOUND', input = NULL,
           error_message = 'The session was deleted.', finished_at = statement_timestamp(), final_seq = ${event.seq}`,
         cause,
       );
@@ -361,7 +392,8 @@ export async function followRunEvent(tx: DatabaseTransactionConnection, event: D
 
 /**
  * Ends a run that has not started from the API's side: cancelled while queued, or refused at
- * submit (then it also stops answering repeats). Null when the run was no longer queued.
+ * submit (then it also stops answering repeats). Null when the run was no longer queued, and,
+ * for a refusal, when its message already has a turn (that turn runs: the run follows it).
  */
 export async function endQueuedRun(
   pool: DatabasePool,
@@ -375,10 +407,11 @@ export async function endQueuedRun(
     if (sessionId) await tx.query(sql.unsafe`SELECT 1 FROM sessions WHERE id = ${sessionId} FOR NO KEY UPDATE`);
     const set =
       end.status === 'cancelled'
-        ? sql.fragment`status = 'cancelled', cancelled_by = ${end.cancelledBy}, error_code = 'TURN_CANCELLED', error_message = 'The run was cancelled before it started.', finished_at = statement_timestamp()`
-        : sql.fragment`status = 'error', error_code = ${end.code}, error_message = ${end.message}, finished_at = statement_timestamp(), dedupe_active = false`;
+        ? sql.fragment`status = 'cancelled', cancelled_by = ${end.cancelledBy}, error_code = 'TURN_CANCELLED', error_message = 'The run was cancelled before it started.', finished_at = statement_timestamp(), input = NULL`
+        : sql.fragment`status = 'error', error_code = ${end.code}, error_message = ${end.message}, finished_at = statement_timestamp(), dedupe_active = false, input = NULL`;
     const cause = end.status === 'cancelled' ? 'cancel' : 'refused';
-    const moved = await move(tx, sql.fragment`id = ${runId} AND status = 'queued'`, set, cause);
+    const where = end.status === 'cancelled' ? sql.fragment`id = ${runId} AND status = 'queued'` : sql.fragment`id = ${runId} AND status = 'queued' AND turn IS NULL`;
+    const moved = await move(tx, where, set, cause);
     if (moved.length === 0) return null;
     if (sessionId) await progress(tx, append, { id: runId, sessionId, status: end.status }, cause);
     return tx.one(sql.type(RunRecord)`SELECT ${RECORD} WHERE r.id = ${runId}`);
@@ -406,10 +439,14 @@ export async function claimUnfinalizedRuns(db: CommonQueryMethods, limit: number
   return [...rows];
 }
 
-/** Marks a run finalized; false when another worker already did (then it is not observed again). */
+/**
+ * Marks a run finalized; false when another worker already did (then it is not observed again).
+ * The delivery may have ended before this mark (a re-claim after a lease ran out, a slow mark):
+ * its outcome stays.
+ */
 export async function markFinalized(db: CommonQueryMethods, runId: string, webhookPending: boolean): Promise<boolean> {
   const done = await db.maybeOneFirst(sql.type(z.object({ id: z.string() }))`
-    UPDATE runs SET finalized_at = statement_timestamp(), webhook_status = CASE WHEN ${webhookPending}::boolean THEN 'pending' ELSE webhook_status END
+    UPDATE runs SET finalized_at = statement_timestamp(), webhook_status = CASE WHEN ${webhookPending}::boolean THEN COALESCE(webhook_status, 'pending') ELSE webhook_status END
     WHERE id = ${runId} AND finalized_at IS NULL
     RETURNING id`);
   return done !== null;
@@ -444,6 +481,11 @@ export const SloStats = z.object({
   error: z.number(),
   cancelled: z.number(),
   platform_failures: z.number(),
+  /** Unfinished runs older than the overdue threshold: missed for time to execute. */
+  overdue: z.number(),
+  /** Of those, the queued and running ones: the platform has not served them (waiting on an approver is not its failure). */
+  overdue_unserved: z.number(),
+  tte_count: z.number(),
   tte_p50: z.number().nullable(),
   tte_p95: z.number().nullable(),
   tte_p99: z.number().nullable(),
@@ -452,10 +494,14 @@ export type SloStats = z.infer<typeof SloStats>;
 
 /**
  * Counts of the runs submitted in the last `windowMs`, and the nearest-rank percentiles of the
- * time to execute (submit to finish, seconds) of those that ended done. `ownerId` undefined: every user's.
+ * time to execute (submit to finish, seconds) of those that ended done and of the unfinished
+ * ones older than `overdueAfterSeconds`, whose age so far is a lower bound of theirs (a run
+ * that never finishes is still counted). `ownerId` undefined: every user's.
  */
-export async function sloStats(db: CommonQueryMethods, opts: { windowMs: number; ownerId?: string }): Promise<SloStats> {
-  const tte = sql.fragment`extract(epoch FROM finished_at - created_at)::float8`;
+export async function sloStats(db: CommonQueryMethods, opts: { windowMs: number; overdueAfterSeconds: number; ownerId?: string }): Promise<SloStats> {
+  const overdue = sql.fragment`status IN ('queued', 'running', 'waiting_approval') AND created_at < now() - ${opts.overdueAfterSeconds} * interval '1 second'`;
+  const measured = sql.fragment`status = 'done' OR (${overdue})`;
+  const tte = sql.fragment`extract(epoch FROM COALESCE(finished_at, now()) - created_at)::float8`;
   const platform = sql.array([...PLATFORM_FAILURE_CODES], 'text');
   return db.one(sql.type(SloStats)`
     SELECT count(*)::int AS total,
@@ -466,9 +512,12 @@ export async function sloStats(db: CommonQueryMethods, opts: { windowMs: number;
            count(*) FILTER (WHERE status = 'error')::int AS error,
            count(*) FILTER (WHERE status = 'cancelled')::int AS cancelled,
            count(*) FILTER (WHERE status = 'error' AND error_code = ANY(${platform}))::int AS platform_failures,
-           percentile_disc(0.5) WITHIN GROUP (ORDER BY ${tte}) FILTER (WHERE status = 'done') AS tte_p50,
-           percentile_disc(0.95) WITHIN GROUP (ORDER BY ${tte}) FILTER (WHERE status = 'done') AS tte_p95,
-           percentile_disc(0.99) WITHIN GROUP (ORDER BY ${tte}) FILTER (WHERE status = 'done') AS tte_p99
+           count(*) FILTER (WHERE ${overdue})::int AS overdue,
+           count(*) FILTER (WHERE ${overdue} AND status <> 'waiting_approval')::int AS overdue_unserved,
+           count(*) FILTER (WHERE ${measured})::int AS tte_count,
+           percentile_disc(0.5) WITHIN GROUP (ORDER BY ${tte}) FILTER (WHERE ${measured}) AS tte_p50,
+           percentile_disc(0.95) WITHIN GROUP (ORDER BY ${tte}) FILTER (WHERE ${measured}) AS tte_p95,
+           percentile_disc(0.99) WITHIN GROUP (ORDER BY ${tte}) FILTER (WHERE ${measured}) AS tte_p99
     FROM runs
     WHERE created_at > now() - ${opts.windowMs} * interval '1 millisecond'
       AND (${opts.ownerId ?? null}::text IS NULL OR owner_id = ${opts.ownerId ?? null})`);

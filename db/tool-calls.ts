@@ -36,13 +36,15 @@ export interface NewToolCall {
   digest: string;
   requiresApproval: boolean;
   expiresAt: string | null;
+  /** The agent version whose reply asked for the call. */
+  agentVersion?: number;
 }
 
 export async function insertToolCall(db: CommonQueryMethods, c: NewToolCall): Promise<void> {
   await db.query(sql.unsafe`
-    INSERT INTO tool_calls (id, model_call_id, session_id, turn, step, name, arguments, status, digest, requires_approval, expires_at)
+    INSERT INTO tool_calls (id, model_call_id, session_id, turn, step, name, arguments, status, digest, requires_approval, expires_at, agent_version)
     VALUES (${c.id}, ${c.modelCallId}, ${c.sessionId}, ${c.turn}, ${c.step}, ${c.name}, ${sql.jsonb(c.arguments as never)},
-            ${c.status}, ${c.digest}, ${c.requiresApproval}, ${c.expiresAt})
+            ${c.status}, ${c.digest}, ${c.requiresApproval}, ${c.expiresAt}, ${c.agentVersion ?? null})
     ON CONFLICT (id) DO NOTHING`);
 }
 

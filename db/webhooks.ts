@@ -34,6 +34,15 @@ export async function recordDeliveryAttempt(db: CommonQueryMethods, a: DeliveryA
     ON CONFLICT (delivery_id, attempt) DO NOTHING`);
 }
 
+/** A delivery that ended without being delivered is failed, unless an attempt did deliver it (and its completion was lost). */
+export async function settleUndelivered(db: CommonQueryMethods, target: WebhookTarget): Promise<void> {
+  if (target.kind === 'run') {
+    await db.query(sql.unsafe`UPDATE runs SET webhook_status = 'failed', updated_at = statement_timestamp() WHERE id = ${target.id} AND webhook_status IS DISTINCT FROM 'delivered'`);
+  } else {
+    await db.query(sql.unsafe`UPDATE incidents SET notified_at = COALESCE(notified_at, now()), notify_status = 'failed' WHERE id = ${target.id} AND notify_status IS DISTINCT FROM 'delivered'`);
+  }
+}
+
 /** Every attempt for one target, oldest first. */
 export async function deliveriesOf(db: CommonQueryMethods, target: WebhookTarget): Promise<WebhookDeliveryRow[]> {
   const rows = await db.any(sql.type(WebhookDeliveryRow)`

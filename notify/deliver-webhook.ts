@@ -4,14 +4,14 @@ import type { LookupFunction } from 'node:net';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { DatabasePool } from 'slonik';
-import { DeliverWebhookInput, WEBHOOK_HEADERS, type WebhookTarget } from '../contracts/webhooks';
+import { DeliverWebhookInput, SettleWebhookInput, WEBHOOK_HEADERS, type WebhookTarget } from '../contracts/webhooks';
 import { WebhookFailureType } from '../contracts/webhook-failures';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 import { classifyingPersistenceErrors, parseActivityInput } from '../activities/persistence-errors';
 import { markIncidentNotified } from '../db/incidents';
 import { setWebhookStatus } from '../db/runs';
-import { recordDeliveryAttempt, type DeliveryAttempt } from '../db/webhooks';
+import { recordDeliveryAttempt, settleUndelivered, type DeliveryAttempt } from '../db/webhooks';
 import { resolveAndCheck, type PinnedTarget } from '../tools/http-request';
 import { ToolRefusedError } from '../tools';
 import { webhookSignature } from './signature';
@@ -35,8 +35,8 @@ const MAX_RESPONSE_BYTES = 64 * 1024;
 class Refused extends Error {}
 
 /**
- * The one activity of the webhook delivery workflow: one signed POST, its outcome recorded in
- * webhook_deliveries. A 2xx delivers; 5xx, 408, 425, 429 and network failures are retried by
+ * The webhook delivery workflow's activities. deliverWebhook: one signed POST, its outcome
+ * recorded in webhook_deliveries. A 2xx delivers; 5xx, 408, 425, 429 and network failures are retried by
  * Temporal (the workflow's retry policy); any other answer, a redirect included, is final.
  */
 export function createNotifyActivities(deps: NotifyDeps) {
@@ -84,7 +84,14 @@ export function createNotifyActivities(deps: NotifyDeps) {
     return fail(RETRYABLE_STATUS(status) ? 'failed' : 'refused', { httpStatus: status, error: `the receiver answered ${status}` });
   }
 
-  return classifyingPersistenceErrors({ deliverWebhook });
+  /** Run by the workflow once the attempts are over undelivered: also when the last one died without recording its end. */
+  async function settleUndeliveredWebhook(raw: SettleWebhookInput): Promise<void> {
+    const input = parseActivityInput(SettleWebhookInput, raw);
+    await settleUndelivered(deps.pool, input.target);
+    deps.log.warn({ deliveryId: input.deliveryId, target: input.target }, 'webhook delivery ended undelivered');
+  }
+
+  return classifyingPersistenceErrors({ deliverWebhook, settleUndeliveredWebhook });
 }
 
 export type NotifyActivities = ReturnType<typeof createNotifyActivities>;

@@ -25,6 +25,8 @@ export interface MoveDeps {
 export async function moveSessionsOff(
   deps: MoveDeps,
   r: { agentId: string; from: number; to: number; move: boolean; requestedBy: string },
+  /** Called after each signal: an activity heartbeats here, so a long move is not taken for a dead one. */
+  progress: () => void = () => undefined,
 ): Promise<{ affected: number; moved: number }> {
   const ids = await sessionsOnVersion(deps.pool, r.agentId, r.from);
   if (!r.move || ids.length === 0) return { affected: ids.length, moved: 0 };
@@ -39,6 +41,7 @@ export async function moveSessionsOff(
       } catch (error) {
         if (!(error instanceof WorkflowNotFoundError)) throw error;
       }
+      progress();
     }
   };
   await Promise.all(Array.from({ length: Math.min(SIGNAL_CONCURRENCY, ids.length) }, signalNext));

@@ -65,7 +65,7 @@ interface Usage {
 
 interface StepResult {
   name: string;
-  outcome: 'PASS' | 'FAIL' | 'SKIP';
+  outcome: 'PASS' | 'FAIL';
   ms: number;
   detail: string;
   usage?: { inputTokens: number; outputTokens: number; costUsd: number; replies: number; withoutUsage: number };
@@ -75,8 +75,6 @@ const results: StepResult[] = [];
 const warnings: string[] = [];
 let sessionTotals: string | undefined;
 
-class Skip extends Error {}
-
 async function step(name: string, run: () => Promise<Omit<StepResult, 'name' | 'outcome' | 'ms'>>): Promise<boolean> {
   const startedAt = performance.now();
   say(`${name} …`);
@@ -85,7 +83,7 @@ async function step(name: string, run: () => Promise<Omit<StepResult, 'name' | '
     result = { name, outcome: 'PASS', ms: 0, ...(await run()) };
   } catch (error) {
     const detail = error instanceof Error ? error.message : String(error);
-    result = { name, outcome: error instanceof Skip ? 'SKIP' : 'FAIL', ms: 0, detail };
+    result = { name, outcome: 'FAIL', ms: 0, detail };
   }
   result.ms = performance.now() - startedAt;
   results.push(result);
@@ -102,7 +100,6 @@ function usageText(u: NonNullable<StepResult['usage']>): string {
 
 function printSummary(model: string, code: number): void {
   const failed = results.filter((r) => r.outcome === 'FAIL').length;
-  const skipped = results.filter((r) => r.outcome === 'SKIP').length;
   const width = Math.max(...results.map((r) => r.name.length));
   console.log('');
   console.log(`Keel live check against ${model}`);
@@ -112,7 +109,7 @@ function printSummary(model: string, code: number): void {
   if (sessionTotals) console.log(`  session usage: ${sessionTotals}`);
   for (const warning of warnings) console.log(`  WARNING  ${warning}`);
   const verdict = code === INTERRUPTED ? 'INTERRUPTED' : failed || code !== 0 ? `FAIL${failed ? ` (${failed} failed)` : ''}` : 'PASS';
-  console.log(`result: ${verdict}${skipped ? `, ${skipped} skipped` : ''}`);
+  console.log(`result: ${verdict}`);
   console.log('');
 }
 
@@ -219,9 +216,6 @@ async function checks(ready: Ready, startMs: number): Promise<number> {
 
   await step('background run', async () => {
     const created = await api.request('POST', '/api/v1/runs', { input: RUN_INPUT });
-    if (created.status === 404 && (typeof created.body !== 'object' || [undefined, 'NOT_FOUND'].includes(created.body?.error?.code))) {
-      throw new Skip('POST /api/v1/runs answered 404: this build has no runs endpoint yet');
-    }
     if (created.status !== 202) throw new Error(`POST /api/v1/runs: ${responseText(created)}`);
     const { runId, sessionId: runSession } = created.body as { runId: string; sessionId: string };
     const deadline = Date.now() + RUN_TIMEOUT_MS;

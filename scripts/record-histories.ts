@@ -686,6 +686,44 @@ const scenarios: Scenario[] = [
       };
     },
   },
+  {
+    name: 'webhook-delivery',
+    files: {
+      'webhook-delivered-after-retry': 'webhookDeliveryWorkflow for a run\'s webhook (started by the worker\'s outbox): the receiver answers 500 once, the activity is retried and delivers.',
+      'webhook-refused': 'the same delivery to a receiver that answers 400: refused for good, the workflow settles the delivery failed (settleUndeliveredWebhook).',
+    },
+    uses: 'POST /runs {webhookUrl} (KEEL_WEBHOOK_SECRET, KEEL_WEBHOOK_ALLOW_HOSTS), the outbox\'s workflow ID webhook-run-<runId>',
+    async run(ctx) {
+      const answers: Record<string, number[]> = { '/retry': [500, 204], '/refuse': [400] };
+      const receiver = http.createServer((req, res) => {
+        req.resume();
+        const queue = answers[req.url ?? ''] ?? [404];
+        res.writeHead(queue.length > 1 ? queue.shift()! : queue[0]!).end();
+      });
+      await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+      try {
+        const api = await ctx.api();
+        const histories: Record<string, History> = {};
+        for (const [route, file] of [['/retry', 'webhook-delivered-after-retry'], ['/refuse', 'webhook-refused']] as const) {
+          const res = await api.request('POST', '/runs', { input: `webhook ${route}`, webhookUrl: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}${route}` });
+          if (res.status !== 202) throw new Error(`POST /runs: ${res.status} ${res.text}`);
+          const workflowId = `webhook-run-${res.body.runId}`;
+          const deadline = Date.now() + 30_000;
+          while (!(await ctx.temporal.workflow.getHandle(workflowId).describe().then(() => true, () => false))) {
+            if (Date.now() > deadline) throw new Error(`${workflowId} was never started`);
+            await pause(100);
+          }
+          histories[file] = await closedHistory(ctx, workflowId);
+        }
+        return {
+          'webhook-delivered-after-retry': expectPath(histories['webhook-delivered-after-retry']!, { 'delivered on a later attempt': (f) => f.retried.includes('deliverWebhook') && !f.activities.includes('settleUndeliveredWebhook') }),
+          'webhook-refused': expectPath(histories['webhook-refused']!, { 'settled failed': (f) => f.activities.includes('settleUndeliveredWebhook') }),
+        };
+      } finally {
+        await new Promise((resolve) => receiver.close(resolve));
+      }
+    },
+  },
 ];
 
 async function expectOk(pending: Promise<{ status: number; text: string }>): Promise<void> {
@@ -828,6 +866,10 @@ async function main(): Promise<number> {
         KEEL_AGENTS_FILE: AGENTS_FILE,
         KEEL_HTTP_ALLOW_HOSTS: `127.0.0.1:${slowPort}`,
         KEEL_HTTP_TIMEOUT_MS: '60000',
+        // The webhook-delivery scenario's receiver is on loopback; its retry waits briefly.
+        KEEL_WEBHOOK_SECRET: 'recorder-webhook-secret',
+        KEEL_WEBHOOK_ALLOW_HOSTS: '127.0.0.1',
+        KEEL_WEBHOOK_RETRY_INITIAL_MS: '200',
         // Histories are recorded untraced; test/replay.test.ts replays them on both bundles.
         OTEL_EXPORTER_OTLP_ENDPOINT: '',
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: '',

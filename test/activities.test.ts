@@ -594,7 +594,7 @@ describe('streamReply', () => {
       { type: 'message.accepted', key: `accepted:${sessionId}-m1`, data: { messageId: `${sessionId}-m1`, turn: 1, content: 'Where is order 7?' } },
       { type: 'stream.start', key: 't1-s1:start:1', data: { streamId: 't1-s1', turn: 1, replyTo: `${sessionId}-m1`, attempt: 1 } },
       { type: 'stream.end', key: 't1-s1:end', data: { streamId: 't1-s1', attempt: 1, messageId, content: 'Order 7 ships on Monday.', finishReason: 'stop', usage } },
-      { type: 'turn.done', key: 'turn:1:done', data: { turn: 1, replyTo: `${sessionId}-m1`, status: 'completed', messageId, content: 'Order 7 ships on Monday.', usage } },
+      { type: 'turn.done', key: 'turn:1:done', data: { turn: 1, replyTo: `${sessionId}-m1`, status: 'completed', messageId, content: 'Order 7 ships on Monday.', usage, agentVersion } },
     ]);
     expect(await messagesOf(sessionId)).toEqual([
       { id: `${sessionId}-m1`, turn: 1, position: 0, role: 'user', content: 'Where is order 7?', tool_call_id: null },

@@ -286,7 +286,7 @@ describe('agent versions in Postgres', () => {
     await expect(AgentRegistry.load(pool, noDefault, tools)).rejects.toThrow(AgentConfigError);
   });
 
-  test('the file releases its version: seeded, changed, reverted; a rollback outlives a restart with the same file', async () => {
+  test('the file releases its version: seeded, then each newer one; a rollback outlives a restart; an older file changes nothing', async () => {
     const yaml = (prompt: string) => yamlFile(`agents:\n  - id: default\n    name: D\n    systemPrompt: x\n  - id: rel\n    name: R\n    systemPrompt: ${prompt}\n`);
     const active = async () => (await getRelease(pool, 'rel'))?.active_version;
     const first = await yaml('one');
@@ -304,9 +304,14 @@ describe('agent versions in Postgres', () => {
     expect(await active()).toBe(1);
     expect((await listVersions(pool, 'rel')).find((v) => v.version === 2)?.status).toBe('rolled_back');
 
-    // Going back to the first definition in the file is a deploy of version 1.
+    // An older file (an old process restarting mid-deploy, or a revert) does not undo the release.
     await AgentRegistry.load(pool, first, tools);
-    expect(await active()).toBe(1);
-    expect((await listAudit(pool, 'rel', 1))[0]).toMatchObject({ action: 'activate', to_version: 1, actor: 'agents-file' });
+    await AgentRegistry.load(pool, second, tools);
+    const third = await yaml('three');
+    await AgentRegistry.load(pool, third, tools);
+    expect(await active()).toBe(3);
+    await AgentRegistry.load(pool, first, tools);
+    expect(await active()).toBe(3);
+    expect((await listAudit(pool, 'rel', 1))[0]).toMatchObject({ action: 'activate', to_version: 3, actor: 'agents-file' });
   });
 });

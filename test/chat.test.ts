@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { messageIdFor } from '../api/session-service';
+import { messageIdFor } from '../contracts/ids';
 import { DEV_TOKEN, startStack, type Stack } from './support/stack';
 import { SseClient } from './support/sse-client';
 

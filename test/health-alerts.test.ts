@@ -83,10 +83,12 @@ test('a turn that hangs past KEEL_ALERT_TURN_STUCK_MS raises one turn_stuck inci
   const sent = await notificationFor(incident.id);
   expect(sent).toMatchObject({ type: 'incident', incident: { id: incident.id, kind: 'turn_stuck' } });
   expect(await alertsCounted('turn_stuck')).toBe(1);
-  // Two later checks (each scheduled run also checks the releases) find the same turn: no second incident.
-  const checks = async () => Number((await stack.db.query('SELECT count(*) AS n FROM release_checks')).rows[0].n);
-  const seen = await checks();
-  await eventually(async () => (await checks()) >= seen + 2, 20_000, 'two more scheduled checks');
+  // Two later scheduled runs find the same turn: no second incident. Overlapping runs are skipped,
+  // so once three more have started, at least two more have finished.
+  const schedule = new Client({ connection: temporal }).schedule.getHandle(releaseHealthScheduleId(stack.env.KEEL_TASK_QUEUE!));
+  const taken = async () => (await schedule.describe()).info.numActionsTaken;
+  const seen = await taken();
+  await eventually(async () => (await taken()) >= seen + 3, 20_000, 'two more scheduled checks to finish');
   expect((await incidents('turn_stuck')).filter((i) => i.evidence.sessionId === sessionId)).toHaveLength(1);
   await stack.request('POST', `/api/v1/sessions/${sessionId}/cancel`, {});
 });

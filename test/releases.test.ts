@@ -228,3 +228,56 @@ test('an operator promotes a version and rolls it back by hand, each change an a
   expect(res.body).toMatchObject({ rolledBack: next, role: 'active', release: { activeVersion: 1 }, audit: { action: 'rollback', fromVersion: next, toVersion: 1, actor: 'ops', reason: 'customer complaints' } });
   expect((await versionOfNewSession()).version).toBe(1);
 });
+
+describe('when rolling back cannot help', () => {
+  const probe = { name: 'sum', prompt: 'What is 4 + 4?', expect: { toolCalled: 'calculator', replyMatches: '\\b8\\b' } };
+  const good = (n: number) => ({ name: `Agent ${n}`, systemPrompt: `You are version ${n}.`, tools: ['calculator'], healthChecks: [probe] });
+  const broken = (n: number) => ({ ...good(n), systemPrompt: `You are version ${n}. ${BROKEN}` });
+  async function put(agentId: string, def: Record<string, unknown>, activate = true): Promise<number> {
+    const res = await asAdmin('POST', `/api/v1/agents/${agentId}/versions`, def);
+    expect(res.status).toBe(201);
+    if (activate) expect((await asAdmin('POST', `/api/v1/agents/${agentId}/activate`, { version: res.body.version, watch: false })).status).toBe(200);
+    return res.body.version as number;
+  }
+  const unhealthy = (agentId: string) =>
+    eventually(async () => (await asAdmin('GET', `/api/v1/incidents?kind=release_unhealthy&agentId=${agentId}`)).body.incidents[0], 20_000, `${agentId}'s release_unhealthy incident`);
+
+  test('a failing version with nothing before it stays, with a release_unhealthy incident and a no_rollback decision', async () => {
+    const only = await put('solo', broken(1));
+    const incident = await unhealthy('solo');
+    expect(incident).toMatchObject({ version: only, evidence: { notRolledBack: 'there is no earlier good version to roll back to', failed: ['probe:sum'] } });
+    expect((await release('solo')).release.activeVersion).toBe(only);
+    const { rows } = await stack.db.query(`SELECT DISTINCT decision FROM release_checks WHERE agent_id = 'solo'`);
+    expect(rows).toEqual([{ decision: 'no_rollback' }]);
+  });
+
+  test('a second failure within the health window is not rolled back again (an outage walks back no further)', async () => {
+    const v1 = await put('cooled', good(1));
+    const v2 = await put('cooled', broken(2));
+    await eventually(async () => (await release('cooled')).release.activeVersion === v1, 20_000, 'the first rollback');
+    const v3 = await put('cooled', broken(3));
+    const incident = await unhealthy('cooled');
+    expect(incident).toMatchObject({ version: v3, evidence: { notRolledBack: expect.stringContaining('already rolled back automatically') } });
+    const body = await release('cooled');
+    expect(body.release.activeVersion).toBe(v3);
+    expect(body.audit.filter((a: { action: string }) => a.action === 'auto_rollback').map((a: { fromVersion: number }) => a.fromVersion)).toEqual([v2]);
+  });
+
+  test('a failure the previous version shares (every probe failing: an outage) is not rolled back', async () => {
+    const v1 = await put('shared', good(1));
+    const v2 = await put('shared', good(2));
+    await eventually(async () => {
+      const { rows } = await stack.db.query(`SELECT count(*)::int AS n FROM release_checks WHERE agent_id = 'shared' AND version = $1 AND healthy`, [v2]);
+      return rows[0].n > 0;
+    }, 20_000, 'a healthy check of v2');
+    // The model provider fails every probe from now on.
+    stack.model.script(PROBE_USER, { failNext: { count: 1_000_000, status: 503 } });
+    try {
+      const incident = await unhealthy('shared');
+      expect(incident).toMatchObject({ version: v2, evidence: { notRolledBack: expect.stringContaining(`v${v1}, the version it would roll back to, fails its probe "sum" too`) } });
+      expect((await release('shared')).release.activeVersion).toBe(v2);
+    } finally {
+      stack.model.script(PROBE_USER, { failNext: undefined });
+    }
+  });
+});

@@ -1,12 +1,22 @@
+import { messageIdFor } from '../contracts/ids';
 import { digestOf } from '../contracts/canonical';
+import { runClientMessageId } from '../contracts/runs';
+import { storeIncomingMessage } from '../db/messages';
+import { openPool, type DatabasePool } from '../db/pool';
+import { claimRun, randomRunId, releaseSendLease, setMessageId } from '../db/runs';
 import { DEV_TOKEN, eventually, startStack, type Stack } from './support/stack';
 import { SseClient, type SseEvent } from './support/sse-client';
 
-/** Background runs: submit, repeats and races, statuses, cancel, the run's event stream, a backlog across a worker crash, and /slo. */
+/**
+ * Background runs: submit, repeats and races, statuses, cancel, the run's event stream, runs the
+ * API never sent, a backlog across a worker crash, and /slo. Where a request must die or fail
+ * half-way, the test plays it with the real db functions it calls.
+ */
 
 const SLO = { p95: 30, p99: 45, success: 0.9, availability: 0.95 };
 
 let stack: Stack;
+let pool: DatabasePool;
 beforeAll(async () => {
   stack = await startStack({
     env: {
@@ -23,8 +33,10 @@ beforeAll(async () => {
       KEEL_SLO_MAX_WINDOW_MS: String(2 * 86_400_000),
     },
   });
+  pool = await openPool(stack.env.DATABASE_URL!, 2);
 });
 afterAll(async () => {
+  await pool?.end();
   await stack?.stop();
 });
 
@@ -40,6 +52,26 @@ const waitFor = (runId: string, statuses: string[], token = DEV_TOKEN, timeoutMs
 async function assistantReplies(sessionId: string): Promise<{ turn: number; content: string }[]> {
   const { rows } = await stack.db.query(`SELECT turn, content FROM messages WHERE session_id = $1 AND role = 'assistant' ORDER BY turn, position`, [sessionId]);
   return rows;
+}
+
+async function userMessages(sessionId: string): Promise<{ content: string; client_message_id: string | null }[]> {
+  const { rows } = await stack.db.query(`SELECT content, client_message_id FROM messages WHERE session_id = $1 AND role = 'user' ORDER BY turn`, [sessionId]);
+  return rows;
+}
+
+/** What the API's request stores before it sends (db/runs.ts claimRun), as user "dev" with an idempotency key. */
+function claimAsRequest(input: string, sessionId: string | null, idempotencyKey: string) {
+  return claimRun(pool, {
+    id: randomRunId(),
+    ownerId: 'dev',
+    agentId: 'default',
+    sessionId,
+    inputDigest: digestOf({ agentId: 'default', sessionId, input }),
+    input,
+    idempotencyKey,
+    dedupeWindowMs: 60_000,
+    leaseMs: 60_000,
+  });
 }
 
 async function pendingApproval(sessionId: string): Promise<string> {
@@ -205,7 +237,7 @@ describe('repeats', () => {
     const runId = 'ab'.repeat(16);
     // The state a submitter leaves when it dies between storing the run and sending: queued, unsent, its lease run out.
     await stack.db.query(
-      `INSERT INTO runs (id, owner_id, session_id, agent_id, input_digest, idempotency_key, send_lease_until) VALUES ($1, 'dev', $2, 'default', $3, 'crashed-1', now() - interval '1 second')`,
+      `INSERT INTO runs (id, owner_id, session_id, agent_id, input_digest, input, idempotency_key, send_lease_until) VALUES ($1, 'dev', $2, 'default', $3, 'after a crash', 'crashed-1', now() - interval '1 second')`,
       [runId, sessionId, digestOf({ agentId: 'default', sessionId, input: 'after a crash' })],
     );
     await stack.db.query(`INSERT INTO run_transitions (run_id, status, cause) VALUES ($1, 'queued', 'submit')`, [runId]);
@@ -213,6 +245,59 @@ describe('repeats', () => {
     expect(repeat.body).toMatchObject({ runId, created: false });
     await waitFor(runId, ['done']);
     expect(await assistantReplies(sessionId)).toEqual([{ turn: 1, content: 'You said: after a crash.' }]);
+  });
+
+  test('a repeat of a run whose message was stored before its send failed is not refused by the rate limit: the run goes on, one turn', async () => {
+    const sessionId = await stack.createSession();
+    const input = 'stored, then the send failed';
+    // The first request named and stored the run's message, then its signal failed (SERVICE_UNAVAILABLE): it released its lease.
+    const { run } = await claimAsRequest(input, sessionId, 'resend-1');
+    const clientMessageId = runClientMessageId(run.id);
+    const { message_id: messageId } = await setMessageId(pool, run.id, messageIdFor(sessionId, clientMessageId));
+    await storeIncomingMessage(pool, { id: messageId!, sessionId, content: input, clientMessageId });
+    await releaseSendLease(pool, run.id);
+    // Other messages fill the session's rate limit meanwhile: a new message is refused now.
+    for (let i = 0; i < 10; i++) expect((await submit({ input: `filler ${i}`, sessionId })).status).toBe(202);
+    expect((await submit({ input: 'a new one', sessionId })).status).toBe(429);
+    const repeat = await submit({ input, sessionId, idempotencyKey: 'resend-1' });
+    expect([repeat.status, repeat.body.runId, repeat.body.created]).toEqual([202, run.id, false]);
+    const done = await waitFor(run.id, ['done']);
+    expect(done.transitions.map((t: { status: string }) => t.status)).toEqual(['queued', 'running', 'done']);
+    // The key still answers that run; its message is in the session once, answered once.
+    expect((await submit({ input, sessionId, idempotencyKey: 'resend-1' })).body).toMatchObject({ runId: run.id, created: false });
+    expect((await userMessages(sessionId)).filter((m) => m.content === input)).toEqual([{ content: input, client_message_id: clientMessageId }]);
+    expect((await assistantReplies(sessionId)).filter((r) => r.content.includes(`You said: ${input}.`))).toEqual([{ turn: done.turn, content: expect.any(String) }]);
+  }, 60_000);
+});
+
+describe('runs whose message nobody sent', () => {
+  test("the worker's outbox sends it once the send lease has run out by the grace: one turn, one reply", async () => {
+    const sessionId = await stack.createSession();
+    const input = 'sent by the outbox';
+    // The request stored the run, then died before sending; its lease ran out long ago.
+    const { run } = await claimAsRequest(input, sessionId, 'unsent-1');
+    await stack.db.query(`UPDATE runs SET send_lease_until = now() - interval '1 hour' WHERE id = $1`, [run.id]);
+    const done = await waitFor(run.id, ['done']);
+    expect(done.transitions.map((t: { status: string }) => t.status)).toEqual(['queued', 'running', 'done']);
+    await stack.worker.waitForLine(new RegExp(`"runId":"${run.id}".*"outbox: sent the message of a run the API did not send"`), 5_000);
+    expect(await userMessages(sessionId)).toEqual([{ content: input, client_message_id: runClientMessageId(run.id) }]);
+    expect(await assistantReplies(sessionId)).toEqual([{ turn: 1, content: `You said: ${input}.` }]);
+    // Sent: the row no longer keeps the input, and a repeat answers the run.
+    const { rows } = await stack.db.query(`SELECT input, sent_at FROM runs WHERE id = $1`, [run.id]);
+    expect([rows[0].input, rows[0].sent_at]).toEqual([null, expect.any(Date)]);
+    expect((await submit({ input, sessionId, idempotencyKey: 'unsent-1' })).body).toMatchObject({ runId: run.id, created: false, status: 'done' });
+  });
+
+  test('a run whose request died before making its session ends error SERVICE_UNAVAILABLE, and its key makes a new run', async () => {
+    const { run } = await claimAsRequest('no session yet', null, 'unsent-2');
+    await stack.db.query(`UPDATE runs SET send_lease_until = now() - interval '1 hour' WHERE id = $1`, [run.id]);
+    const ended = await waitFor(run.id, ['error']);
+    expect(ended).toMatchObject({ sessionId: null, error: { code: 'SERVICE_UNAVAILABLE' } });
+    expect(ended.transitions.map((t: { status: string }) => t.status)).toEqual(['queued', 'error']);
+    const retry = await submit({ input: 'no session yet', idempotencyKey: 'unsent-2' });
+    expect(retry.body).toMatchObject({ created: true });
+    expect(retry.body.runId).not.toBe(run.id);
+    await waitFor(retry.body.runId, ['done']);
   });
 });
 
@@ -276,6 +361,36 @@ describe('statuses', () => {
     expect(run.transitions.map((t: { status: string }) => t.status)).toEqual(['queued', 'cancelled']);
   });
 
+  test('cancel: a run cancelled while its request is still making its session is not sent', async () => {
+    const key = 'cancel-mid-send';
+    const blocker = await stack.db.connect();
+    let posted: ReturnType<typeof submit>;
+    try {
+      // Hold back new sessions: the request stores its run, then waits to store the run's session.
+      await blocker.query('BEGIN');
+      await blocker.query('LOCK TABLE sessions IN SHARE MODE');
+      posted = submit({ input: 'cancelled mid-send', idempotencyKey: key });
+      const runId = await eventually(async () => {
+        const { rows } = await stack.db.query(`SELECT id FROM runs WHERE idempotency_key = $1`, [key]);
+        const { rows: waiting } = await stack.db.query(
+          `SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE NOT l.granted AND a.datname = current_database() AND a.query LIKE '%INSERT INTO sessions%'`,
+        );
+        return rows.length > 0 && waiting.length > 0 && (rows[0].id as string);
+      }, 10_000, 'the request to wait for its session');
+      const cancelled = await stack.request('POST', `/api/v1/runs/${runId}/cancel`);
+      expect([cancelled.status, cancelled.body.status]).toEqual([200, 'cancelled']);
+      await blocker.query('COMMIT');
+    } finally {
+      await blocker.query('ROLLBACK').catch(() => undefined);
+      blocker.release();
+    }
+    const res = await posted;
+    expect([res.status, res.body.status]).toEqual([202, 'cancelled']);
+    expect(await userMessages(res.body.sessionId)).toEqual([]);
+    const run = await getRun(res.body.runId);
+    expect(run.transitions.map((t: { status: string }) => t.status)).toEqual(['queued', 'cancelled']);
+  });
+
   test('GET /runs lists the caller\'s runs newest first, filtered by status', async () => {
     const user = await stack.issueToken('lister');
     const a = await submit({ input: 'list a' }, user);
@@ -333,6 +448,18 @@ describe('the run\'s event stream', () => {
     await over.ended;
     expect(over.events).toEqual([]);
     await waitFor(next.body.runId, ['done']);
+  });
+
+  test("a deleted session's run: its stream answers 404 SESSION_NOT_FOUND, as the session's does", async () => {
+    const res = await submit({ input: 'then the session is deleted' });
+    await waitFor(res.body.runId, ['done']);
+    expect((await stack.request('DELETE', `/api/v1/sessions/${res.body.sessionId}`)).status).toBe(204);
+    for (const path of [`/api/v1/runs/${res.body.runId}/events`, `/api/v1/sessions/${res.body.sessionId}/events`]) {
+      const answer = await stack.request('GET', path);
+      expect([path, answer.status, answer.body?.error?.code]).toEqual([path, 404, 'SESSION_NOT_FOUND']);
+    }
+    // The run itself is still shown, without the deleted content.
+    expect((await getRun(res.body.runId)).output).toEqual({ messageId: expect.any(String), content: null });
   });
 });
 
@@ -410,7 +537,7 @@ describe('/slo', () => {
       .map((r) => (Date.parse(r.finishedAt) - Date.parse(r.submittedAt)) / 1000)
       .sort((a, b) => a - b);
     expect(res.body).toMatchObject({ window: '1h', scope: 'own' });
-    expect(res.body.runs).toEqual({ total: 6, byStatus: { queued: 0, running: 0, waiting_approval: 0, done, error, cancelled: 1 }, platformFailures });
+    expect(res.body.runs).toEqual({ total: 6, byStatus: { queued: 0, running: 0, waiting_approval: 0, done, error, cancelled: 1 }, platformFailures, overdue: 0 });
     expect(res.body.successRate).toBeCloseTo(done / (done + error), 6);
     expect(res.body.availability).toBeCloseTo((ended - platformFailures) / ended, 6);
     expect(res.body.timeToExecuteSeconds.count).toBe(3);
@@ -422,6 +549,40 @@ describe('/slo', () => {
     expect(o.availability.met).toBe((ended - platformFailures) / ended >= SLO.availability);
     expect(o.successRate.met).toBe(false);
   }, 60_000);
+
+  test('runs that never finish count: overdue ones miss time to execute, and queued or running ones are unavailable', async () => {
+    const user = await stack.issueToken('slo-stuck');
+    const quick = await waitFor((await submit({ input: 'slo quick' }, user)).body.runId, ['done'], user);
+    // A worker outage: runs sent long ago that never started or never ended; one waits on an approver; one is young.
+    const stuck = async (status: string, ageSeconds: number) =>
+      stack.db.query(`INSERT INTO runs (id, owner_id, agent_id, input_digest, status, sent_at, created_at) VALUES ($1, 'slo-stuck', 'default', $1, $2, now(), now() - $3 * interval '1 second')`, [
+        randomRunId(),
+        status,
+        ageSeconds,
+      ]);
+    await stuck('queued', SLO.p99 + 30);
+    await stuck('running', SLO.p99 + 20);
+    await stuck('waiting_approval', SLO.p99 + 10);
+    await stuck('queued', 1);
+    const res = await stack.request('GET', '/api/v1/slo?window=1h', undefined, auth(user));
+    expect(res.body.runs).toEqual({ total: 5, byStatus: { queued: 2, running: 1, waiting_approval: 1, done: 1, error: 0, cancelled: 0 }, platformFailures: 0, overdue: 3 });
+    // Served: the done run; the overdue queued and running ones were not; the approver's wait and the young run are left out.
+    expect(res.body.availability).toBeCloseTo(1 / 3, 6);
+    expect(res.body.successRate).toBe(1);
+    // Measured: the done run's time, and the overdue ones' age so far (at least their age at insert).
+    const quickSeconds = (Date.parse(quick.finishedAt) - Date.parse(quick.submittedAt)) / 1000;
+    const tte = res.body.timeToExecuteSeconds;
+    expect(tte.count).toBe(4);
+    expect(quickSeconds).toBeLessThan(SLO.p99);
+    expect(tte.p50).toBeGreaterThanOrEqual(SLO.p99 + 10);
+    expect(tte.p50).toBeLessThan(SLO.p99 + 20);
+    for (const p of [tte.p95, tte.p99]) {
+      expect(p).toBeGreaterThanOrEqual(SLO.p99 + 30);
+      expect(p).toBeLessThan(SLO.p99 + 40);
+    }
+    const o = res.body.objectives;
+    expect([o.timeToExecuteP95.met, o.timeToExecuteP99.met, o.successRate.met, o.availability.met]).toEqual([false, false, true, false]);
+  });
 
   test('no runs in the window: null values and no verdict; the window is checked', async () => {
     const nobody = await stack.issueToken('nobody');

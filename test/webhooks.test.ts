@@ -1,8 +1,11 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Client, Connection } from '@temporalio/client';
 import { openPool, type DatabasePool } from '../db/pool';
 import { recordIncident } from '../db/incidents';
+import { randomRunId } from '../db/runs';
+import type { webhookDeliveryWorkflow } from '../workflows';
 import { eventually, startStack, type Stack } from './support/stack';
 
 /**
@@ -184,6 +187,64 @@ test('an incident goes out through the outbox once: signed, and marked notified'
   });
   expect(row.notified_at).not.toBeNull();
   expect(receiver.at('/incidents').filter((r) => JSON.parse(r.body).incident?.id === incident.id)).toHaveLength(1);
+});
+
+test('a run the outbox cannot finalize does not hold up the rest of its batch', async () => {
+  // Its delivery cannot start (a workflow ID longer than Temporal takes). It ended first; both become claimable at once, so one claim takes both.
+  const bad = 'x'.repeat(1100);
+  const good = randomRunId();
+  const insert = (id: string, path: string, endedMinutesAgo: number) =>
+    stack.db.query(
+      `INSERT INTO runs (id, owner_id, agent_id, input_digest, status, sent_at, finished_at, webhook_url, finalize_lease_until)
+       VALUES ($1, 'dev', 'default', $1, 'done', now(), now() - $3 * interval '1 minute', $2, now() + interval '1 hour')`,
+      [id, `${base}${path}`, endedMinutesAgo],
+    );
+  await insert(bad, '/never', 60);
+  await insert(good, '/after-bad', 0);
+  try {
+    await stack.db.query(`UPDATE runs SET finalize_lease_until = NULL WHERE id = ANY($1)`, [[bad, good]]);
+    expect((await webhookSettled(good)).webhook.status).toBe('delivered');
+    expect(receiver.at('/after-bad')).toHaveLength(1);
+    await stack.worker.waitForLine(/"runId":"x{1100}".*"outbox: could not finalize a run"/, 5_000);
+    const { rows } = await stack.db.query('SELECT finalized_at FROM runs WHERE id = $1', [bad]);
+    expect(rows[0].finalized_at).toBeNull();
+    expect(receiver.at('/never')).toEqual([]);
+  } finally {
+    // Not a run the API could make: gone before the metrics test counts finalized runs.
+    await stack.db.query('DELETE FROM runs WHERE id = $1', [bad]);
+  }
+});
+
+test('a delivery whose last attempt ends without recording it (here: input the activity refuses) is settled failed; a delivered one stays delivered', async () => {
+  const connection = await Connection.connect({ address: stack.env.TEMPORAL_ADDRESS! });
+  const client = new Client({ connection });
+  try {
+    // Runs still going (the outbox leaves them alone), with the webhook status a delivery left.
+    const runs = [
+      { id: randomRunId(), before: 'pending', after: 'failed' },
+      { id: randomRunId(), before: 'delivered', after: 'delivered' },
+    ];
+    for (const run of runs) {
+      await stack.db.query(`INSERT INTO runs (id, owner_id, agent_id, input_digest, status, sent_at, webhook_url, webhook_status) VALUES ($1, 'dev', 'default', $1, 'running', now(), $2, $3)`, [
+        run.id,
+        `${base}/unused`,
+        run.before,
+      ]);
+      const result = await client.workflow.execute<typeof webhookDeliveryWorkflow>('webhookDeliveryWorkflow', {
+        taskQueue: stack.env.KEEL_TASK_QUEUE!,
+        workflowId: `webhook-test-${run.id}`,
+        args: [{ deliveryId: `webhook-test-${run.id}`, url: 'not a url', body: '{}', target: { kind: 'run', id: run.id }, checkAddress: true, timeoutMs: 1_000, retry: { maximumAttempts: 3, initialIntervalMs: 100, maximumIntervalMs: 100 } }],
+      });
+      expect(result).toEqual({ delivered: false });
+    }
+    const { rows } = await stack.db.query('SELECT id, webhook_status FROM runs WHERE id = ANY($1)', [runs.map((r) => r.id)]);
+    expect(Object.fromEntries(rows.map((r) => [r.id, r.webhook_status]))).toEqual(Object.fromEntries(runs.map((r) => [r.id, r.after])));
+    // No attempt could be made, so none recorded it.
+    const attempts = await stack.db.query('SELECT count(*)::int AS n FROM webhook_deliveries WHERE target_id = ANY($1)', [runs.map((r) => r.id)]);
+    expect(attempts.rows[0].n).toBe(0);
+  } finally {
+    await connection.close();
+  }
 });
 
 test('the worker counts each finalized run once in keel_runs_total and keel_run_time_to_execute_seconds', async () => {

@@ -554,17 +554,36 @@ describe('budgets', () => {
     await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
   });
 
-  test('a message\'s own budget replaces the agent\'s field by field; without limits nothing pauses', async () => {
-    const { handle, sessionId } = await startSession(budgeted({ maxToolCalls: 1, maxTokens: 1000 }));
+  test('a message\'s own budget can only tighten the agent\'s, field by field', async () => {
+    const { handle, sessionId } = await startSession(budgeted({ maxToolCalls: 2, maxTokens: 1000 }));
     scripts.set(sessionId, { streamReply: askTools(READ_TOOL.name, READ_TOOL.name) });
+    // A run cannot raise the agent's limit: 2 tool calls are within the agent's 2, and 5 changes nothing.
     await handle.signal(userMessageSignal, { messageId: 'm1', budget: { maxToolCalls: 5 } });
     await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null && named(sessionId, 'streamReply').length === 2, 'turn 1');
     expect(named(sessionId, 'requestBudgetApproval')).toHaveLength(0);
-    await handle.signal(userMessageSignal, { messageId: 'm2', budget: { maxTokens: 1 } });
+    await handle.signal(userMessageSignal, { messageId: 'm2', budget: { maxTokens: 1, maxToolCalls: 1 } });
     await eventually(async () => named(sessionId, 'requestBudgetApproval').length === 1, 'turn 2\'s pause');
-    // maxTokens from the message, maxToolCalls from the agent: both over.
-    expect(named(sessionId, 'requestBudgetApproval')[0]!.overruns.map((o: { limit: string }) => o.limit)).toEqual(['tokens', 'toolCalls']);
+    // Both tightened: both over, and paused before the calls were recorded.
+    expect(named(sessionId, 'requestBudgetApproval')[0]).toMatchObject({ overruns: [{ limit: 'tokens', max: 1 }, { limit: 'toolCalls', max: 1 }] });
+    expect(named(sessionId, 'recordToolCalls').filter((c) => c.turn === 2)).toHaveLength(0);
     await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
     await eventually(async () => named(sessionId, 'settleToolCall').some((c) => c.toolCallId === 'bud-2-1' && c.approval?.outcome === 'cancelled'), 'the budget approval closed as cancelled');
+  });
+
+  test('a budget approval nobody decides expires: the turn ends BUDGET_EXCEEDED; a cancel while paused closes it cancelled', async () => {
+    const { handle, sessionId } = await startSession(sessionConfig({ agent: { budget: { maxTokens: 1 }, approvalTtlMs: 1_000 } }));
+    scripts.set(sessionId, { streamReply: askTools(READ_TOOL.name) });
+    await handle.signal(userMessageSignal, { messageId: 'm1' });
+    await eventually(async () => named(sessionId, 'recordTurnFailure').length === 1, 'the expiry to end the turn', 15_000);
+    expect(named(sessionId, 'recordTurnFailure')[0]).toMatchObject({ error: { code: 'BUDGET_EXCEEDED', message: expect.stringContaining('in time') } });
+    expect(named(sessionId, 'settleToolCall').find((c) => c.toolCallId === 'bud-1-1')).toMatchObject({ approval: { outcome: 'expired' } });
+
+    await handle.signal(userMessageSignal, { messageId: 'm2' });
+    await eventually(async () => (await handle.query(sessionStateQuery)).pendingApprovals.some((a) => a.toolCallId === 'bud-2-1'), 'turn 2\'s pause');
+    expect(await handle.executeUpdate(cancelTurnUpdate, { args: [{ requestedBy: 'u1' }] })).toEqual({ cancelled: true, turn: 2 });
+    expect(named(sessionId, 'settleToolCall').find((c) => c.toolCallId === 'bud-2-1')).toMatchObject({ approval: { outcome: 'cancelled' } });
+    // The reply's call was recorded and closed, so the conversation stays well formed.
+    expect(named(sessionId, 'settleToolCall').find((c) => c.toolCallId === 'tc-2-0')).toMatchObject({ status: 'cancelled', ran: false });
+    await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
   });
 });

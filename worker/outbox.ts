@@ -1,14 +1,32 @@
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { DatabasePool } from 'slonik';
+import { messageIdFor } from '../contracts/ids';
+import { SESSION_EXPIRED_MESSAGE } from '../contracts/errors';
 import { sessionWorkflowId } from '../contracts/ids';
-import { cancelTurnSignal } from '../contracts/workflow-messages';
+import { runClientMessageId } from '../contracts/runs';
+import { cancelTurnSignal, userMessageSignal } from '../contracts/workflow-messages';
 import type { WebhookDeliveryInput } from '../contracts/webhooks';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 import type { Settings } from '../config/settings';
+import { appendEvent } from '../db/events';
 import { incidentView, markIncidentNotified } from '../db/incidents';
+import { storeIncomingMessage } from '../db/messages';
+import { findSession } from '../db/sessions';
 import { lockUnnotifiedIncidents } from '../db/webhooks';
-import { claimUnfinalizedRuns, markFinalized, markSkipSignalled, runView, turnsToSkip, type RunRecord } from '../db/runs';
+import {
+  claimUnfinalizedRuns,
+  claimUnsentRuns,
+  endQueuedRun,
+  markFinalized,
+  markSent,
+  markSkipSignalled,
+  runView,
+  setMessageId,
+  turnsToSkip,
+  type RunRecord,
+  type UnsentRun,
+} from '../db/runs';
 import type { webhookDeliveryWorkflow } from '../workflows';
 
 export interface OutboxDeps {
@@ -26,7 +44,7 @@ export interface OutboxDeps {
  * once. A worker claims runs for KEEL_OUTBOX_LEASE_MS; one that dies before marking them leaves
  * them to the next claim, whose start of the same workflow ID is a no-op. Incidents are delivered
  * the same way (under their row locks). Runs cancelled while queued have their turn cancelled
- * here once it starts.
+ * here once it starts, and runs whose message the API never sent are sent from here.
  */
 export class Outbox {
   private timer: NodeJS.Timeout | undefined;
@@ -57,6 +75,7 @@ export class Outbox {
   async pollOnce(): Promise<void> {
     for (const [what, step] of [
       ['finalize runs', () => this.finalizeRuns()],
+      ['send the messages of unsent runs', () => this.sendUnsentRuns()],
       ['cancel the turns of cancelled runs', () => this.skipCancelledTurns()],
       ['notify incidents', () => this.notifyIncidents()],
     ] as const) {
@@ -69,14 +88,73 @@ export class Outbox {
   }
 
   private async finalizeRuns(): Promise<void> {
-    const { pool, settings, metrics } = this.deps;
+    const { pool, settings, metrics, log } = this.deps;
     for (const run of await claimUnfinalizedRuns(pool, settings.webhooks.outboxBatch, settings.webhooks.outboxLeaseMs)) {
-      if (run.webhook_url) await this.startDelivery(`webhook-run-${run.id}`, { url: run.webhook_url, body: runBody(run), target: { kind: 'run', id: run.id }, checkAddress: true });
-      // Observed by the one worker whose mark counted: each run once.
-      if (!(await markFinalized(pool, run.id, run.webhook_url !== null))) continue;
-      metrics.runs.inc({ status: run.status });
-      metrics.runTimeToExecute.observe({ status: run.status }, ((run.finished_at ?? run.created_at) - run.created_at) / 1000);
+      try {
+        if (run.webhook_url) await this.startDelivery(`webhook-run-${run.id}`, { url: run.webhook_url, body: runBody(run), target: { kind: 'run', id: run.id }, checkAddress: true });
+        // Observed by the one worker whose mark counted: each run once.
+        if (!(await markFinalized(pool, run.id, run.webhook_url !== null))) continue;
+        metrics.runs.inc({ status: run.status });
+        metrics.runTimeToExecute.observe({ status: run.status }, ((run.finished_at ?? run.created_at) - run.created_at) / 1000);
+      } catch (error) {
+        // The rest of the batch goes on; this run keeps its lease and is tried again once it runs out (a back-off of KEEL_OUTBOX_LEASE_MS).
+        log.error({ err: error, runId: run.id }, 'outbox: could not finalize a run');
+      }
     }
+  }
+
+  /**
+   * Runs whose message nobody sent (the API died after storing the run, or its send failed and
+   * the client never repeated), KEEL_RUN_UNSENT_GRACE_MS after their send lease ran out.
+   */
+  private async sendUnsentRuns(): Promise<void> {
+    const { pool, settings, log } = this.deps;
+    for (const run of await claimUnsentRuns(pool, { graceMs: settings.runs.unsentGraceMs, leaseMs: settings.runs.sendLeaseMs, limit: settings.webhooks.outboxBatch })) {
+      try {
+        await this.sendUnsent(run);
+      } catch (error) {
+        // Its lease runs out and a later poll (or a repeat of the request) sends it.
+        log.error({ err: error, runId: run.id }, 'outbox: could not send the message of an unsent run');
+      }
+    }
+  }
+
+  /**
+   * Sends the run's message as the API does (stored under the same message ID, then signalled
+   * with the same client message ID, which the workflow takes once), without the admission
+   * checks the request passed. A run without a session never reached one: it ends error.
+   */
+  private async sendUnsent(run: UnsentRun): Promise<void> {
+    const { pool, client, log } = this.deps;
+    const end = async (code: string, message: string) => {
+      await endQueuedRun(pool, appendEvent, run.id, { status: 'error', code, message });
+    };
+    // Its request died before making the run's session: nothing was sent, and there is nowhere to send it.
+    if (run.session_id === null || run.input === null) {
+      await end('SERVICE_UNAVAILABLE', 'The run could not be started; submit it again.');
+      log.warn({ runId: run.id, sessionId: run.session_id }, 'outbox: ended a run that could not be sent');
+      return;
+    }
+    const sessionId = run.session_id;
+    const session = await findSession(pool, sessionId);
+    if (!session || session.status === 'deleted') return end('SESSION_NOT_FOUND', 'No such session');
+    if (session.status === 'expired') return end('SESSION_EXPIRED', SESSION_EXPIRED_MESSAGE);
+    const clientMessageId = runClientMessageId(run.id);
+    const messageId = run.message_id ?? (await setMessageId(pool, run.id, messageIdFor(sessionId, clientMessageId))).message_id!;
+    const stored = await storeIncomingMessage(pool, { id: messageId, sessionId, content: run.input, clientMessageId });
+    if (stored !== 'accepted') {
+      try {
+        await client.workflow
+          .getHandle(sessionWorkflowId(sessionId))
+          .signal(userMessageSignal, { messageId, requestId: run.id, clientMessageId, ...(run.budget ? { budget: run.budget } : {}) });
+      } catch (error) {
+        // The session's workflow has ended: it takes no more messages.
+        if (!(error instanceof WorkflowNotFoundError)) throw error;
+        return end('SESSION_EXPIRED', SESSION_EXPIRED_MESSAGE);
+      }
+    }
+    await markSent(pool, run.id);
+    log.info({ runId: run.id, sessionId, messageId }, 'outbox: sent the message of a run the API did not send');
   }
 
   private async skipCancelledTurns(): Promise<void> {

@@ -3,8 +3,9 @@ import type { BudgetOverrun, Usage } from '../contracts/events';
 
 /**
  * What one turn may still spend, and what it has spent: tokens and cost of its model calls, and
- * the tool calls the model made. The message's own limits (a run's) replace the agent's field
- * by field. An approver's raise gives another allowance of the original size, from what is spent.
+ * the tool calls the model made. A message's own limits (a run's) can only tighten the agent's:
+ * each limit is the lower of the two. An approver's raise gives another allowance of the
+ * original size, from what is spent.
  */
 export class TurnBudget {
   private readonly spent = { tokens: 0, costUsd: 0, toolCalls: 0 };
@@ -17,7 +18,14 @@ export class TurnBudget {
 
   /** Null when neither the agent nor the message sets a limit: the turn runs as it always has. */
   static of(agent: Budget | undefined, message: Budget | undefined): TurnBudget | null {
-    const limits: Budget = { ...agent, ...message };
+    const lower = (a: number | undefined, b: number | undefined) => (a === undefined ? b : b === undefined ? a : Math.min(a, b));
+    const limits: Budget = {};
+    const tokens = lower(agent?.maxTokens, message?.maxTokens);
+    const cost = lower(agent?.maxCostUsd, message?.maxCostUsd);
+    const toolCalls = lower(agent?.maxToolCalls, message?.maxToolCalls);
+    if (tokens !== undefined) limits.maxTokens = tokens;
+    if (cost !== undefined) limits.maxCostUsd = cost;
+    if (toolCalls !== undefined) limits.maxToolCalls = toolCalls;
     if (limits.maxTokens === undefined && limits.maxCostUsd === undefined && limits.maxToolCalls === undefined) return null;
     return new TurnBudget({ ...limits }, { ...limits });
   }

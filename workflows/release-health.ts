@@ -11,7 +11,8 @@ const reads = proxyActivities<Pick<ReleaseActivities, 'listReleaseTargets' | 'st
 });
 // Probes call the model: a check may take as long as its probes, and heartbeats while they run.
 const evaluate = proxyActivities<Pick<ReleaseActivities, 'evaluateRelease'>>({
-  startToCloseTimeout: '5 minutes',
+  // Heartbeats bound a stuck check; this only bounds the longest legitimate one (20 probes, retried, 30 s each).
+  startToCloseTimeout: '30 minutes',
   heartbeatTimeout: '30 seconds',
   retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 3, nonRetryableErrorTypes: [FailureType.activityInputInvalid] },
 });
@@ -19,15 +20,19 @@ const alerts = proxyActivities<AlertActivities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 3, nonRetryableErrorTypes: [FailureType.persistenceInvalid] },
 });
+// A rollback may probe the version it goes back to and signal many sessions; it heartbeats meanwhile.
 const act = proxyActivities<Pick<ReleaseActivities, 'rollbackRelease'>>({
-  startToCloseTimeout: '1 minute',
+  startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '30 seconds',
   retry: { initialInterval: '500 milliseconds', maximumInterval: '10 seconds', nonRetryableErrorTypes: [FailureType.activityInputInvalid, FailureType.persistenceInvalid] },
 });
 
 export interface ReleaseCheckResult {
   target: ReleaseTarget;
-  healthy: boolean;
+  /** Null when the check itself failed (its error says why); the other versions are checked all the same. */
+  healthy: boolean | null;
   rollback?: RollbackOutcome;
+  error?: string;
 }
 
 /** Checks one version and rolls it back when it fails: the decision is the evaluation's verdicts. */
@@ -53,7 +58,14 @@ export async function releaseHealthWorkflow(): Promise<{ releases: ReleaseCheckR
     },
   );
   const targets = await reads.listReleaseTargets();
-  const releases = await Promise.all(targets.map((t) => checkAndAct(t, 'schedule')));
+  const releases = await Promise.all(
+    targets.map((t) =>
+      checkAndAct(t, 'schedule').catch((error: unknown): ReleaseCheckResult => {
+        log.error('release check failed', { ...t, error: (error as Error).message });
+        return { target: t, healthy: null, error: (error as Error).message };
+      }),
+    ),
+  );
   // Counts only: the result stays small in history whatever the alerts hold.
   return { releases, alerts: await found };
 }

@@ -61,6 +61,7 @@ export async function runTurn(state: SessionState, acts: SessionActivityProxies,
           ...base,
           error: body,
           status: cancelled ? 'cancelled' : 'failed',
+          agentVersion: state.config.agent.version,
           ...(cancelled && stop ? { cancelledBy: stop.by ?? stop.reason } : {}),
         }),
       );
@@ -128,22 +129,27 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
     if (reply.toolCalls.length === 0) return;
     // Not cancellable: the reply asking for these calls is stored, so the calls must be known
     // here (in ctx.open) before a cancel can land, or they would be left without results.
-    const planned = await CancellationScope.nonCancellable(() =>
-      acts.recordToolCalls({
-        sessionId: state.sessionId,
-        turn: message.turn,
-        step,
-        agent: { id: agent.id, version: agent.version },
-        calls: reply.toolCalls,
-        policies: agent.tools,
-        nowMs: workflowNow(),
-      }),
-    );
-    for (const call of planned) ctx.open.set(call.toolCallId, call);
+    const record = async () => {
+      const planned = await CancellationScope.nonCancellable(() =>
+        acts.recordToolCalls({
+          sessionId: state.sessionId,
+          turn: message.turn,
+          step,
+          agent: { id: agent.id, version: agent.version },
+          calls: reply.toolCalls,
+          policies: agent.tools,
+          nowMs: workflowNow(),
+        }),
+      );
+      for (const call of planned) ctx.open.set(call.toolCallId, call);
+      return planned;
+    };
+    // Before the calls are recorded: their approvals' time-to-live starts only once the turn may go on.
     if (budget) {
-      await staysWithinBudget(ctx, budget, planned.length, step);
-      budget.addToolCalls(planned.length);
+      await staysWithinBudget(ctx, budget, reply.toolCalls.length, step, record);
+      budget.addToolCalls(reply.toolCalls.length);
     }
+    const planned = await record();
     // allSettled, not all: on a cancel, every sibling's in-flight write finishes before the
     // turn closes the calls still open, so none is settled twice.
     const results = await Promise.allSettled(planned.map((call) => runToolCall(ctx, call)));
@@ -157,11 +163,11 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
 const FALLBACK_APPROVAL_TTL_MS = 30 * 60_000;
 
 /**
- * Before the tools of a step run: a turn over its budget pauses for an approver, through the
- * approvals that tool calls use. Approved, it goes on with the limits raised; rejected or
+ * Before the tool calls of a step are recorded: a turn over its budget pauses for an approver,
+ * through the approvals that tool calls use. Approved, it goes on with the limits raised; rejected or
  * expired, it ends with BUDGET_EXCEEDED (its open calls are closed as failed, as on any failure).
  */
-async function staysWithinBudget(ctx: TurnContext, budget: TurnBudget, plannedToolCalls: number, step: number): Promise<void> {
+async function staysWithinBudget(ctx: TurnContext, budget: TurnBudget, plannedToolCalls: number, step: number, recordCalls: () => Promise<unknown>): Promise<void> {
   const { state, acts, message } = ctx;
   const agent = state.config.agent;
   for (let over: BudgetOverrun[] = budget.overruns(plannedToolCalls); over.length > 0; over = budget.overruns(plannedToolCalls)) {
@@ -184,11 +190,16 @@ async function staysWithinBudget(ctx: TurnContext, budget: TurnBudget, plannedTo
     } catch (error) {
       if (isCancellation(error)) {
         await CancellationScope.nonCancellable(() => contained('close the budget approval', () => acts.settleToolCall({ ...ids, approval: { outcome: 'cancelled', decidedBy: null, feedback: null } })));
+        // The stored reply asked for them: recorded, they are closed with the turn like any open call.
+        await recordCalls();
       }
       throw error;
     }
     await CancellationScope.nonCancellable(() => acts.settleToolCall({ ...ids, approval: decision }));
-    if (decision.outcome !== 'approved') throw new BudgetRefused(over.map((o) => o.limit), decision.outcome === 'rejected' ? 'rejected' : 'expired');
+    if (decision.outcome !== 'approved') {
+      await recordCalls();
+      throw new BudgetRefused(over.map((o) => o.limit), decision.outcome === 'rejected' ? 'rejected' : 'expired');
+    }
     budget.raise(over);
   }
 }

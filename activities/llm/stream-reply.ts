@@ -205,6 +205,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
           content,
           ...(reported ? { inputTokens: reported.inputTokens, outputTokens: reported.outputTokens, costUsd: reported.costUsd } : {}),
           ...(firstTokenAt === null ? {} : { ttftMs: Math.round(firstTokenAt - requestedAt) }),
+          agentVersion: input.agent.version,
           ...(calls.length ? { toolCalls: calls.map((c) => ({ id: c.modelCallId, name: c.name, arguments: c.arguments })) } : {}),
         });
         // A reply that asks for no tools ends the turn.
@@ -213,7 +214,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
             sessionId: input.sessionId,
             key: `turn:${input.turn}:done`,
             type: 'turn.done',
-            data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage },
+            data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage, agentVersion: input.agent.version },
           });
         }
         return true;

@@ -103,13 +103,27 @@ export function releaseRoutes(deps: ApiDeps): Router {
     const caller = adminCallerOf(ctx);
     const agentId = agentIdOf(ctx.params.id);
     const body = parseInput(RollbackBody, ctx.request.body);
-    const result = await rollbackRelease(deps.pool, { agentId, reason: body.reason, actor: caller.userId, automatic: false, ...(body.version === undefined ? {} : { version: body.version }) });
+    const result = (await rollbackRelease(deps.pool, { agentId, reason: body.reason, actor: caller.userId, automatic: false, ...(body.version === undefined ? {} : { version: body.version }) }))!;
+    // The rollback stands once committed: new sessions get the replacement. Moving the sessions
+    // already on the version is best effort here; those not moved keep their version.
     const moved = await moveSessionsOff(
       { pool: deps.pool, client: deps.sessions.temporal, versions: deps.sessions.versions, defaultModel: deps.settings.llm.model },
-      { agentId, from: result!.from, to: result!.to, move: deps.settings.releases.moveSessions, requestedBy: caller.userId },
-    );
-    deps.log.warn({ agentId, from: result!.from, to: result!.to, role: result!.role, by: caller.userId, reason: body.reason, ...moved }, 'agent version rolled back');
-    ctx.body = { agentId, rolledBack: result!.from, role: result!.role, release: releaseView(result!.release), audit: auditView(result!.audit), affectedSessions: moved.affected, movedSessions: moved.moved };
+      { agentId, from: result.from, to: result.to, move: deps.settings.releases.moveSessions, requestedBy: caller.userId },
+    ).catch((error: unknown) => {
+      deps.log.error({ err: error, agentId, from: result.from, to: result.to }, 'rolled back, but its sessions could not all be moved');
+      return { affected: null, moved: null, moveError: 'The sessions on the version could not all be moved; they keep it until they end.' };
+    });
+    deps.log.warn({ agentId, from: result.from, to: result.to, role: result.role, by: caller.userId, reason: body.reason, ...moved }, 'agent version rolled back');
+    ctx.body = {
+      agentId,
+      rolledBack: result.from,
+      role: result.role,
+      release: releaseView(result.release),
+      audit: auditView(result.audit),
+      affectedSessions: moved.affected,
+      movedSessions: moved.moved,
+      ...('moveError' in moved ? { moveError: moved.moveError } : {}),
+    };
   });
 
   router.get('/incidents', async (ctx) => {

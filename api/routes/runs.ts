@@ -51,6 +51,8 @@ export function runRoutes(deps: ApiDeps): Router {
     const cursor = sseCursor(ctx);
     const caller = callerOf(ctx);
     const run = await runs.get(caller, runId);
+    // A deleted session's content is gone, its runs' share too (as GET /sessions/:id/events answers).
+    if (run.session_id !== null) await deps.sessions.require(run.session_id, caller);
     const after = cursor.after ?? run.start_seq;
     if (run.session_id === null || (run.final_seq !== null && after >= run.final_seq)) {
       // Nothing of the run is left to send (or it never reached a session): an empty stream that ends.

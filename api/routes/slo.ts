@@ -16,7 +16,7 @@ export function sloRoutes(deps: ApiDeps): Router {
     const maxMs = deps.settings.slo.maxWindowMs;
     if (window.ms > maxMs) throw new KeelError('VALIDATION_ERROR', 'The request is invalid', [{ field: 'window', problem: `must be at most ${maxMs / 1000} s (KEEL_SLO_MAX_WINDOW_MS)` }]);
     const caller = callerOf(ctx);
-    const stats = await sloStats(deps.pool, { windowMs: window.ms, ...(caller.isAdmin ? {} : { ownerId: caller.userId }) });
+    const stats = await sloStats(deps.pool, { windowMs: window.ms, overdueAfterSeconds: deps.settings.slo.tteP99Seconds, ...(caller.isAdmin ? {} : { ownerId: caller.userId }) });
     const to = new Date();
     ctx.body = {
       window: window.text,
@@ -32,14 +32,16 @@ export function sloRoutes(deps: ApiDeps): Router {
 
 /**
  * Over the runs submitted in the window (docs/runs.md): success rate = done / (done + error);
- * availability = share of ended runs (done, error, cancelled) not failed by the platform;
- * time to execute = submit to finish of the runs that ended done. With nothing to measure, a
- * value is null and so is whether its objective is met.
+ * availability = share of ended runs (done, error, cancelled) and overdue queued or running ones
+ * not failed by the platform (an overdue one counts as failed); time to execute = submit to
+ * finish of the runs that ended done, and age so far of the overdue unfinished ones (older
+ * than the p99 objective). With nothing to measure, a value is null and so is whether its
+ * objective is met.
  */
 export function sloReport(s: SloStats, objectives: Settings['slo']) {
-  const ended = s.done + s.error + s.cancelled;
+  const counted = s.done + s.error + s.cancelled + s.overdue_unserved;
   const successRate = s.done + s.error > 0 ? s.done / (s.done + s.error) : null;
-  const availability = ended > 0 ? (ended - s.platform_failures) / ended : null;
+  const availability = counted > 0 ? (counted - s.platform_failures - s.overdue_unserved) / counted : null;
   const atMost = (value: number | null, target: number) => ({ target, value, met: value === null ? null : value <= target });
   const atLeast = (value: number | null, target: number) => ({ target, value, met: value === null ? null : value >= target });
   return {
@@ -47,10 +49,11 @@ export function sloReport(s: SloStats, objectives: Settings['slo']) {
       total: s.total,
       byStatus: { queued: s.queued, running: s.running, waiting_approval: s.waiting_approval, done: s.done, error: s.error, cancelled: s.cancelled },
       platformFailures: s.platform_failures,
+      overdue: s.overdue,
     },
     successRate,
     availability,
-    timeToExecuteSeconds: { count: s.done, p50: s.tte_p50, p95: s.tte_p95, p99: s.tte_p99 },
+    timeToExecuteSeconds: { count: s.tte_count, p50: s.tte_p50, p95: s.tte_p95, p99: s.tte_p99 },
     objectives: {
       timeToExecuteP95: atMost(s.tte_p95, objectives.tteP95Seconds),
       timeToExecuteP99: atMost(s.tte_p99, objectives.tteP99Seconds),

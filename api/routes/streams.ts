@@ -7,7 +7,7 @@ import { ChatBody } from '../../contracts/rest';
 import type { ApiDeps } from '../deps';
 import { callerOf } from '../auth';
 import { envelopeOf, parseInput, toKeelError } from '../errors';
-import { messageIdFor } from '../session-service';
+import { messageIdFor } from '../../contracts/ids';
 import { openSse } from '../sse';
 import { refuseWhenStopping, sseCursor, streamFeedOverSse } from '../feed-stream';
 import { waitForTurn } from '../turn-waiter';

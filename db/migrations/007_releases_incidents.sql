@@ -27,6 +27,8 @@ CREATE TABLE release_audit (
   canary_percent  integer,
   actor           text NOT NULL,
   reason          text,
+  -- The health check that made an automatic rollback: a retry of the rollback finds it by this.
+  check_id        text UNIQUE,
   created_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX release_audit_agent ON release_audit (agent_id, id);
@@ -67,9 +69,13 @@ CREATE TABLE release_checks (
 );
 CREATE INDEX release_checks_agent ON release_checks (agent_id, checked_at DESC);
 
--- Time from the model request to its first streamed token, for the release health check's live signals.
+-- What the release health check's live signals read: the version that wrote each reply, asked
+-- for each tool call and ran each turn (turn.done's data carries it), and each reply's time from
+-- the model request to its first streamed token.
 ALTER TABLE messages ADD COLUMN ttft_ms integer;
+ALTER TABLE messages ADD COLUMN agent_version integer;
+ALTER TABLE tool_calls ADD COLUMN agent_version integer;
 CREATE INDEX session_events_type_time ON session_events (type, created_at) WHERE type IN ('turn.done', 'stream.start');
--- When a rollback moved the session to its current version: its earlier turns belong to the old one.
-ALTER TABLE sessions ADD COLUMN agent_version_since timestamptz;
+CREATE INDEX messages_reply_time ON messages (created_at) WHERE role = 'assistant' AND ttft_ms IS NOT NULL;
+CREATE INDEX tool_calls_updated ON tool_calls (updated_at);
 CREATE INDEX sessions_agent_version ON sessions (agent_id, agent_version) WHERE status = 'active';

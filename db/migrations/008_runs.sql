@@ -12,6 +12,9 @@ CREATE TABLE runs (
   message_id         text UNIQUE,
   -- sha256 over agent, session and input: what an un-keyed repeat is recognised by.
   input_digest       text NOT NULL,
+  -- The input until its message is sent: the worker's outbox sends it when the API could not
+  -- (worker/outbox.ts). NULL once sent, ended unsent, or the session deleted.
+  input              text,
   idempotency_key    text,
   -- false once the run was refused at submit: it no longer answers repeats.
   dedupe_active      boolean NOT NULL DEFAULT true,
@@ -56,6 +59,7 @@ CREATE INDEX runs_session_turn ON runs (session_id, turn);
 CREATE INDEX runs_owner_recent ON runs (owner_id, created_at DESC);
 CREATE INDEX runs_recent ON runs (created_at DESC);
 CREATE INDEX runs_unfinalized ON runs (finished_at) WHERE finished_at IS NOT NULL AND finalized_at IS NULL;
+CREATE INDEX runs_unsent ON runs (created_at) WHERE status = 'queued' AND sent_at IS NULL;
 CREATE INDEX runs_turn_to_skip ON runs (turn_started_at)
   WHERE status = 'cancelled' AND started_at IS NULL AND turn_started_at IS NOT NULL AND turn_ended_at IS NULL AND skip_signalled_at IS NULL;
 
