@@ -1,4 +1,5 @@
 import Router from '@koa/router';
+import { sql } from 'slonik';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import { AGENT_ID_PATTERN, AgentDefinition, resolveAgent } from '../../contracts/agents';
 import { KeelError } from '../../contracts/errors';
@@ -83,7 +84,11 @@ export function releaseRoutes(deps: ApiDeps): Router {
   router.get('/agents/:id/versions', async (ctx) => {
     adminCallerOf(ctx);
     const agentId = agentIdOf(ctx.params.id);
-    const [versions, release, audit] = await Promise.all([listVersions(deps.pool, agentId), getRelease(deps.pool, agentId), listAudit(deps.pool, agentId, AUDIT_ROWS_SHOWN)]);
+    // One snapshot: a rollback committing meanwhile shows in all three or in none.
+    const { versions, release, audit } = await deps.pool.transaction(async (tx) => {
+      await tx.query(sql.unsafe`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY`);
+      return { versions: await listVersions(tx, agentId), release: await getRelease(tx, agentId), audit: await listAudit(tx, agentId, AUDIT_ROWS_SHOWN) };
+    });
     if (versions.length === 0) throw new KeelError('AGENT_NOT_FOUND', 'No such agent', { agentId });
     ctx.body = { agentId, release: release ? releaseView(release) : null, versions: versions.map(versionView), audit: audit.map(auditView) };
   });
