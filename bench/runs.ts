@@ -49,7 +49,9 @@ async function main() {
   const temporal = await startTemporalDevServer({ port: 0, headless: true, log });
   const pg = await startEmbeddedPostgres({ dataDir, port: 0, persistent: false, log });
   const reply = Array.from({ length: TOKENS }, (_, i) => `tok${i}`).join(' ');
-  const model = new LocalModelServer({ defaults: { reply, firstTokenDelayMs: MODEL_TTFT_MS, tokenDelayMs: TOKEN_DELAY_MS } });
+  // The pace for every request; the fixed reply only for the runs' sessions (below), so the health
+  // check's probes get the offline model's real answers (a calculator call, then its result).
+  const model = new LocalModelServer({ defaults: { firstTokenDelayMs: MODEL_TTFT_MS, tokenDelayMs: TOKEN_DELAY_MS } });
   const { url: modelUrl } = await model.start();
   // Default settings everywhere but what a benchmark must set: where things are, and the per-session message rate.
   const env = {
@@ -84,6 +86,7 @@ async function main() {
     // --- runs ---------------------------------------------------------------------------------
     const users = await Promise.all(Array.from({ length: SESSIONS }, (_, i) => issue(`bench-user-${i}`)));
     const sessions = await Promise.all(users.map(async (token) => ({ token, id: (await call(token, 'POST', '/sessions', { title: 'bench runs' })).id as string })));
+    for (const s of sessions) model.script(s.id, { reply });
     // Warm-up: one run per session, not measured.
     const warm = await Promise.all(sessions.map((s) => call(s.token, 'POST', '/runs', { input: 'warm up', sessionId: s.id })));
     await waitFinished(db, warm.map((w) => w.runId as string));
