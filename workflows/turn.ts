@@ -1,9 +1,8 @@
 import { ActivityFailure, ApplicationFailure, CancellationScope, CancelledFailure, condition, isCancellation, log, workflowInfo } from '@temporalio/workflow';
 import type { ErrorBody } from '../contracts/errors';
-import type { ApprovalOutcome, ToolResultStatus } from '../contracts/events';
+import type { ApprovalOutcome, BudgetOverrun, ToolResultStatus } from '../contracts/events';
 import type { QueuedMessage } from '../contracts/session';
 import type { MessageRef, PlannedToolCall, SettleInput, ToolPolicy } from '../contracts/turn';
-import type { BudgetOverrun } from '../contracts/events';
 import { toolActivities, type SessionActivityProxies } from './activities';
 import type { SessionState, TurnOutcome } from './session-state';
 import { FailureType } from '../contracts/failure-types';
