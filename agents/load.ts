@@ -23,6 +23,8 @@ type FieldPath = (string | number)[];
 export interface AgentConfigProblem {
   /** Dotted path of the offending field, e.g. `agents[1].busyPolicy`; `(syntax)` for YAML syntax errors. */
   field: string;
+  /** The id of the agent the field belongs to, when it has one. */
+  agent?: string;
   line?: number;
   message: string;
 }
@@ -40,7 +42,7 @@ export class AgentConfigError extends Error {
     readonly problems: [AgentConfigProblem, ...AgentConfigProblem[]],
   ) {
     const shown = displayPath(file);
-    super(problems.map((p) => `${shown}: ${p.field}${p.line === undefined ? '' : ` (line ${p.line})`}: ${p.message}`).join('\n'));
+    super(problems.map((p) => `${shown}: ${p.agent === undefined ? '' : `agent "${p.agent}": `}${p.field}${p.line === undefined ? '' : ` (line ${p.line})`}: ${p.message}`).join('\n'));
     this.file = shown;
     this.field = problems[0].field;
     if (problems[0].line !== undefined) this.line = problems[0].line;
@@ -58,13 +60,23 @@ export function parseAgentFile(text: string, file: string): AgentDefinition[] {
   const syntaxErrors = doc.errors.map((e) => ({ field: '(syntax)', line: counter.linePos(e.pos[0]).line, message: e.message }));
   if (isNonEmpty(syntaxErrors)) throw new AgentConfigError(file, syntaxErrors);
 
-  const parsed = AgentFile.safeParse(doc.toJS());
+  const raw = doc.toJS() as unknown;
+  const parsed = AgentFile.safeParse(raw);
   if (parsed.success) return parsed.data.agents;
   const problems = parsed.error.issues.flatMap(splitIssue).map(({ path: at, message }) => {
     const line = lineOf(doc, counter, at);
-    return { field: fieldOf(at), message, ...(line === undefined ? {} : { line }) };
+    const agent = agentIdAt(raw, at);
+    return { field: fieldOf(at), message, ...(agent === undefined ? {} : { agent }), ...(line === undefined ? {} : { line }) };
   });
   throw new AgentConfigError(file, isNonEmpty(problems) ? problems : [{ field: '(root)', message: parsed.error.message }]);
+}
+
+/** The id written for the agent a problem's path is in (`agents[i]…`), when it is a string. */
+function agentIdAt(raw: unknown, at: FieldPath): string | undefined {
+  if (at[0] !== 'agents' || typeof at[1] !== 'number') return undefined;
+  const agents = (raw as { agents?: unknown } | null)?.agents;
+  const id = Array.isArray(agents) ? (agents[at[1]] as { id?: unknown } | undefined)?.id : undefined;
+  return typeof id === 'string' ? id : undefined;
 }
 
 function isNonEmpty<T>(items: T[]): items is [T, ...T[]] {

@@ -28,7 +28,14 @@ export class AgentRegistry {
       throw new AgentConfigError(file, [{ field: 'agents', message: `no agent has the id "${DEFAULT_AGENT_ID}", which sessions use by default` }]);
     }
     // Resolving before storing: a definition naming an unknown tool must not become a version.
-    const resolved = defs.map((def) => resolveAgent(def, 0, digestOf(def), tools));
+    const resolved = defs.map((def, i) => {
+      try {
+        return resolveAgent(def, 0, digestOf(def), tools);
+      } catch (error) {
+        // An unknown tool, or a write tool in a read agent: named like any other field.
+        throw new AgentConfigError(file, [{ field: `agents[${i}].tools`, agent: def.id, message: (error as Error).message.replace(/^agent "[^"]*": (tools: )?/, '') }]);
+      }
+    });
     const synced = await syncAgents(db, defs);
     await releaseFileVersions(db, synced, FILE_ACTOR);
     const versions = new Map(synced.map((s) => [s.id, s.version]));

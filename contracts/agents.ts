@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { ToolDefinition } from './tools';
+import { ToolPermission, type ToolDefinition } from './tools';
 
 export const AGENT_ID_PATTERN = /^[a-zA-Z0-9_-]{1,64}$/;
 export const DEFAULT_AGENT_ID = 'default';
@@ -80,6 +80,18 @@ export const HealthCheckProbe = z
   .strict();
 export type HealthCheckProbe = z.infer<typeof HealthCheckProbe>;
 
+/** How an agent speaks (docs/agents.md): its tone goes into the system prompt; the greeting and escalation message are its words. */
+export const Personality = z
+  .object({
+    tone: z.string().min(1).max(500).optional(),
+    /** Opens the agent's first answer in a session (routers, issue 10). */
+    greeting: z.string().min(1).max(1_000).optional(),
+    /** What the user is told when the conversation goes to a person. */
+    escalationMessage: z.string().min(1).max(1_000).optional(),
+  })
+  .strict();
+export type Personality = z.infer<typeof Personality>;
+
 export const AgentDefinition = z
   .object({
     id: z.string().regex(AGENT_ID_PATTERN, 'must be 1 to 64 letters, digits, "_" or "-"'),
@@ -92,6 +104,9 @@ export const AgentDefinition = z
     approvalTtlMs: approvalTtlMs.default(DEFAULT_APPROVAL_TTL_MS),
     maxStepsPerTurn: z.number().int().min(1).max(50).default(DEFAULT_MAX_STEPS_PER_TURN),
     busyPolicy: BusyPolicy.default('queue'),
+    /** `write`: every tool needs approval unless its toolPolicy says otherwise. `read`: write tools are refused. */
+    permission: ToolPermission.optional(),
+    personality: Personality.optional(),
     budget: Budget.optional(),
     /** Probe turns the release health check runs against this version (docs/releases.md). */
     healthChecks: z.array(HealthCheckProbe).max(20).optional(),
@@ -129,6 +144,8 @@ export interface ResolvedAgent {
   approvalTtlMs: number;
   maxStepsPerTurn: number;
   busyPolicy: BusyPolicy;
+  permission?: ToolPermission;
+  personality?: Personality;
   budget?: Budget;
   healthChecks: HealthCheckProbe[];
 }
@@ -137,12 +154,15 @@ function own<T>(record: Record<string, T> | undefined, key: string): T | undefin
   return record && Object.hasOwn(record, key) ? record[key] : undefined;
 }
 
-/** Precedence for each setting: the agent's per-tool policy, then the agent, then the tool's default. */
+/**
+ * Precedence for each setting: the agent's per-tool policy, then the agent (a `write` agent's
+ * tools all need approval), then the tool's default.
+ */
 function applyPolicy(def: AgentDefinition, name: string, tool: ToolDefinition): ResolvedTool {
   const policy = own(def.toolPolicy, name) ?? {};
   return {
     ...tool,
-    requiresApproval: policy.requiresApproval ?? tool.requiresApproval,
+    requiresApproval: policy.requiresApproval ?? (def.permission === 'write' ? true : tool.requiresApproval),
     timeoutMs: policy.timeoutMs ?? tool.timeoutMs,
     approvalTtlMs: policy.approvalTtlMs ?? def.approvalTtlMs,
   };
@@ -154,6 +174,9 @@ export function resolveAgent(def: AgentDefinition, version: number, digest: stri
     if (!tool) {
       const known = Object.keys(tools).sort().join(', ') || 'none';
       throw new Error(`agent "${def.id}": unknown tool "${name}" (registered tools: ${known})`);
+    }
+    if (def.permission === 'read' && tool.permission === 'write') {
+      throw new Error(`agent "${def.id}": tools: "${name}" is a write tool, and the agent's permission is read`);
     }
     return applyPolicy(def, name, tool);
   });
@@ -169,7 +192,15 @@ export function resolveAgent(def: AgentDefinition, version: number, digest: stri
     approvalTtlMs: def.approvalTtlMs,
     maxStepsPerTurn: def.maxStepsPerTurn,
     busyPolicy: def.busyPolicy,
+    ...(def.permission === undefined ? {} : { permission: def.permission }),
+    ...(def.personality === undefined ? {} : { personality: { ...def.personality } }),
     ...(def.budget === undefined ? {} : { budget: { ...def.budget } }),
     healthChecks: def.healthChecks ?? [],
   };
+}
+
+/** The system message the model gets: the agent's prompt, then its personality's tone when it has one. */
+export function systemPromptOf(agent: Pick<ResolvedAgent, 'systemPrompt' | 'personality'>): string {
+  const tone = agent.personality?.tone;
+  return tone ? `${agent.systemPrompt}\n\nTone: ${tone}` : agent.systemPrompt;
 }

@@ -1,6 +1,6 @@
 import type OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
-import type { HealthCheckProbe, ResolvedAgent } from '../contracts/agents';
+import { systemPromptOf, type HealthCheckProbe, type ResolvedAgent } from '../contracts/agents';
 import type { ProbeResult } from '../contracts/releases';
 import type { Tool, ToolSettings } from '../tools';
 
@@ -35,7 +35,7 @@ export async function runProbe(deps: ProbeDeps, agent: ResolvedAgent, probe: Hea
   const failures: string[] = [];
   let reply = '';
   const messages: OpenAI.ChatCompletionMessageParam[] = [
-    ...(agent.systemPrompt ? [{ role: 'system' as const, content: agent.systemPrompt }] : []),
+    ...(agent.systemPrompt ? [{ role: 'system' as const, content: systemPromptOf(agent) }] : []),
     { role: 'user', content: probe.prompt },
   ];
   const toolSpecs = agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name, description, parameters } }));

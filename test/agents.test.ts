@@ -6,7 +6,7 @@ import { Client } from 'pg';
 import { createTestDatabase, dropTestDatabase } from './support/database';
 import { sql } from 'slonik';
 import { z } from 'zod';
-import { AgentDefinition, resolveAgent } from '../contracts/agents';
+import { AgentDefinition, resolveAgent, systemPromptOf } from '../contracts/agents';
 import { canonicalJson, digestOf } from '../contracts/canonical';
 import type { ToolDefinition, ToolPermission } from '../contracts/tools';
 import { AgentConfigError, DEFAULT_AGENTS_FILE, loadAgentFile } from '../agents/load';
@@ -90,10 +90,19 @@ describe('agent definitions file', () => {
     expect(strict?.approvalTtlMs).toBe(60_000);
   });
 
-  test('a wrong busyPolicy names the file, the field and the line', async () => {
+  test('a wrong busyPolicy names the file, the agent, the field and the line', async () => {
     const { file, error } = await loadError(twoAgents('    busyPolicy: sometimes\n'));
-    expect(error.message).toBe(`${file}: agents[1].busyPolicy (line 10): expected one of queue, interrupt, reject`);
+    expect(error.message).toBe(`${file}: agent "second": agents[1].busyPolicy (line 10): expected one of queue, interrupt, reject`);
     expect(error).toMatchObject({ file, field: 'agents[1].busyPolicy', line: 10 });
+    expect(error.problems[0]).toMatchObject({ agent: 'second' });
+  });
+
+  test('permission and personality are validated like every field', async () => {
+    const permission = await loadError(twoAgents('    permission: admin\n'));
+    expect(permission.error.message).toContain('agent "second": agents[1].permission (line 10): expected one of read, write');
+    const personality = await loadError(twoAgents('    personality:\n      tone: calm\n      mood: happy\n'));
+    expect(personality.error).toMatchObject({ field: 'agents[1].personality.mood', line: 12 });
+    expect(personality.error.message).toContain('agent "second"');
   });
 
   test('an unknown key is an error at that key', async () => {
@@ -108,7 +117,7 @@ describe('agent definitions file', () => {
     expect(unlisted.error.message).toContain('"http_request" is not in tools');
 
     const tooShort = await loadError(twoAgents('    toolPolicy:\n      create_note:\n        approvalTtlMs: 10\n'));
-    expect(tooShort.error.message).toBe(`${tooShort.file}: agents[1].toolPolicy.create_note.approvalTtlMs (line 12): must be at least 1000`);
+    expect(tooShort.error.message).toBe(`${tooShort.file}: agent "second": agents[1].toolPolicy.create_note.approvalTtlMs (line 12): must be at least 1000`);
   });
 
   test('agent ids must be unique', async () => {
@@ -126,8 +135,8 @@ describe('agent definitions file', () => {
   test('missing fields, bad values and an empty file each name their field', async () => {
     const missing = await loadError('agents:\n  - id: a\n    systemPrompt: x\n    maxStepsPerTurn: 0\n');
     expect(missing.error.problems).toEqual([
-      { field: 'agents[0].name', line: 2, message: 'required' },
-      { field: 'agents[0].maxStepsPerTurn', line: 4, message: 'must be at least 1' },
+      { agent: 'a', field: 'agents[0].name', line: 2, message: 'required' },
+      { agent: 'a', field: 'agents[0].maxStepsPerTurn', line: 4, message: 'must be at least 1' },
     ]);
     const badId = await loadError('agents:\n  - id: "no spaces"\n    name: A\n    systemPrompt: x\n');
     expect(badId.error).toMatchObject({ field: 'agents[0].id', line: 2 });
@@ -158,6 +167,24 @@ describe('resolveAgent', () => {
       ['calculator', false, 10_000, 90_000],
       ['create_note', true, 10_000, 90_000],
     ]);
+  });
+
+  test('a write agent\'s tools all need approval unless a tool policy says otherwise; a read agent may not list a write tool', () => {
+    const writer = agent({ permission: 'write', tools: ['calculator', 'create_note', 'current_time'], toolPolicy: { current_time: { requiresApproval: false } } });
+    expect(resolveAgent(writer, 1, 'd', tools).tools.map((t) => [t.name, t.requiresApproval])).toEqual([
+      ['calculator', true],
+      ['create_note', true],
+      ['current_time', false],
+    ]);
+    expect(() => resolveAgent(agent({ permission: 'read', tools: ['calculator', 'create_note'] }), 1, 'd', tools)).toThrow('agent "a": tools: "create_note" is a write tool, and the agent\'s permission is read');
+    expect(resolveAgent(agent({ permission: 'read', tools: ['calculator'] }), 1, 'd', tools).tools[0]).toMatchObject({ requiresApproval: false });
+  });
+
+  test('a personality\'s tone follows the system prompt; without one the prompt is as written', () => {
+    const toned = resolveAgent(agent({ personality: { tone: 'warm and brief', greeting: 'Hi!' } }), 1, 'd', tools);
+    expect(systemPromptOf(toned)).toBe('Be useful.\n\nTone: warm and brief');
+    expect(toned.personality).toEqual({ tone: 'warm and brief', greeting: 'Hi!' });
+    expect(systemPromptOf(resolveAgent(agent({}), 1, 'd', tools))).toBe('Be useful.');
   });
 
   test('a per-tool policy overrides the agent and the tool', () => {
@@ -279,7 +306,7 @@ describe('agent versions in Postgres', () => {
 
   test('the registry stores nothing when a tool is unknown, and needs a default agent', async () => {
     const file = await yamlFile('agents:\n  - id: default\n    name: D\n    systemPrompt: x\n  - id: ghost\n    name: G\n    systemPrompt: x\n    tools: [teleport]\n');
-    await expect(AgentRegistry.load(pool, file, tools)).rejects.toThrow(/agent "ghost": unknown tool "teleport"/);
+    await expect(AgentRegistry.load(pool, file, tools)).rejects.toThrow(/: agent "ghost": agents\[1\]\.tools: unknown tool "teleport"/);
     expect(await latestAgent(pool, 'ghost')).toBeNull();
 
     const noDefault = await yamlFile('agents:\n  - id: other\n    name: O\n    systemPrompt: x\n');

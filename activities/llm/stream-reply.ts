@@ -3,6 +3,7 @@ import type OpenAI from 'openai';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import { FailureType } from '../../contracts/failure-types';
+import { systemPromptOf } from '../../contracts/agents';
 import { Usage, type StreamDeltaData } from '../../contracts/events';
 import { assistantPosition, replyMessageIdOf, StreamReplyInput, streamIdOf, type StreamReplyResult } from '../../contracts/turn';
 import { appendEvent, notify } from '../../db/events';
@@ -134,7 +135,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       const stream = await deps.openai.chat.completions.create(
         {
           model: input.model,
-          messages: toChatMessages(history, agent.systemPrompt),
+          messages: toChatMessages(history, systemPromptOf(agent)),
           stream: true,
           stream_options: { include_usage: true },
           user: input.sessionId,

@@ -53,6 +53,8 @@ export function releaseRoutes(deps: ApiDeps): Router {
           busyPolicy: a.busyPolicy,
           maxStepsPerTurn: a.maxStepsPerTurn,
           approvalTtlMs: a.approvalTtlMs,
+          permission: a.permission ?? null,
+          personality: a.personality ?? null,
           release: releaseView(r),
           tools: a.tools.map((t) => ({ name: t.name, description: t.description, permission: t.permission, requiresApproval: t.requiresApproval, approvalTtlMs: t.approvalTtlMs })),
         };
