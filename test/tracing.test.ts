@@ -151,6 +151,8 @@ test('a tool turn sent over REST: the request trace reaches the calculator activ
   const sent = await stack.request('POST', `/api/v1/sessions/${sessionId}/messages`, { content: 'What is 15 + 27?' });
   expect(sent.status).toBe(202);
   const done = await ws.waitFor(of('turn.done'));
+  // The error frame, if any, names why a turn failed (seen once in CI under load).
+  expect({ status: done.data.status, error: ws.frames.find(of('error'))?.data }).toEqual({ status: 'completed', error: undefined });
   expect(done.data.content).toContain('42');
 
   const spans = await wholeTrace(sessionId, 'RunActivity:executeTool', (all) => count(all, 'RunActivity:streamReply') === 2);
