@@ -48,11 +48,12 @@ export async function appendEvent<T extends DurableEventType>(
   event: NewEvent<T>,
 ): Promise<{ event: DurableEvent; inserted: boolean }> {
   const data = durableEventSchemas[event.type].parse(event.data);
-  await tx.query(sql.unsafe`SELECT 1 FROM sessions WHERE id = ${event.sessionId} FOR NO KEY UPDATE`);
+  // The lock also reads whether the session has runs: a chat session's writes never look for one.
+  const hasRuns = await tx.maybeOneFirst(sql.type(z.object({ has_runs: z.boolean() }))`SELECT has_runs FROM sessions WHERE id = ${event.sessionId} FOR NO KEY UPDATE`);
   const row = await tx.one(appendStatement(event, data));
   const appended = toEvent(row);
   // Background runs follow their turn's events in the same transaction (db/runs.ts).
-  if (row.inserted && RUN_EVENT_TYPES.has(event.type)) await followRunEvent(tx, appended, event.key, appendEvent);
+  if (hasRuns && row.inserted && RUN_EVENT_TYPES.has(event.type)) await followRunEvent(tx, appended, event.key, appendEvent);
   return { event: appended, inserted: row.inserted };
 }
 

@@ -89,3 +89,15 @@ CREATE TABLE webhook_deliveries (
   UNIQUE (delivery_id, attempt)
 );
 CREATE INDEX webhook_deliveries_target ON webhook_deliveries (target_kind, target_id, id);
+
+-- Whether a session has ever had a run: event writers of sessions without one (every chat) skip
+-- the run lookup. Kept by a trigger, so every way a run gets its session sets it.
+ALTER TABLE sessions ADD COLUMN has_runs boolean NOT NULL DEFAULT false;
+CREATE FUNCTION runs_mark_session() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.session_id IS NOT NULL THEN
+    UPDATE sessions SET has_runs = true WHERE id = NEW.session_id AND NOT has_runs;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER runs_mark_session AFTER INSERT OR UPDATE OF session_id ON runs FOR EACH ROW EXECUTE FUNCTION runs_mark_session();
