@@ -12,12 +12,13 @@ import { FailureType } from '../contracts/failure-types';
 import { messageIdFor, sessionWorkflowId } from '../contracts/ids';
 import { AgentIdKey, LastActivityKey, OwnerKey, PendingApprovalsKey, SessionStatusKey } from '../contracts/search-attributes';
 import type { ApprovalDecision, ApprovalDecisionResult, CancelTurnResult, SessionStateView } from '../contracts/session';
-import { cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, userMessageSignal } from '../contracts/workflow-messages';
+import { cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery } from '../contracts/workflow-messages';
 import type { Metrics } from '../config/metrics';
 import type { Logger } from '../config/logger';
 import { temporalAddressOf, type Settings } from '../config/settings';
 import { tracingClientInterceptors } from './tracing';
-import { messageAccepted, storeIncomingMessage } from '../db/messages';
+import { messageAccepted } from '../db/messages';
+import { deliverUserMessage } from '../sessions/deliver-message';
 import { turnOutcome } from '../db/events';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
 import { sessionAgentOf } from '../agents/session-agent';
@@ -138,10 +139,7 @@ export class SessionService {
     const release = resend ? undefined : await this.limiter.messageToSession(sessionId);
     const checkedAt = performance.now();
     try {
-      await storeIncomingMessage(this.pool, { id: messageId, sessionId, content, ...(clientMessageId ? { clientMessageId } : {}) });
-      await this.client.workflow
-        .getHandle(sessionWorkflowId(sessionId))
-        .signal(userMessageSignal, { messageId, requestId, ...(clientMessageId ? { clientMessageId } : {}), ...(budget ? { budget } : {}) });
+      await deliverUserMessage(this.pool, this.client, { sessionId, messageId, content, requestId, ...(clientMessageId ? { clientMessageId } : {}), ...(budget ? { budget } : {}) });
     } catch (error) {
       await release?.();
       throw error instanceof KeelError ? error : await this.mapTemporalError(sessionId, error);

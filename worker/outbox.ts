@@ -4,14 +4,14 @@ import { messageIdFor } from '../contracts/ids';
 import { SESSION_EXPIRED_MESSAGE } from '../contracts/errors';
 import { sessionWorkflowId } from '../contracts/ids';
 import { runClientMessageId } from '../contracts/runs';
-import { cancelTurnSignal, userMessageSignal } from '../contracts/workflow-messages';
+import { cancelTurnSignal } from '../contracts/workflow-messages';
 import type { WebhookDeliveryInput } from '../contracts/webhooks';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 import type { Settings } from '../config/settings';
 import { appendEvent } from '../db/events';
 import { incidentView, markIncidentNotified } from '../db/incidents';
-import { storeIncomingMessage } from '../db/messages';
+import { deliverUserMessage } from '../sessions/deliver-message';
 import { findSession } from '../db/sessions';
 import { lockUnnotifiedIncidents } from '../db/webhooks';
 import {
@@ -141,17 +141,12 @@ export class Outbox {
     if (session.status === 'expired') return end('SESSION_EXPIRED', SESSION_EXPIRED_MESSAGE);
     const clientMessageId = runClientMessageId(run.id);
     const messageId = run.message_id ?? (await setMessageId(pool, run.id, messageIdFor(sessionId, clientMessageId))).message_id!;
-    const stored = await storeIncomingMessage(pool, { id: messageId, sessionId, content: run.input, clientMessageId });
-    if (stored !== 'accepted') {
-      try {
-        await client.workflow
-          .getHandle(sessionWorkflowId(sessionId))
-          .signal(userMessageSignal, { messageId, requestId: run.id, clientMessageId, ...(run.budget ? { budget: run.budget } : {}) });
-      } catch (error) {
-        // The session's workflow has ended: it takes no more messages.
-        if (!(error instanceof WorkflowNotFoundError)) throw error;
-        return end('SESSION_EXPIRED', SESSION_EXPIRED_MESSAGE);
-      }
+    try {
+      await deliverUserMessage(pool, client, { sessionId, messageId, content: run.input, clientMessageId, requestId: run.id, ...(run.budget ? { budget: run.budget } : {}) });
+    } catch (error) {
+      // The session's workflow has ended: it takes no more messages.
+      if (!(error instanceof WorkflowNotFoundError)) throw error;
+      return end('SESSION_EXPIRED', SESSION_EXPIRED_MESSAGE);
     }
     await markSent(pool, run.id);
     log.info({ runId: run.id, sessionId, messageId }, 'outbox: sent the message of a run the API did not send');

@@ -1,0 +1,28 @@
+import type { Client } from '@temporalio/client';
+import type { CommonQueryMethods } from 'slonik';
+import type { Budget } from '../contracts/agents';
+import { sessionWorkflowId } from '../contracts/ids';
+import { userMessageSignal } from '../contracts/workflow-messages';
+import { storeIncomingMessage, type IncomingMessage } from '../db/messages';
+
+/**
+ * Stores a user message, then tells the session's workflow its ID (never its content): how the
+ * API sends every message, and how the worker's outbox sends a run's message its request never
+ * sent. A message already answered in a turn is not signalled again. Temporal's errors are the
+ * caller's to map.
+ */
+export async function deliverUserMessage(
+  pool: CommonQueryMethods,
+  client: Client,
+  m: { sessionId: string; messageId: string; content: string; clientMessageId?: string; requestId: string; budget?: Budget },
+): Promise<IncomingMessage> {
+  const stored = await storeIncomingMessage(pool, { id: m.messageId, sessionId: m.sessionId, content: m.content, ...(m.clientMessageId ? { clientMessageId: m.clientMessageId } : {}) });
+  if (stored === 'accepted') return stored;
+  await client.workflow.getHandle(sessionWorkflowId(m.sessionId)).signal(userMessageSignal, {
+    messageId: m.messageId,
+    requestId: m.requestId,
+    ...(m.clientMessageId ? { clientMessageId: m.clientMessageId } : {}),
+    ...(m.budget ? { budget: m.budget } : {}),
+  });
+  return stored;
+}
