@@ -143,25 +143,30 @@ function holdTurn(turn: number, started: { open: () => void }, release: { opened
   };
 }
 
+/**
+ * A session whose model asks for `tools`, cancelled while the calls are being recorded (the reply
+ * asking for them is stored, the workflow does not know them yet); returns the cancel's answer.
+ */
+async function cancelWhileRecording(...tools: string[]) {
+  const recording = gate();
+  const release = gate();
+  const { handle, sessionId } = await startSession(sessionConfig());
+  scripts.set(sessionId, { streamReply: askTools(...tools), recordToolCalls: holdRecording(recording, release) });
+  await handle.signal(userMessageSignal, { messageId: 'm1' });
+  await recording.opened;
+  const cancel = await cancelAccepted(handle, { requestedBy: 'u1' });
+  release.open();
+  return { handle, sessionId, cancelled: await cancel.result() };
+}
+
 /** The first step asks for `tools`; the next answers in text. */
 function askTools(...tools: string[]): Script['streamReply'] {
   return async (input) => reply(input, input.step === 1 ? tools.map(toolCall) : []);
 }
 
 test('a cancel that lands while the tool calls are being recorded still gives every call a result', async () => {
-  const recording = gate();
-  const release = gate();
-  const { handle, sessionId } = await startSession(sessionConfig());
-  scripts.set(sessionId, {
-    streamReply: askTools('lookup', 'publish'),
-    recordToolCalls: holdRecording(recording, release),
-  });
-  await handle.signal(userMessageSignal, { messageId: 'm1' });
-  await recording.opened;
-  // The window is open: the reply asking for tools is stored, the workflow does not know the calls yet.
-  const cancel = await cancelAccepted(handle, { requestedBy: 'u1' });
-  release.open();
-  expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
+  const { handle, sessionId, cancelled } = await cancelWhileRecording('lookup', 'publish');
+  expect(cancelled).toEqual({ cancelled: true, turn: 1 });
   await until(() => named(sessionId, 'recordTurnFailure').length === 1, 'the turn to end');
   const settled = named(sessionId, 'settleToolCall');
   expect(settled.map((s) => [s.toolCallId, s.status, s.ran]).sort()).toEqual([
@@ -361,18 +366,8 @@ test('an idle session expires once, with its refusals written', async () => {
 });
 
 test('a write tool whose turn was cancelled before it started never starts, and is recorded as not run', async () => {
-  const recording = gate();
-  const release = gate();
-  const { handle, sessionId } = await startSession(sessionConfig());
-  scripts.set(sessionId, {
-    streamReply: askTools('save'),
-    recordToolCalls: holdRecording(recording, release),
-  });
-  await handle.signal(userMessageSignal, { messageId: 'm1' });
-  await recording.opened;
-  const cancel = await cancelAccepted(handle, { requestedBy: 'u1' });
-  release.open();
-  expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
+  const { handle, sessionId, cancelled } = await cancelWhileRecording('save');
+  expect(cancelled).toEqual({ cancelled: true, turn: 1 });
   expect(named(sessionId, 'executeTool')).toHaveLength(0);
   expect(named(sessionId, 'settleToolCall')).toEqual([expect.objectContaining({ name: 'save', status: 'cancelled', ran: false })]);
   await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
@@ -448,19 +443,9 @@ test('a write tool whose attempt fails after a cancel is not tried again', async
 });
 
 test('one tool call whose close cannot be written does not leave the others without a result', async () => {
-  const recording = gate();
-  const release = gate();
-  const { handle, sessionId } = await startSession(sessionConfig());
-  scripts.set(sessionId, {
-    streamReply: askTools('publish', 'publish'),
-    recordToolCalls: holdRecording(recording, release),
-  });
   failingSettles.add('tc-1-0');
-  await handle.signal(userMessageSignal, { messageId: 'm1' });
-  await recording.opened;
-  const cancel = await cancelAccepted(handle, { requestedBy: 'u1' });
-  release.open();
-  expect(await cancel.result()).toEqual({ cancelled: true, turn: 1 });
+  const { handle, sessionId, cancelled } = await cancelWhileRecording('publish', 'publish');
+  expect(cancelled).toEqual({ cancelled: true, turn: 1 });
   expect(named(sessionId, 'settleToolCall').map((c) => c.toolCallId)).toEqual(['tc-1-1']);
   expect(named(sessionId, 'recordTurnFailure')).toHaveLength(1);
   failingSettles.delete('tc-1-0');
