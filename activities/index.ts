@@ -2,3 +2,4 @@ export { createStreamReplyActivities, type StreamReplyActivities } from './llm/s
 export { createPersistenceActivities, type PersistenceActivities } from './persistence';
 export { createToolActivities, type ToolActivities } from './tool-activities';
 export { createReleaseActivities, type ReleaseActivities } from './release-activities';
+export { createEscalationActivities, type EscalationActivities } from './escalation';

@@ -26,7 +26,8 @@ const SESSION_BUSY_MESSAGE = 'The session is busy; the message was not accepted.
 export async function acceptMessagesIn(tx: DatabaseTransactionConnection, sessionId: string, messages: MessageRef[]): Promise<void> {
   for (const m of messages) {
     const accepted = await acceptMessage(tx, sessionId, m.messageId, m.turn);
-    if (accepted.outcome !== 'accepted') continue;
+    // An outside event was announced (external.event) when it was stored.
+    if (accepted.outcome !== 'accepted' || accepted.role === 'event') continue;
     await appendEvent(tx, {
       sessionId,
       key: `accepted:${m.messageId}`,

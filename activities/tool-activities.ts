@@ -18,7 +18,7 @@ import type { Metrics } from '../config/metrics';
 import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { findToolCall, insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
-import { ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolSettings } from '../tools';
+import { ToolAuthError, ToolInputError, ToolRefusedError, ToolTimeoutError, ToolValidationError, type Tool, type ToolSettings } from '../tools';
 import { classifyingPersistenceErrors, parseActivityInput, storableJson } from './persistence-errors';
 
 export function toolCallIdOf(sessionId: string, turn: number, step: number, modelCallId: string): string {
@@ -43,6 +43,7 @@ function modelContent(input: SettleInput): string {
   const status = input.status;
   if (status === 'rejected') return `Rejected by the approver${input.approval?.feedback ? `: ${input.approval.feedback}` : ''}. The tool did not run.`;
   if (status === 'expired') return 'The approval request expired; the tool did not run. Offer the user to try again.';
+  if (status === 'skipped') return 'Skipped: an earlier action of this request was rejected or its approval expired, so this one was not performed. Tell the user.';
   if (status === 'cancelled') {
     if (input.ran === true) return 'Cancelled while running: the tool was stopped before it finished, and its result is unknown.';
     if (input.ran === false) return 'Cancelled: the tool did not run.';
@@ -172,8 +173,11 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
    * the workflow and tool call IDs, so a retry after a crash finds the effect already applied.
    * It heartbeats, so a cancel reaches it: a read tool's signal is aborted, and a tool that stops
    * is recorded as cancelled while running; one that finishes anyway keeps its real result.
-   * A write tool is not told of a cancel. Refusals and bad arguments are results the model
-   * reads; other failures are thrown for Temporal to retry.
+   * A write tool is not told of a cancel. Refusals, bad arguments and a service's refusal of
+   * the request (TOOL_VALIDATION_ERROR) are results the model reads. A service's refusal of the
+   * credentials (TOOL_AUTH_ERROR) is recorded, then thrown as a non-retryable failure of that
+   * type, so the workflow can escalate. Other failures are thrown for Temporal to retry, and
+   * recorded by the workflow once the attempts run out.
    */
   async function executeTool(raw: ExecuteToolInput): Promise<ToolOutcome> {
     const input = parseActivityInput(ExecuteToolInput, raw);
@@ -198,6 +202,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
     }
     await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
     if (outcome.status === 'cancelled') throw new CancelledFailure(`${input.name} was cancelled while running`);
+    if (outcome.error?.code === 'TOOL_AUTH_ERROR') throw ApplicationFailure.nonRetryable(outcome.error.message, 'TOOL_AUTH_ERROR');
     return outcome;
   }
 
@@ -205,12 +210,15 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
 }
 
 /**
- * A failure the model reads (bad arguments, a refusal), a cancel the workflow asked for, or an
- * error to retry. An abort by a worker shutdown is not the workflow's cancel: it is retried.
+ * A failure the model reads (bad arguments, a refusal, the service's 4xx), a cancel the workflow
+ * asked for, or an error to retry (a ToolTransientError among them: 408, 429, 5xx). An abort by
+ * a worker shutdown is not the workflow's cancel: it is retried.
  */
 function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, cancellation: AbortSignal | undefined): ToolOutcome {
   if (error instanceof ToolInputError) return { status: 'failed', error: { code: 'TOOL_EXECUTION_ERROR', message: error.message } };
   if (error instanceof ToolRefusedError) return { status: 'failed', error: { code: 'TOOL_PERMISSION_DENIED', message: error.message } };
+  if (error instanceof ToolValidationError) return { status: 'failed', error: { code: 'TOOL_VALIDATION_ERROR', message: error.message } };
+  if (error instanceof ToolAuthError) return { status: 'failed', error: { code: 'TOOL_AUTH_ERROR', message: error.message } };
   if (cancellation?.aborted && isWorkflowCancel(cancellation.reason)) return { status: 'cancelled' };
   if (error instanceof ApplicationFailure) throw error;
   if (timeout.aborted || error instanceof ToolTimeoutError) throw ApplicationFailure.retryable(`${name} timed out`, 'TOOL_TIMEOUT');

@@ -2,19 +2,29 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { z, type ZodIssue } from 'zod';
-import { AgentDefinition } from '../contracts/agents';
+import { AgentDefinition, RouterDefinition, routerAsAgent } from '../contracts/agents';
 
 /** The repository's agent definitions. */
 export const DEFAULT_AGENTS_FILE = path.join(__dirname, 'agents.yaml');
 
 const AgentFile = z
-  .object({ agents: z.array(AgentDefinition).min(1, 'must list at least one agent') })
+  .object({ agents: z.array(AgentDefinition).min(1, 'must list at least one agent'), routers: z.array(RouterDefinition).optional() })
   .strict()
   .superRefine((file, ctx) => {
     const ids = file.agents.map((a) => a.id);
     ids.forEach((id, i) => {
       const first = ids.indexOf(id);
       if (first !== i) ctx.addIssue({ code: 'custom', path: ['agents', i, 'id'], message: `duplicate agent id "${id}" (first at agents[${first}])` });
+    });
+    const routerIds = (file.routers ?? []).map((r) => r.id);
+    (file.routers ?? []).forEach((router, i) => {
+      // Agents and routers share one namespace: a session names either.
+      if (ids.includes(router.id)) ctx.addIssue({ code: 'custom', path: ['routers', i, 'id'], message: `"${router.id}" is already an agent's id` });
+      const first = routerIds.indexOf(router.id);
+      if (first !== i) ctx.addIssue({ code: 'custom', path: ['routers', i, 'id'], message: `duplicate router id "${router.id}" (first at routers[${first}])` });
+      router.agents.forEach((member, j) => {
+        if (!ids.includes(member)) ctx.addIssue({ code: 'custom', path: ['routers', i, 'agents', j], message: `"${member}" is not an agent in this file` });
+      });
     });
   });
 
@@ -62,7 +72,7 @@ export function parseAgentFile(text: string, file: string): AgentDefinition[] {
 
   const raw = doc.toJS() as unknown;
   const parsed = AgentFile.safeParse(raw);
-  if (parsed.success) return parsed.data.agents;
+  if (parsed.success) return [...parsed.data.agents, ...(parsed.data.routers ?? []).map(routerAsAgent)];
   const problems = parsed.error.issues.flatMap(splitIssue).map(({ path: at, message }) => {
     const line = lineOf(doc, counter, at);
     const agent = agentIdAt(raw, at);
@@ -73,8 +83,8 @@ export function parseAgentFile(text: string, file: string): AgentDefinition[] {
 
 /** The id written for the agent a problem's path is in (`agents[i]…`), when it is a string. */
 function agentIdAt(raw: unknown, at: FieldPath): string | undefined {
-  if (at[0] !== 'agents' || typeof at[1] !== 'number') return undefined;
-  const agents = (raw as { agents?: unknown } | null)?.agents;
+  if ((at[0] !== 'agents' && at[0] !== 'routers') || typeof at[1] !== 'number') return undefined;
+  const agents = (raw as Record<string, unknown> | null)?.[at[0]];
   const id = Array.isArray(agents) ? (agents[at[1]] as { id?: unknown } | undefined)?.id : undefined;
   return typeof id === 'string' ? id : undefined;
 }

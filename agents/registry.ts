@@ -11,10 +11,13 @@ export const FILE_ACTOR = 'agents-file';
 
 /** The agents of this deployment, each at the version its current definition is stored under. */
 export class AgentRegistry {
-  readonly defaultId = DEFAULT_AGENT_ID;
   private readonly byId: ReadonlyMap<string, ResolvedAgent>;
 
-  private constructor(agents: ResolvedAgent[]) {
+  private constructor(
+    agents: ResolvedAgent[],
+    /** What a session gets when it names no agent: `default`, else the file's first router (a template's front desk). */
+    readonly defaultId: string,
+  ) {
     this.byId = new Map(agents.map((a) => [a.id, a]));
   }
 
@@ -24,8 +27,9 @@ export class AgentRegistry {
    */
   static async load(db: DatabasePool, file: string, tools: Record<string, ToolDefinition>): Promise<AgentRegistry> {
     const defs = await loadAgentFile(file);
-    if (!defs.some((d) => d.id === DEFAULT_AGENT_ID)) {
-      throw new AgentConfigError(file, [{ field: 'agents', message: `no agent has the id "${DEFAULT_AGENT_ID}", which sessions use by default` }]);
+    const defaultId = defs.some((d) => d.id === DEFAULT_AGENT_ID) ? DEFAULT_AGENT_ID : defs.find((d) => d.router)?.id;
+    if (defaultId === undefined) {
+      throw new AgentConfigError(file, [{ field: 'agents', message: `no agent has the id "${DEFAULT_AGENT_ID}" and there is no router: sessions that name no agent would have none` }]);
     }
     // Resolving before storing: a definition naming an unknown tool must not become a version.
     const resolved = defs.map((def, i) => {
@@ -39,7 +43,10 @@ export class AgentRegistry {
     const synced = await syncAgents(db, defs);
     await releaseFileVersions(db, synced, FILE_ACTOR);
     const versions = new Map(synced.map((s) => [s.id, s.version]));
-    return new AgentRegistry(resolved.map((agent) => ({ ...agent, version: versions.get(agent.id) ?? 0 })));
+    return new AgentRegistry(
+      resolved.map((agent) => ({ ...agent, version: versions.get(agent.id) ?? 0 })),
+      defaultId,
+    );
   }
 
   get(id: string): ResolvedAgent | undefined {

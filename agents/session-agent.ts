@@ -1,5 +1,5 @@
 import type { ResolvedAgent } from '../contracts/agents';
-import type { SessionAgent } from '../contracts/session';
+import type { SessionAgent, SessionRouter } from '../contracts/session';
 
 /**
  * What a session workflow carries of its agent: IDs and every tool policy, resolved once here at
@@ -17,6 +17,10 @@ export function sessionAgentOf(agent: ResolvedAgent, defaultModel: string): Sess
     ...(agent.model.temperature === undefined ? {} : { temperature: agent.model.temperature }),
     ...(agent.budget === undefined ? {} : { budget: agent.budget }),
     approvalTtlMs: agent.approvalTtlMs,
+    toolExecution: agent.toolExecution,
+    ...(agent.personality?.greeting ? { greets: true } : {}),
+    ...(agent.escalate ? { escalate: true } : {}),
+    ...(agent.externalEvents ? { externalEvents: agent.externalEvents } : {}),
     tools: agent.tools.map((t) => ({
       name: t.name,
       permission: t.permission,
@@ -26,4 +30,23 @@ export function sessionAgentOf(agent: ResolvedAgent, defaultModel: string): Sess
       maxAttempts: t.retry.maxAttempts,
     })),
   };
+}
+
+/**
+ * A router session's members, each at the version its own release gives this session (a canary
+ * member is a canary inside the router too). Every member may escalate.
+ */
+export async function sessionRouterOf(
+  router: ResolvedAgent,
+  memberOf: (id: string) => Promise<ResolvedAgent | null>,
+  defaultModel: string,
+): Promise<SessionRouter | undefined> {
+  if (!router.router) return undefined;
+  const members: SessionAgent[] = [];
+  for (const id of router.router.agents) {
+    const member = await memberOf(id);
+    if (!member) throw new Error(`router "${router.id}": member agent "${id}" has no active version`);
+    members.push({ ...sessionAgentOf(member, defaultModel), escalate: true });
+  }
+  return { threshold: router.router.threshold, maxHandoffs: router.router.maxHandoffs, members };
 }

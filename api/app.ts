@@ -13,6 +13,9 @@ import { workerRoutes } from './routes/workers';
 import { releaseRoutes } from './routes/releases';
 import { runRoutes } from './routes/runs';
 import { sloRoutes } from './routes/slo';
+import { presenceRoutes } from './routes/presence';
+import { conversationRoutes } from './routes/conversations';
+import { analyticsRoutes } from './routes/analytics';
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
@@ -34,7 +37,7 @@ export function createApp(deps: ApiDeps): Koa {
       },
     }),
   );
-  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), releaseRoutes(deps), metricsRoutes(deps), adminRoutes(deps), workerRoutes(deps), runRoutes(deps), sloRoutes(deps)]) {
+  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), releaseRoutes(deps), metricsRoutes(deps), adminRoutes(deps), workerRoutes(deps), runRoutes(deps), sloRoutes(deps), presenceRoutes(deps), conversationRoutes(deps), analyticsRoutes(deps)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

@@ -3,6 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Context, Next } from 'koa';
 import type { DatabasePool } from 'slonik';
 import { KeelError } from '../contracts/errors';
+import { SESSION_EVENTS_TOKEN_PREFIX } from '../contracts/presence';
 import type { Logger } from '../config/logger';
 import type { Settings } from '../config/settings';
 import { hashToken, liveTokenKeys, registerDevToken, userForTokenKey } from '../db/tokens';
@@ -17,6 +18,8 @@ export interface Caller {
 /** With authentication switched off every caller is this admin; the API says so loudly at start. */
 const UNAUTHENTICATED: Caller = { userId: 'anonymous', isAdmin: true, tokenKey: 'anonymous' };
 const PUBLIC_PATHS = new Set(['/api/v1/health', '/api/v1/ready', '/metrics']);
+/** The one route that also takes a session's events token instead of a user's. */
+const EXTERNAL_EVENTS_PATH = /^\/api\/v1\/sessions\/[^/]+\/external-events$/;
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 /** Token lookups kept per process; beyond this the oldest is dropped. */
@@ -96,6 +99,11 @@ export class Authenticator {
     return async (ctx: Context, next: Next) => {
       if (PUBLIC_PATHS.has(ctx.path) || ctx.path.startsWith('/api/v1/admin/')) return next();
       const token = bearerToken(ctx.get('authorization'));
+      // A session's events token (docs/presence.md) is checked by the one route that takes it, never looked up as a user's.
+      if (token?.startsWith(SESSION_EVENTS_TOKEN_PREFIX) && EXTERNAL_EVENTS_PATH.test(ctx.path)) {
+        ctx.state.eventsToken = token;
+        return next();
+      }
       const caller = await this.callerFor(token);
       if (!caller) throw new KeelError('UNAUTHORIZED', token ? 'The token is not valid' : 'Authorization: Bearer <token> is required');
       ctx.state.caller = caller;

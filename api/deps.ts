@@ -9,6 +9,7 @@ import type { EventHub } from './event-hub';
 import type { RateLimiter } from './rate-limiter';
 import type { SessionFeed } from './session-feed';
 import type { SessionService } from './session-service';
+import type { UserFeed } from './user-feed';
 
 /** What the HTTP and WebSocket handlers need; built once per process in api/main.ts. */
 export interface ApiDeps {
@@ -17,6 +18,8 @@ export interface ApiDeps {
   hub: EventHub;
   /** How WebSocket, SSE and /chat follow a session's events. */
   feed: SessionFeed;
+  /** What the per-user sockets (GET /api/v1/ws) follow: every session's events, by owner. */
+  userFeed: UserFeed;
   /** Open WebSockets and SSE streams, and /chat requests in flight. */
   connections: Connections;
   sessions: SessionService;

@@ -1,6 +1,7 @@
 import { Client } from 'pg';
 import { ChannelMessage, EVENT_CHANNEL } from '../contracts/channel';
 import type { DurableEvent, StreamDeltaData } from '../contracts/events';
+import type { TypingData } from '../contracts/presence';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 
@@ -10,6 +11,15 @@ export interface HubListener {
   onNotified(seq: number): void;
   onDelta(delta: StreamDeltaData): void;
   /** Notifications may have been lost (the LISTEN connection was replaced): re-read the log from your cursor. */
+  onResync(): void;
+  /** Someone types in the session (docs/presence.md); `from` is the sending connection. */
+  onTyping?(typing: TypingData & { from: string }): void;
+}
+
+/** Follows every session's durable events (the per-user sockets' feed); typing and deltas are not handed on. */
+export interface AllSessionsListener {
+  onEvent(event: DurableEvent): void;
+  onNotified(sessionId: string, seq: number): void;
   onResync(): void;
 }
 
@@ -48,6 +58,7 @@ const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms).u
 export class EventHub {
   private client: Client | null = null;
   private readonly listeners = new Map<string, Set<HubListener>>();
+  private readonly allSessions = new Set<AllSessionsListener>();
   private readonly streams = new Map<string, InFlightStream>();
   private closed = false;
   private timers: NodeJS.Timeout[] = [];
@@ -141,6 +152,12 @@ export class EventHub {
     };
   }
 
+  /** Every session's durable events; the returned function unsubscribes. */
+  subscribeAll(listener: AllSessionsListener): () => void {
+    this.allSessions.add(listener);
+    return () => this.allSessions.delete(listener);
+  }
+
   inFlight(sessionId: string): InFlightStream | undefined {
     return this.streams.get(sessionId);
   }
@@ -158,6 +175,9 @@ export class EventHub {
         const { k: _k, sessionId, ...delta } = message;
         this.trackDelta(sessionId, delta);
         this.forEach(sessionId, (l) => l.onDelta(delta));
+      } else if (message.k === 't') {
+        const { k: _k, sessionId, ...typing } = message;
+        this.forEach(sessionId, (l) => l.onTyping?.(typing));
       } else if (message.k === 'e') {
         const { k: _k, ...event } = message;
         this.metrics.channelLag.observe(Math.max(0, Date.now() - Date.parse(event.createdAt)) / 1000);
@@ -167,6 +187,7 @@ export class EventHub {
         const inFlight = this.streams.get(message.sessionId);
         if (inFlight) inFlight.complete = false;
         this.forEach(message.sessionId, (l) => l.onNotified(message.seq));
+        this.forAll((l) => l.onNotified(message.sessionId, message.seq));
       }
     } catch (error) {
       this.log.error({ err: error, sessionId: message.sessionId }, 'event delivery failed');
@@ -176,6 +197,17 @@ export class EventHub {
   private deliver(event: DurableEvent): void {
     this.trackEvent(event);
     this.forEach(event.sessionId, (l) => l.onEvent(event));
+    this.forAll((l) => l.onEvent(event));
+  }
+
+  private forAll(fn: (l: AllSessionsListener) => void): void {
+    for (const listener of [...this.allSessions]) {
+      try {
+        fn(listener);
+      } catch (error) {
+        this.log.error({ err: error }, 'event subscriber failed');
+      }
+    }
   }
 
   private forEach(sessionId: string, fn: (l: HubListener) => void): void {
@@ -192,6 +224,7 @@ export class EventHub {
 
   private resyncAll(): void {
     for (const sessionId of [...this.listeners.keys()]) this.forEach(sessionId, (l) => l.onResync());
+    this.forAll((l) => l.onResync());
   }
 
   private trackEvent(event: DurableEvent): void {

@@ -6,6 +6,7 @@ import type { Caller } from './auth';
 import type { ApiDeps } from './deps';
 import { parseInput } from './errors';
 import { openSse } from './sse';
+import { AgentStatusTracker } from './agent-status';
 
 const SSE_KEEPALIVE_MS = 15_000;
 
@@ -30,6 +31,8 @@ export interface FeedStreamOptions {
   select?: (event: DurableEvent) => 'send' | 'skip' | 'last';
   /** Which token deltas go out. Default: every one. */
   selectDelta?: (delta: StreamDeltaData) => boolean;
+  /** Send agent.status frames derived from the events sent (docs/presence.md), from this escalation state at `after`. */
+  agentStatus?: { escalated: boolean };
 }
 
 /**
@@ -54,6 +57,7 @@ export function streamFeedOverSse(deps: ApiDeps, ctx: Context, caller: Caller, o
     sendFrame({ type: 'error', sessionId, data: error.toBody(ctx.state.requestId as string) });
     sse.end();
   };
+  const status = opts.agentStatus ? new AgentStatusTracker(opts.agentStatus.escalated) : undefined;
   const subscription = deps.feed.open(
     { sessionId, after: opts.after, ...(opts.streamOffset === undefined ? {} : { streamOffset: opts.streamOffset }) },
     {
@@ -61,6 +65,8 @@ export function streamFeedOverSse(deps: ApiDeps, ctx: Context, caller: Caller, o
         const verdict = opts.select?.(e) ?? 'send';
         if (verdict === 'skip') return;
         sendFrame(durableFrame(e));
+        const now = status?.next(e);
+        if (now) sendFrame({ type: 'agent.status', sessionId, data: now });
         if (verdict === 'last') sse.end();
       },
       delta: (d) => {

@@ -13,6 +13,7 @@ import { createApp } from './app';
 import { Connections } from './connections';
 import { EventHub } from './event-hub';
 import { SessionFeed } from './session-feed';
+import { UserFeed } from './user-feed';
 import { SessionService } from './session-service';
 import { RateLimiter } from './rate-limiter';
 import { attachWebSocket } from './ws';
@@ -34,6 +35,7 @@ async function main() {
   const hub = new EventHub(databaseUrl, log, metrics, { checkMs: settings.api.listenerCheckMs, reconnectMs: settings.api.listenerReconnectMs });
   await hub.start();
   const feed = new SessionFeed(hub, pool, settings.api, log);
+  const userFeed = new UserFeed(hub, pool, log, settings.presence.userFeedCacheSessions);
   const agents = await AgentRegistry.load(pool, settings.agentsFile, toolDefinitions(settings.tools));
   const limiter = new RateLimiter(pool, settings.rateLimits);
   const sessions = await SessionService.connect(settings, pool, agents, metrics, limiter, log);
@@ -41,7 +43,7 @@ async function main() {
   await auth.ensureDevToken();
   const connections = new Connections();
   connections.checkRevocations(auth, Math.max(100, Math.floor(settings.auth.tokenCacheMs / 2)), log);
-  const deps = { settings, pool, hub, feed, connections, sessions, agents, auth, limiter, log, metrics };
+  const deps = { settings, pool, hub, feed, userFeed, connections, sessions, agents, auth, limiter, log, metrics };
   const app = createApp(deps).callback();
   const server = http.createServer((req, res) => {
     // A request on a kept-alive connection while the process stops.

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Client, Connection, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
+import { Client, Connection, WorkflowNotFoundError, WorkflowUpdateFailedError, type SignalDefinition } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { AgentRegistry } from '../agents/registry';
 import type { Caller } from './auth';
@@ -21,7 +21,7 @@ import { messageAccepted } from '../db/messages';
 import { deliverUserMessage } from '../sessions/deliver-message';
 import { turnOutcome } from '../db/events';
 import { deleteSessionRow, findSession, insertSession, softDeleteSession, type SessionRow } from '../db/sessions';
-import { sessionAgentOf } from '../agents/session-agent';
+import { sessionAgentOf, sessionRouterOf } from '../agents/session-agent';
 import { AgentVersions } from '../agents/versions';
 import { pickVersion } from '../agents/release-picker';
 import { getRelease } from '../db/releases';
@@ -66,12 +66,13 @@ export class SessionService {
     const release = await getRelease(this.pool, agentId);
     const agent = release ? await this.versions.get(agentId, pickVersion(release, id)) : null;
     if (!agent) throw new KeelError('AGENT_NOT_FOUND', 'No such agent', { agentId });
+    const router = await sessionRouterOf(agent, (member) => this.memberVersion(member, id), this.settings.llm.model);
     const row = await insertSession(this.pool, { id, title: input.title ?? null, agentId, agentVersion: agent.version, ownerId: caller.userId });
     try {
       await this.client.workflow.start<typeof sessionWorkflow>('sessionWorkflow', {
         taskQueue: this.settings.temporal.taskQueue,
         workflowId: sessionWorkflowId(id),
-        args: [{ sessionId: id, config: { ...this.settings.session, agent: sessionAgentOf(agent, this.settings.llm.model) } }],
+        args: [{ sessionId: id, config: { ...this.settings.session, agent: sessionAgentOf(agent, this.settings.llm.model), ...(router ? { router } : {}) } }],
         typedSearchAttributes: [
           { key: SessionStatusKey, value: 'active' },
           { key: AgentIdKey, value: agentId },
@@ -88,6 +89,12 @@ export class SessionService {
       throw new KeelError('SERVICE_UNAVAILABLE', 'Could not start the session', undefined, { cause: error });
     }
     return row;
+  }
+
+  /** A router member at the version its release gives this session. */
+  private async memberVersion(agentId: string, sessionId: string) {
+    const release = await getRelease(this.pool, agentId);
+    return release ? this.versions.get(agentId, pickVersion(release, sessionId)) : null;
   }
 
   private async workflowExists(sessionId: string): Promise<boolean> {
@@ -224,6 +231,15 @@ export class SessionService {
       // Already ended (expired): nothing left to stop. Otherwise the deletion stands (the row is
       // gone for every reader) and the workflow ends at its idle time-out at the latest.
       if (!(error instanceof WorkflowNotFoundError)) this.log.error({ err: error, sessionId }, 'deleted session: its workflow could not be told to end');
+    }
+  }
+
+  /** Signals the session's workflow (hand-back, escalate, external events), Temporal's failures mapped to the session codes. */
+  async signal<Args extends unknown[]>(sessionId: string, def: SignalDefinition<Args>, ...args: Args): Promise<void> {
+    try {
+      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(def, ...args);
+    } catch (error) {
+      throw await this.mapTemporalError(sessionId, error);
     }
   }
 

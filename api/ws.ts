@@ -7,7 +7,12 @@ import { KeelError } from '../contracts/errors';
 import { durableFrame } from '../contracts/events';
 import { ID_PATTERN } from '../contracts/ids';
 import { AfterSeqQuery } from '../contracts/rest';
-import { lastSeq } from '../db/events';
+import { lastSeq, notify } from '../db/events';
+import { escalatedAsOf } from '../db/presence';
+import type { TypingRole } from '../contracts/presence';
+import { AgentStatusTracker } from './agent-status';
+import { TypingThrottle } from './typing';
+import { serveUserSocket, USER_WS_PATH } from './user-socket';
 import type { ApiDeps } from './deps';
 import { upgradeToken, type Caller } from './auth';
 import { toKeelError } from './errors';
@@ -65,6 +70,7 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
   async function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     if (deps.connections.stopping) return rejectUpgrade(socket, new KeelError('SERVICE_UNAVAILABLE', 'The server is shutting down; connect again'));
     const url = new URL(req.url ?? '/', 'http://localhost');
+    if (url.pathname === USER_WS_PATH) return upgradeUserSocket(req, socket, head, url);
     const match = WS_PATH.exec(url.pathname);
     if (!match) return rejectUpgrade(socket, new KeelError('NOT_FOUND', 'No such route'));
     const sessionId = sessionIdOf(match[1]!);
@@ -78,24 +84,48 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
     await deps.limiter.requestByToken(caller.tokenKey);
     // Read before the check: a deletion after the check is then an event this socket gets (session.deleted).
     const seqAtCheck = await lastSeq(deps.pool, sessionId);
-    await deps.sessions.require(sessionId, caller);
-    const maxSockets = deps.settings.rateLimits.socketsPerUser;
-    if (maxSockets > 0 && deps.connections.count('websocket', caller.userId) >= maxSockets) {
-      // An error frame a browser can read, then a close code it can branch on.
-      return wss.handleUpgrade(req, socket, head, (ws) => {
-        const error = new KeelError('RATE_LIMIT_EXCEEDED', `At most ${maxSockets} open WebSockets per user`, { retryAfter: 1 });
-        deps.metrics.errors.inc({ code: error.code });
-        ws.send(JSON.stringify({ type: 'error', sessionId, data: error.toBody(randomUUID()) }));
-        ws.close(CLOSE.tooManySockets, 'too many open websockets');
-      });
-    }
-    wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data, caller, seqAtCheck));
+    const row = await deps.sessions.require(sessionId, caller);
+    // agent.status frames are derived from the events this socket forwards, starting from the state at its cursor.
+    const escalated = await escalatedAsOf(deps.pool, sessionId, query.data.after ?? seqAtCheck);
+    if (refuseOverSocketLimit(req, socket, head, caller, sessionId)) return;
+    // An admin who does not own the session writes into it as its operator.
+    const role: TypingRole = caller.isAdmin && row.owner_id !== caller.userId ? 'operator' : 'user';
+    wss.handleUpgrade(req, socket, head, (ws) => serve(ws, sessionId, query.data, caller, seqAtCheck, { role, escalated }));
   }
 
-  function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }, caller: Caller, seq: number) {
-    const limits = deps.settings.api;
+  /** Over KEEL_MAX_SOCKETS_PER_USER: an error frame a browser can read, then a close code it can branch on (true: refused). */
+  function refuseOverSocketLimit(req: IncomingMessage, socket: Duplex, head: Buffer, caller: Caller, sessionId?: string): boolean {
+    const maxSockets = deps.settings.rateLimits.socketsPerUser;
+    if (maxSockets <= 0 || deps.connections.count('websocket', caller.userId) < maxSockets) return false;
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      const error = new KeelError('RATE_LIMIT_EXCEEDED', `At most ${maxSockets} open WebSockets per user`, { retryAfter: 1 });
+      deps.metrics.errors.inc({ code: error.code });
+      ws.send(JSON.stringify({ type: 'error', ...(sessionId === undefined ? {} : { sessionId }), data: error.toBody(randomUUID()) }));
+      ws.close(CLOSE.tooManySockets, 'too many open websockets');
+    });
+    return true;
+  }
+
+  /** GET /api/v1/ws: the per-user socket (api/user-socket.ts), authenticated and counted as a session socket is. */
+  async function upgradeUserSocket(req: IncomingMessage, socket: Duplex, head: Buffer, url: URL): Promise<void> {
+    const caller = await deps.auth.callerFor(upgradeToken(req, url));
+    if (!caller) return wss.handleUpgrade(req, socket, head, (ws) => ws.close(CLOSE.unauthorized, 'unauthorized'));
+    await deps.limiter.requestByToken(caller.tokenKey);
+    if (refuseOverSocketLimit(req, socket, head, caller)) return;
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      keepAlive(ws);
+      serveUserSocket(ws, caller, deps, CLOSE);
+    });
+  }
+
+  function keepAlive(ws: WebSocket) {
     alive.set(ws, true);
     ws.on('pong', () => alive.set(ws, true));
+  }
+
+  function serve(ws: WebSocket, sessionId: string, query: { after?: number; streamOffset?: number }, caller: Caller, seq: number, presence: { role: TypingRole; escalated: boolean }) {
+    const limits = deps.settings.api;
+    keepAlive(ws);
 
     const send = (frame: OutFrame) => {
       if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
@@ -127,6 +157,16 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       end: (reason) => (reason === 'revoked' ? unauthorized() : ws.close(CLOSE.shuttingDown, 'server shutting down')),
     });
     let subscription: Subscription | undefined;
+    // Presence (docs/presence.md): typing goes to the session's other sockets through the event
+    // channel (so across API processes), never stored; agent.status follows the events sent here.
+    const connectionId = randomUUID();
+    const typing = new TypingThrottle(deps.settings.presence.typingIntervalMs, (active) => {
+      notify(deps.pool, { k: 't', sessionId, from: connectionId, userId: caller.userId, role: presence.role, active }).catch((error: unknown) =>
+        deps.log.warn({ err: error, sessionId }, 'typing relay failed'),
+      );
+    });
+    let stopTyping: (() => void) | undefined;
+    const status = new AgentStatusTracker(presence.escalated);
     let closed = false;
     const onClosed = () => {
       if (closed) return;
@@ -134,6 +174,8 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       deps.metrics.openWebSockets.dec();
       unregister();
       subscription?.close();
+      stopTyping?.();
+      typing.close();
     };
     ws.on('close', onClosed);
     ws.on('error', onClosed);
@@ -149,7 +191,11 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
         subscription = deps.feed.open(
           { sessionId, after: query.after ?? seq, ...(query.streamOffset === undefined ? {} : { streamOffset: query.streamOffset }) },
           {
-            event: (e) => send(durableFrame(e)),
+            event: (e) => {
+              send(durableFrame(e));
+              const now = status.next(e);
+              if (now) send({ type: 'agent.status', sessionId, data: now });
+            },
             delta: (d) => send({ type: 'stream.delta', sessionId, data: d }),
             backlog: () => ws.bufferedAmount,
             stopped: (error) =>
@@ -160,6 +206,16 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
                   : closeWith(CLOSE.streamFailed, 'stream failed; reconnect with ?after=', error),
           },
         );
+        // Others' typing: best effort, so a client over its byte budget simply misses some.
+        stopTyping = deps.hub.subscribe(sessionId, {
+          onEvent: () => undefined,
+          onNotified: () => undefined,
+          onDelta: () => undefined,
+          onResync: () => undefined,
+          onTyping: ({ from, userId, role, active }) => {
+            if (from !== connectionId && ws.bufferedAmount <= limits.maxBufferedBytes) send({ type: 'typing', sessionId, data: { userId, role, active } });
+          },
+        });
       } catch (error) {
         deps.log.warn({ err: error, sessionId }, 'websocket stream failed');
         ws.close(CLOSE.streamFailed, 'stream failed; reconnect with ?after=');
@@ -175,7 +231,7 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       return now;
     };
 
-    const act = async (frame: Exclude<ClientFrame, { type: 'ping' }>, requestId: string) => {
+    const act = async (frame: Exclude<ClientFrame, { type: 'ping' | 'typing' }>, requestId: string) => {
       const context = frame.type === 'message' && frame.clientMessageId ? { clientMessageId: frame.clientMessageId } : frame.type === 'approval' ? { toolCallId: frame.toolCallId } : {};
       try {
         const current = await currentCaller();
@@ -205,6 +261,7 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       if (!check.ok) return sendError(new KeelError(check.code, check.message, check.field ? { field: check.field } : undefined), requestId);
       nameFrameSpan(check.frame.type);
       if (check.frame.type === 'ping') return reply({ type: 'pong', sessionId, data: {} });
+      if (check.frame.type === 'typing') return;
       await act(check.frame, requestId);
     };
 
@@ -221,6 +278,8 @@ export function attachWebSocket(server: Server, deps: ApiDeps) {
       // Each frame is a request of its own: its ID is in its error frame and in the turn's log lines.
       const requestId = randomUUID();
       const check = checkClientFrame(isBinary ? '\u0000' : raw.toString(), limits);
+      // Typing is relayed at once (throttled per socket), never queued behind other frames or answered.
+      if (check.ok && check.frame.type === 'typing') return typing.push(check.frame.active);
       pending++;
       const job = inFrameSpan(sessionId, () => handle(check, requestId).finally(() => pending--));
       if (check.ok && check.frame.type === 'cancel') {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { MAX_CONTENT_CHARS, MAX_FRAME_BYTES } from '../contracts/limits';
 import type { SessionConfig } from '../contracts/session';
+import { templateFile } from '../agents/templates';
 import type { ToolSettings } from '../tools/tool';
 import { DEFAULT_PRICES, PriceTable } from './pricing';
 
@@ -42,6 +43,10 @@ const Env = z.object({
   KEEL_API_DRAIN_MS: int(30_000),
   KEEL_LISTENER_CHECK_MS: int(10_000),
   KEEL_LISTENER_RECONNECT_MS: int(200),
+  // Presence and outside events (docs/presence.md).
+  KEEL_TYPING_INTERVAL_MS: int(1_000),
+  KEEL_EXTERNAL_EVENT_MAX_BYTES: int(8_192),
+  KEEL_USER_FEED_CACHE_SESSIONS: int(10_000),
 
   OPENAI_API_KEY: optionalString,
   OPENAI_BASE_URL: optionalString,
@@ -79,7 +84,9 @@ const Env = z.object({
   KEEL_MAX_SOCKETS_PER_USER: int(20),
   KEEL_MAX_SSE_PER_USER: int(20),
 
-  KEEL_AGENTS_FILE: z.string().default('agents/agents.yaml'),
+  // Unset: agents/agents.yaml, or the template's file (agents/templates.ts); both set is refused.
+  KEEL_AGENTS_FILE: optionalString,
+  KEEL_TEMPLATE: optionalString,
   KEEL_HEALTH_CHECKS_ENABLED: z.enum(['true', 'false']).default('true'),
   KEEL_HEALTH_CHECK_INTERVAL_MS: int(60_000),
   KEEL_HEALTH_WINDOW_MS: int(10 * 60_000),
@@ -126,6 +133,16 @@ const Env = z.object({
   KEEL_SLO_SUCCESS_RATE: z.coerce.number().min(0).max(1).default(0.99),
   KEEL_SLO_AVAILABILITY: z.coerce.number().min(0).max(1).default(0.995),
   KEEL_SLO_MAX_WINDOW_MS: int(30 * 24 * 60 * 60_000),
+
+  // Escalation to a person (docs/escalation.md).
+  KEEL_ESCALATION_WEBHOOK_URL: optionalUrl,
+  KEEL_ESCALATION_WEBHOOK_SECRET: optionalString,
+  KEEL_ESCALATION_TIMEOUT_MS: int(10_000),
+  KEEL_ESCALATION_MAX_ATTEMPTS: int(3),
+  KEEL_ESCALATION_BACKOFF_MS: int(2_000),
+  KEEL_ESCALATION_MESSAGE: z.string().min(1).default("I'm passing this conversation to a member of our team. Someone will reply here shortly."),
+  KEEL_ESCALATION_SUMMARY_MESSAGES: int(10),
+  KEEL_ESCALATION_SUMMARY_CHARS: int(4_000),
 
   // The standard OpenTelemetry names; with neither endpoint set, tracing is off.
   OTEL_EXPORTER_OTLP_ENDPOINT: optionalUrl,
@@ -175,6 +192,14 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       /** The LISTEN connection is pinged this often; a ping unanswered as long reconnects it. */
       listenerCheckMs: Math.max(100, e.KEEL_LISTENER_CHECK_MS),
       listenerReconnectMs: Math.max(1, e.KEEL_LISTENER_RECONNECT_MS),
+    },
+    presence: {
+      /** A socket's typing frames are relayed at most once per this interval (0: every one). */
+      typingIntervalMs: e.KEEL_TYPING_INTERVAL_MS,
+      /** Largest external event `data`, as JSON bytes. */
+      externalEventMaxBytes: Math.max(2, e.KEEL_EXTERNAL_EVENT_MAX_BYTES),
+      /** Sessions whose owner and escalation state each API process remembers for its per-user sockets. */
+      userFeedCacheSessions: Math.max(1, e.KEEL_USER_FEED_CACHE_SESSIONS),
     },
     llm: {
       apiKey: e.OPENAI_API_KEY,
@@ -231,7 +256,9 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
         backoffCoefficient: e.KEEL_LLM_RETRY_BACKOFF,
       },
     } satisfies Omit<SessionConfig, 'agent'>,
-    agentsFile: e.KEEL_AGENTS_FILE,
+    agentsFile: agentsFileOf(e.KEEL_AGENTS_FILE, e.KEEL_TEMPLATE),
+    /** The agent template this deployment runs (docs/templates.md), when KEEL_TEMPLATE names one. */
+    template: e.KEEL_TEMPLATE,
     releases: {
       /** Whether the worker keeps the release health-check Schedule (created idempotently at start). */
       healthChecksEnabled: e.KEEL_HEALTH_CHECKS_ENABLED === 'true',
@@ -287,6 +314,30 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       /** How long a worker's outbox owns the runs it claimed; a dead worker's go to another after it. */
       outboxLeaseMs: Math.max(1_000, e.KEEL_OUTBOX_LEASE_MS),
     },
+    escalation: {
+      /** Where escalations are POSTed; unset, an escalation is recorded as not delivered (the user is still told). */
+      webhookUrl: e.KEEL_ESCALATION_WEBHOOK_URL,
+      /** HMAC key of its X-Keel-Signature; falls back to KEEL_WEBHOOK_SECRET. */
+      secret: e.KEEL_ESCALATION_WEBHOOK_SECRET ?? e.KEEL_WEBHOOK_SECRET,
+      timeoutMs: Math.max(100, e.KEEL_ESCALATION_TIMEOUT_MS),
+      maxAttempts: Math.max(1, e.KEEL_ESCALATION_MAX_ATTEMPTS),
+      /** The wait after the first failed attempt; it doubles after each further one. */
+      backoffMs: e.KEEL_ESCALATION_BACKOFF_MS,
+      /** What the user is told when the agent has no personality.escalationMessage. */
+      defaultMessage: e.KEEL_ESCALATION_MESSAGE,
+      /** The webhook's conversationSummary: the last this-many user, assistant and operator messages… */
+      summaryMessages: Math.max(1, e.KEEL_ESCALATION_SUMMARY_MESSAGES),
+      /** …cut to this many characters (the oldest text goes first). */
+      summaryChars: Math.max(100, e.KEEL_ESCALATION_SUMMARY_CHARS),
+      /**
+       * What the escalate activity's startToCloseTimeout must exceed: every attempt's time-out and
+       * every back-off wait, plus 15 s for the address checks and the writes.
+       */
+      activityTimeoutMs:
+        Math.max(1, e.KEEL_ESCALATION_MAX_ATTEMPTS) * Math.max(100, e.KEEL_ESCALATION_TIMEOUT_MS) +
+        e.KEEL_ESCALATION_BACKOFF_MS * (2 ** (Math.max(1, e.KEEL_ESCALATION_MAX_ATTEMPTS) - 1) - 1) +
+        15_000,
+    },
     slo: {
       tteP95Seconds: e.KEEL_SLO_TTE_P95_SECONDS,
       tteP99Seconds: e.KEEL_SLO_TTE_P99_SECONDS,
@@ -300,6 +351,19 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       batchDelayMs: e.OTEL_BSP_SCHEDULE_DELAY,
     },
   };
+}
+
+/** KEEL_AGENTS_FILE, else KEEL_TEMPLATE's file (an unknown name fails with the list), else agents/agents.yaml. */
+function agentsFileOf(agentsFile: string | undefined, template: string | undefined): string {
+  if (agentsFile !== undefined && template !== undefined) {
+    throw new Error('Invalid configuration: KEEL_AGENTS_FILE and KEEL_TEMPLATE are both set; set one (KEEL_TEMPLATE=<name> runs agents/templates/<name>.yaml)');
+  }
+  if (template === undefined) return agentsFile ?? 'agents/agents.yaml';
+  try {
+    return templateFile(template);
+  } catch (error) {
+    throw new Error(`Invalid configuration: KEEL_TEMPLATE: ${(error as Error).message}`);
+  }
 }
 
 /** Where `npm start` puts its embedded services; `npm run worker` / `npm run api` fall back to them. */

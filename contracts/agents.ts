@@ -92,6 +92,33 @@ export const Personality = z
   .strict();
 export type Personality = z.infer<typeof Personality>;
 
+/** How the calls of one model reply run: in the model's order, each after the one before, or all at once. */
+export const ToolExecution = z.enum(['sequential', 'parallel']);
+export type ToolExecution = z.infer<typeof ToolExecution>;
+
+/** What an outside event (POST /sessions/:id/external-events) does: wake a turn the agent answers, or wait for the next message. */
+export const ExternalEventsPolicy = z
+  .object({
+    mode: z.enum(['wake', 'wait']).default('wait'),
+    /** Whether the session gets its own token for posting events (returned once, at session creation). */
+    sessionToken: z.boolean().default(false),
+  })
+  .strict();
+export type ExternalEventsPolicy = z.infer<typeof ExternalEventsPolicy>;
+
+/** What makes a stored agent a router: its members and how it picks them (the YAML's `routers:`). */
+export const RouterSpec = z
+  .object({
+    agents: z.array(z.string().regex(AGENT_ID_PATTERN)).min(1).max(20),
+    threshold: z.number().min(0).max(1),
+    /** Words that point at a member, given to the classifier (and all the offline model reads). */
+    keywords: z.record(z.string(), z.array(z.string().min(1)).max(50)).optional(),
+    /** Handoffs one turn may make before the next is refused (a loop between two agents). */
+    maxHandoffs: z.number().int().min(0).max(10),
+  })
+  .strict();
+export type RouterSpec = z.infer<typeof RouterSpec>;
+
 export const AgentDefinition = z
   .object({
     id: z.string().regex(AGENT_ID_PATTERN, 'must be 1 to 64 letters, digits, "_" or "-"'),
@@ -110,6 +137,13 @@ export const AgentDefinition = z
     budget: Budget.optional(),
     /** Probe turns the release health check runs against this version (docs/releases.md). */
     healthChecks: z.array(HealthCheckProbe).max(20).optional(),
+    /** Default: sequential when any of the agent's tools needs approval, else parallel. */
+    toolExecution: ToolExecution.optional(),
+    /** Offer the built-in `escalate` tool (always offered to a router's members). */
+    escalate: z.boolean().optional(),
+    externalEvents: ExternalEventsPolicy.optional(),
+    /** Set on routers only (written from the YAML's `routers:` section, never by hand). */
+    router: RouterSpec.optional(),
   })
   .strict()
   .superRefine((def, ctx) => {
@@ -148,6 +182,10 @@ export interface ResolvedAgent {
   personality?: Personality;
   budget?: Budget;
   healthChecks: HealthCheckProbe[];
+  toolExecution: ToolExecution;
+  escalate: boolean;
+  externalEvents?: ExternalEventsPolicy;
+  router?: RouterSpec;
 }
 
 function own<T>(record: Record<string, T> | undefined, key: string): T | undefined {
@@ -196,6 +234,10 @@ export function resolveAgent(def: AgentDefinition, version: number, digest: stri
     ...(def.personality === undefined ? {} : { personality: { ...def.personality } }),
     ...(def.budget === undefined ? {} : { budget: { ...def.budget } }),
     healthChecks: def.healthChecks ?? [],
+    toolExecution: def.toolExecution ?? (resolvedTools.some((t) => t.requiresApproval) ? 'sequential' : 'parallel'),
+    escalate: def.escalate ?? false,
+    ...(def.externalEvents === undefined ? {} : { externalEvents: { ...def.externalEvents } }),
+    ...(def.router === undefined ? {} : { router: { ...def.router } }),
   };
 }
 
@@ -203,4 +245,58 @@ export function resolveAgent(def: AgentDefinition, version: number, digest: stri
 export function systemPromptOf(agent: Pick<ResolvedAgent, 'systemPrompt' | 'personality'>): string {
   const tone = agent.personality?.tone;
   return tone ? `${agent.systemPrompt}\n\nTone: ${tone}` : agent.systemPrompt;
+}
+
+/** The YAML's `routers:` entries (docs/routers.md): a session may start with one instead of an agent. */
+export const RouterDefinition = z
+  .object({
+    id: z.string().regex(AGENT_ID_PATTERN, 'must be 1 to 64 letters, digits, "_" or "-"'),
+    name: z.string().min(1),
+    description: z.string().optional(),
+    /** The member agents, each defined under `agents:`. */
+    agents: z.array(z.string().min(1)).min(1).max(20),
+    classifier: z
+      .object({
+        prompt: z.string().min(1),
+        model: z.string().min(1).optional(),
+        /** Intents below this confidence do not run; when none is left the user is asked to clarify. */
+        threshold: z.number().min(0).max(1).default(0.5),
+        keywords: z.record(z.string(), z.array(z.string().min(1)).max(50)).optional(),
+      })
+      .strict(),
+    maxHandoffs: z.number().int().min(0).max(10).default(3),
+    busyPolicy: BusyPolicy.default('queue'),
+    approvalTtlMs: approvalTtlMs.default(DEFAULT_APPROVAL_TTL_MS),
+    budget: Budget.optional(),
+  })
+  .strict()
+  .superRefine((def, ctx) => {
+    def.agents.forEach((agent, i) => {
+      if (def.agents.indexOf(agent) !== i) ctx.addIssue({ code: 'custom', path: ['agents', i], message: `"${agent}" is listed twice` });
+    });
+    for (const agent of Object.keys(def.classifier.keywords ?? {})) {
+      if (!def.agents.includes(agent)) ctx.addIssue({ code: 'custom', path: ['classifier', 'keywords', agent], message: `"${agent}" is not in agents` });
+    }
+  });
+export type RouterDefinition = z.infer<typeof RouterDefinition>;
+
+/** A router is stored as an agent version (so it is versioned and released like one) whose prompt is the classifier's. */
+export function routerAsAgent(def: RouterDefinition): AgentDefinition {
+  return AgentDefinition.parse({
+    id: def.id,
+    name: def.name,
+    ...(def.description === undefined ? {} : { description: def.description }),
+    systemPrompt: def.classifier.prompt,
+    ...(def.classifier.model === undefined ? {} : { model: { name: def.classifier.model } }),
+    tools: [],
+    busyPolicy: def.busyPolicy,
+    approvalTtlMs: def.approvalTtlMs,
+    ...(def.budget === undefined ? {} : { budget: def.budget }),
+    router: {
+      agents: def.agents,
+      threshold: def.classifier.threshold,
+      ...(def.classifier.keywords === undefined ? {} : { keywords: def.classifier.keywords }),
+      maxHandoffs: def.maxHandoffs,
+    },
+  });
 }

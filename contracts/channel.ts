@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DurableEventType, StreamDeltaData } from './events';
+import { TypingData } from './presence';
 
 /** Postgres LISTEN/NOTIFY channel carrying session events from workers to API processes. */
 export const EVENT_CHANNEL = 'keel_session_events';
@@ -20,5 +21,7 @@ export const ChannelMessage = z.discriminatedUnion('k', [
   z.object({ k: z.literal('p'), sessionId: z.string(), seq: z.number().int() }),
   // A coalesced token delta; never stored.
   z.object({ k: z.literal('d'), sessionId: z.string() }).merge(StreamDeltaData),
+  // A typing indicator from one socket (`from`: its connection ID, so it is not echoed back); never stored.
+  z.object({ k: z.literal('t'), sessionId: z.string(), from: z.string() }).merge(TypingData),
 ]);
 export type ChannelMessage = z.infer<typeof ChannelMessage>;

@@ -46,6 +46,11 @@ export const ErrorCode = z.enum([
   'RUN_NOT_FOUND',
   'RUN_ALREADY_FINISHED',
   'IDEMPOTENCY_KEY_REUSED',
+  'TOOL_AUTH_ERROR',
+  'TOOL_VALIDATION_ERROR',
+  'SESSION_NOT_ESCALATED',
+  'HANDOFF_REFUSED',
+  'INVALID_ID',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
@@ -94,6 +99,11 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   RUN_NOT_FOUND: 404,
   RUN_ALREADY_FINISHED: 409,
   IDEMPOTENCY_KEY_REUSED: 409,
+  TOOL_AUTH_ERROR: 502,
+  TOOL_VALIDATION_ERROR: 422,
+  SESSION_NOT_ESCALATED: 409,
+  HANDOFF_REFUSED: 422,
+  INVALID_ID: 400,
 };
 
 export const SESSION_EXPIRED_MESSAGE = 'Session expired. Please start a new conversation.';
@@ -152,6 +162,16 @@ const recoverableByCode: Record<ErrorCode, boolean> = {
   RUN_ALREADY_FINISHED: false,
   // The same idempotency key with another input, agent or session: use a new key.
   IDEMPOTENCY_KEY_REUSED: false,
+  // The tool's service refused the deployment's credentials (401/403): the conversation escalates.
+  TOOL_AUTH_ERROR: false,
+  // The tool's service refused the arguments (a 4xx other than 401/403/408/429).
+  TOOL_VALIDATION_ERROR: false,
+  // Operator messages and hand-backs need a conversation that was escalated to a person.
+  SESSION_NOT_ESCALATED: false,
+  // A handoff to an agent that is not a member of the router, to itself, or past maxHandoffs.
+  HANDOFF_REFUSED: false,
+  // A path ID that is not an ID at all (^[a-zA-Z0-9_-]{1,128}$): no such thing can exist.
+  INVALID_ID: false,
 };
 
 export function httpStatusOf(code: ErrorCode): number {

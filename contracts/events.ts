@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ErrorBody } from './errors';
 import { RunStatus } from './runs';
+import type { AgentStatusData, TypingData } from './presence';
 
 export const Usage = z.object({
   inputTokens: z.number().int().nonnegative(),
@@ -73,7 +74,8 @@ export const ApprovalResolvedData = z.object({
   feedback: z.string().nullable(),
 });
 
-export const ToolResultStatus = z.enum(['succeeded', 'failed', 'rejected', 'expired', 'cancelled']);
+/** `skipped`: an earlier call of an ordered (sequential) step was rejected or expired, so this one never ran. */
+export const ToolResultStatus = z.enum(['succeeded', 'failed', 'rejected', 'expired', 'cancelled', 'skipped']);
 export type ToolResultStatus = z.infer<typeof ToolResultStatus>;
 
 export const ToolResultData = z.object({
@@ -99,6 +101,10 @@ export const TurnDoneData = z.object({
   agentVersion: z.number().int().nonnegative().optional(),
   /** On a failed turn: its error's code, so health checks can leave out failures that are not the version's (BUDGET_EXCEEDED). */
   errorCode: z.string().optional(),
+  /** In a router session: the member agent whose reply ended the turn. */
+  agent: z.string().optional(),
+  /** The conversation is with an operator: no agent answered this message. */
+  awaitingOperator: z.literal(true).optional(),
 });
 
 export const ErrorEventData = ErrorBody.extend({
@@ -136,6 +142,104 @@ export const BudgetExceededData = z.object({
   expiresAt: z.string(),
 });
 
+/** One intent the router's classifier found in a user message (docs/routers.md). */
+export const RouteIntent = z.object({
+  agent: z.string(),
+  confidence: z.number().min(0).max(1),
+  reasoning: z.string(),
+});
+export type RouteIntent = z.infer<typeof RouteIntent>;
+
+/**
+ * What a router decided for one user message: `agents` (the chosen members run in order),
+ * `clarification` (ambiguous or below the threshold: a question, no agent runs), `rephrase` (the
+ * classifier's answer was unreadable twice) or `escalate` (the classifier sent it to a person).
+ */
+export const RouteOutcome = z.enum(['agents', 'clarification', 'rephrase', 'escalate']);
+export type RouteOutcome = z.infer<typeof RouteOutcome>;
+
+export const RouteDecidedData = z.object({
+  turn: z.number().int().positive(),
+  router: z.string(),
+  intents: z.array(RouteIntent),
+  /** The members that run, in order; empty unless outcome is `agents`. */
+  chosen: z.array(z.string()),
+  outcome: RouteOutcome,
+  isAmbiguous: z.boolean(),
+  /** Classifier calls made: 2 when the first answer was malformed. */
+  attempts: z.number().int().positive(),
+  usage: Usage,
+});
+
+/** The router asks the user to say more; no agent ran. Its question is also the turn's reply. */
+export const ClarificationData = z.object({
+  turn: z.number().int().positive(),
+  question: z.string(),
+  reason: z.enum(['ambiguous', 'low_confidence', 'unreadable']),
+  messageId: z.string(),
+});
+
+/** A member agent takes over the turn: first by the route, later by a handoff. */
+export const AgentStartedData = z.object({
+  turn: z.number().int().positive(),
+  agent: z.string(),
+  version: z.number().int().nonnegative(),
+  reason: z.enum(['route', 'handoff']),
+  /** 1 for the first agent of the turn, then 2, … */
+  index: z.number().int().positive(),
+});
+
+export const AgentHandoffData = z.object({
+  turn: z.number().int().positive(),
+  from: z.string(),
+  to: z.string(),
+  reason: z.string(),
+  toolCallId: z.string(),
+});
+
+export const EscalationSource = z.enum(['tool', 'classifier', 'tool_auth', 'llm_auth', 'operator']);
+export type EscalationSource = z.infer<typeof EscalationSource>;
+
+/** The conversation went to a person: agents stay silent until an operator hands it back. */
+export const SessionEscalatedData = z.object({
+  turn: z.number().int().positive(),
+  reason: z.string(),
+  source: EscalationSource,
+  agent: z.string().nullable(),
+  /** The agent's escalationMessage, sent to the user as an assistant message. */
+  messageId: z.string(),
+});
+
+/** What the escalation webhook answered (docs/escalation.md). */
+export const EscalationDeliveredData = z.object({
+  turn: z.number().int().positive(),
+  success: z.boolean(),
+  statusCode: z.number().int().nullable(),
+  attempts: z.number().int().nonnegative(),
+  error: z.string().nullable(),
+});
+
+/** An operator wrote into an escalated conversation. */
+export const OperatorMessageData = z.object({
+  messageId: z.string(),
+  operator: z.string(),
+  content: z.string(),
+});
+
+/** The operator gave the conversation back to the agents. */
+export const SessionHandedBackData = z.object({ by: z.string() });
+
+/** Something happened outside the conversation (an order shipped), delivered by POST /sessions/:id/external-events. */
+export const ExternalEventData = z.object({
+  eventId: z.string(),
+  type: z.string(),
+  data: z.unknown(),
+  /** Whether it woke a turn (the agent answers it) or waits for the next user message. */
+  wake: z.boolean(),
+  /** The turn that answers it, when it woke one. */
+  turn: z.number().int().positive().optional(),
+});
+
 /** Events written to the session's log, each with a gap-free `seq`. */
 export const durableEventSchemas = {
   'message.accepted': MessageAcceptedData,
@@ -151,6 +255,15 @@ export const durableEventSchemas = {
   'session.deleted': SessionDeletedData,
   'run.progress': RunProgressData,
   'budget.exceeded': BudgetExceededData,
+  'route.decided': RouteDecidedData,
+  clarification: ClarificationData,
+  'agent.started': AgentStartedData,
+  'agent.handoff': AgentHandoffData,
+  'session.escalated': SessionEscalatedData,
+  'escalation.delivered': EscalationDeliveredData,
+  'operator.message': OperatorMessageData,
+  'session.handed_back': SessionHandedBackData,
+  'external.event': ExternalEventData,
 } as const;
 
 export type DurableEventType = keyof typeof durableEventSchemas;
@@ -174,6 +287,9 @@ export type ServerFrame =
   | { type: 'pong'; sessionId: string; data: Record<string, never> }
   | { type: 'stream.delta'; sessionId: string; data: StreamDeltaData }
   | { type: 'error'; sessionId: string; seq?: number; data: z.infer<typeof ErrorEventData> }
+  // Presence (docs/presence.md): relayed or derived, never stored.
+  | { type: 'typing'; sessionId: string; data: TypingData }
+  | { type: 'agent.status'; sessionId: string; data: AgentStatusData }
   | { type: DurableEventType; sessionId: string; seq: number; data: unknown };
 
 export function durableFrame(event: DurableEvent): ServerFrame {

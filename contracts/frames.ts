@@ -36,7 +36,9 @@ function clientFrameOf(maxContentChars: number) {
   });
   /** `turn` names the turn to stop; without it, whatever turn is running. */
   const CancelFrame = z.object({ type: z.literal('cancel'), turn: z.number().int().positive().optional() });
-  return z.discriminatedUnion('type', [MessageFrame, PingFrame, ApprovalFrame, CancelFrame]);
+  /** Relayed to the session's other sockets, never stored (docs/presence.md); `active` defaults to true. */
+  const TypingFrame = z.object({ type: z.literal('typing'), active: z.boolean().default(true) });
+  return z.discriminatedUnion('type', [MessageFrame, PingFrame, ApprovalFrame, CancelFrame, TypingFrame]);
 }
 
 export const ClientFrame = clientFrameOf(MAX_CONTENT_CHARS);

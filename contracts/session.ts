@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { Budget, BusyPolicy } from './agents';
+import { Budget, BusyPolicy, ExternalEventsPolicy, ToolExecution } from './agents';
 import { Usage } from './events';
 import { MessageRef, RefusedMessage, ToolPolicy } from './turn';
 
@@ -24,8 +24,23 @@ export const SessionAgent = z.object({
   budget: Budget.optional(),
   /** How long an approval that is not a tool's (a budget's) waits for a decision: the agent's approvalTtlMs. */
   approvalTtlMs: z.number().int().positive().optional(),
+  /** Absent in sessions started before it was carried: parallel, as they ran. */
+  toolExecution: ToolExecution.optional(),
+  /** Whether the agent's personality has a greeting (its text stays in Postgres). */
+  greets: z.boolean().optional(),
+  /** Whether the built-in escalate tool is offered. */
+  escalate: z.boolean().optional(),
+  externalEvents: ExternalEventsPolicy.optional(),
 });
 export type SessionAgent = z.infer<typeof SessionAgent>;
+
+/** A router session's members, each at the version picked at session start (docs/routers.md). */
+export const SessionRouter = z.object({
+  threshold: z.number().min(0).max(1),
+  maxHandoffs: z.number().int().nonnegative(),
+  members: z.array(SessionAgent).min(1),
+});
+export type SessionRouter = z.infer<typeof SessionRouter>;
 
 /** Settings a session workflow runs with. Fixed at start, carried across continue-as-new. */
 export const SessionConfig = z.object({
@@ -41,6 +56,8 @@ export const SessionConfig = z.object({
    * before it was carried: 30 s.
    */
   persistenceTimeoutMs: z.number().int().positive().optional(),
+  /** Set when the session's agent is a router: `agent` is then the router itself. */
+  router: SessionRouter.optional(),
   llm: z.object({
     startToCloseTimeoutMs: z.number().int().positive(),
     heartbeatTimeoutMs: z.number().int().positive(),
@@ -57,6 +74,8 @@ export const QueuedMessage = MessageRef.extend({
   accepted: z.boolean(),
   /** A run's own limits for its turn; each field it sets replaces the agent's. */
   budget: Budget.optional(),
+  /** An outside event that woke this turn (its row is the event, not a user message). */
+  external: z.literal(true).optional(),
 });
 export type QueuedMessage = z.infer<typeof QueuedMessage>;
 
@@ -80,6 +99,12 @@ export const SessionSnapshot = z.object({
   /** Recent client message IDs, for de-duplication across retries of a send. */
   recentClientIds: z.array(z.string()),
   generation: z.number().int().nonnegative(),
+  /** The conversation is with a person: turns are held for the operator until it is handed back. */
+  escalated: z.boolean().optional(),
+  /** Router members that have greeted in this session (each greets once). */
+  greeted: z.array(z.string()).optional(),
+  /** Outside events that wait for the next turn (their messages get its turn number when it starts). */
+  waitingEvents: z.array(z.string()).optional(),
 });
 export type SessionSnapshot = z.infer<typeof SessionSnapshot>;
 
@@ -112,6 +137,7 @@ export const SessionStateView = z.object({
   messageCount: z.number(),
   usage: Usage,
   generation: z.number(),
+  escalated: z.boolean().optional(),
 });
 export type SessionStateView = z.infer<typeof SessionStateView>;
 
@@ -151,3 +177,18 @@ export type EndSessionSignal = z.infer<typeof EndSessionSignal>;
 /** Moves a session to another version of its agent, from its next turn on (a rollback of the version it runs). */
 export const SwitchAgentSignal = z.object({ agent: SessionAgent, reason: z.string(), requestedBy: z.string() });
 export type SwitchAgentSignal = z.infer<typeof SwitchAgentSignal>;
+
+/** The operator gives an escalated conversation back to the agents. */
+export const HandBackSignal = z.object({ by: z.string() });
+export type HandBackSignal = z.infer<typeof HandBackSignal>;
+
+/**
+ * An outside event is stored (a message with role `event`) and `external.event` written by the
+ * API; the signal tells the session whether it wakes a turn or waits for the next message.
+ */
+export const ExternalEventSignal = z.object({ messageId: z.string(), eventId: z.string(), wake: z.boolean() });
+export type ExternalEventSignal = z.infer<typeof ExternalEventSignal>;
+
+/** The session was escalated by someone outside it (an operator taking over). */
+export const EscalateSignal = z.object({ by: z.string(), reason: z.string() });
+export type EscalateSignal = z.infer<typeof EscalateSignal>;

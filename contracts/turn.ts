@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { ErrorBody } from './errors';
-import { ApprovalOutcome, BudgetOverrun, ToolResultStatus, Usage } from './events';
+import { ApprovalOutcome, BudgetOverrun, EscalationSource, RouteOutcome, ToolResultStatus, Usage } from './events';
 import { ToolPermission } from './tools';
 
 /**
@@ -47,6 +47,8 @@ export type RefusedMessage = z.infer<typeof RefusedMessage>;
 export const RejectMessagesInput = z.object({ sessionId: z.string(), messages: z.array(RefusedMessage) });
 export type RejectMessagesInput = z.infer<typeof RejectMessagesInput>;
 
+const AgentRef = z.object({ id: z.string(), version: z.number().int().nonnegative() });
+
 export const StreamReplyInput = z.object({
   sessionId: z.string(),
   requestId: z.string().optional(),
@@ -60,6 +62,16 @@ export const StreamReplyInput = z.object({
   agent: z.object({ id: z.string(), version: z.number().int().nonnegative() }),
   model: z.string(),
   temperature: z.number().optional(),
+  /** Router members this agent may hand off to (the built-in handoff tool is offered when any). */
+  handoffTo: z.array(AgentRef).optional(),
+  /** Offer the built-in escalate tool. */
+  escalate: z.boolean().optional(),
+  /** Open the reply with the agent's personality greeting (its first answer in the session). */
+  greet: z.boolean().optional(),
+  /** More agents answer in this turn after this one: a reply without tool calls does not end it. */
+  continues: z.boolean().optional(),
+  /** In a router session, the member answering (stored on the message, named in turn.done). */
+  member: z.boolean().optional(),
 });
 export type StreamReplyInput = z.infer<typeof StreamReplyInput>;
 
@@ -180,3 +192,94 @@ export const streamIdOf = (turn: number, step: number) => `t${turn}-s${step}`;
 export const replyMessageIdOf = (sessionId: string, turn: number, step: number) => `${sessionId}-t${turn}-r${step}`;
 /** Assistant messages sit at step * 1000 within a turn; their tool results right after. */
 export const assistantPosition = (step: number) => step * 1000;
+
+/**
+ * The conversation goes to a person (docs/escalation.md). One activity: the agent's
+ * escalationMessage is stored as the turn's reply and `session.escalated` written (so the user is
+ * told even when the webhook fails), then the webhook is POSTed (its own attempts and back-off)
+ * and what it answered recorded in `escalations` and `escalation.delivered`. Keyed by
+ * escalationId: a retried activity neither writes twice nor posts after a recorded answer.
+ */
+export const EscalateInput = z.object({
+  sessionId: z.string(),
+  /** `${turn}` for an agent's or the classifier's escalation; the operator's carries its own. */
+  escalationId: z.string(),
+  turn: z.number().int().positive(),
+  replyTo: z.string(),
+  reason: z.string().max(2_000),
+  source: EscalationSource,
+  /** The agent that escalated (its escalationMessage is used), or null for the router's classifier. */
+  agent: z.object({ id: z.string(), version: z.number().int().nonnegative() }).nullable(),
+  /** Write turn.done with the escalation message as the reply (false when the turn already ended). */
+  endsTurn: z.boolean(),
+});
+export type EscalateInput = z.infer<typeof EscalateInput>;
+
+export const EscalateResult = z.object({
+  messageId: z.string(),
+  success: z.boolean(),
+  statusCode: z.number().int().nullable(),
+  attempts: z.number().int().nonnegative(),
+  error: z.string().nullable(),
+});
+export type EscalateResult = z.infer<typeof EscalateResult>;
+
+/** Where the escalation message sits in its turn: after every step's messages. */
+export const ESCALATION_POSITION = 900_000;
+export const escalationMessageIdOf = (sessionId: string, escalationId: string) => `${sessionId}-esc-${escalationId}`;
+
+
+/**
+ * The router classifies the turn's message (docs/routers.md). The activity accepts the turn's
+ * messages, asks the model for structured output (a malformed answer is asked again once),
+ * keeps the intents at or above the threshold, writes route.decided (once per turn, whatever
+ * retries), and for a clarification or a rephrase request also the question as the turn's reply.
+ */
+export const RouteMessageInput = z.object({
+  sessionId: z.string(),
+  requestId: z.string().optional(),
+  turn: z.number().int().positive(),
+  replyTo: z.string(),
+  accept: z.array(MessageRef),
+  router: AgentRef,
+  members: z.array(AgentRef).min(1),
+  threshold: z.number().min(0).max(1),
+  model: z.string(),
+});
+export type RouteMessageInput = z.infer<typeof RouteMessageInput>;
+
+export const RouteDecision = z.object({
+  outcome: RouteOutcome,
+  /** Members to run, in order (outcome `agents`). */
+  chosen: z.array(z.string()),
+  /** Why the classifier sent it to a person (outcome `escalate`). */
+  reason: z.string().optional(),
+  usage: Usage,
+});
+export type RouteDecision = z.infer<typeof RouteDecision>;
+
+/** agent.started, and before it agent.handoff when a handoff started it; keyed by turn and index. */
+export const StartAgentInput = z.object({
+  sessionId: z.string(),
+  turn: z.number().int().positive(),
+  index: z.number().int().positive(),
+  agent: AgentRef,
+  handoff: z.object({ from: z.string(), reason: z.string(), toolCallId: z.string() }).optional(),
+});
+export type StartAgentInput = z.infer<typeof StartAgentInput>;
+
+/**
+ * A turn that no agent answers: the conversation is with an operator (turn.done says so), or
+ * the members left in the turn were skipped after a rejected action (the user is told which).
+ */
+export const CloseTurnInput = z.object({
+  sessionId: z.string(),
+  turn: z.number().int().positive(),
+  replyTo: z.string(),
+  accept: z.array(MessageRef),
+  why: z.discriminatedUnion('kind', [
+    z.object({ kind: z.literal('operator') }),
+    z.object({ kind: z.literal('skipped'), agents: z.array(z.string()).min(1), outcome: z.enum(['rejected', 'expired']), afterStep: z.number().int().nonnegative() }),
+  ]),
+});
+export type CloseTurnInput = z.infer<typeof CloseTurnInput>;

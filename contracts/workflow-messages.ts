@@ -5,6 +5,9 @@ import type {
   CancelTurnRequest,
   CancelTurnResult,
   EndSessionSignal,
+  EscalateSignal,
+  ExternalEventSignal,
+  HandBackSignal,
   SessionStateView,
   SwitchAgentSignal,
   UserMessageSignal,
@@ -25,6 +28,12 @@ export const decideApprovalUpdate = defineUpdate<ApprovalDecisionResult, [Approv
 export const endSessionSignal = defineSignal<[EndSessionSignal]>('endSession');
 /** A rollback moves sessions off the bad version; applied between turns. */
 export const switchAgentSignal = defineSignal<[SwitchAgentSignal]>('switchAgent');
+/** The operator hands an escalated conversation back to the agents (POST /sessions/:id/hand-back). */
+export const handBackSignal = defineSignal<[HandBackSignal]>('handBack');
+/** An outside event was stored; `wake` says whether it starts a turn (docs/escalation.md, presence). */
+export const externalEventSignal = defineSignal<[ExternalEventSignal]>('externalEvent');
+/** An operator takes the conversation over without an agent escalating it. */
+export const escalateSignal = defineSignal<[EscalateSignal]>('escalate');
 export const sessionStateQuery = defineQuery<SessionStateView>('sessionState');
 
 /** How many client message IDs a session remembers for de-duplication. */

@@ -6,7 +6,7 @@ export const MessageRow = z.object({
   session_id: z.string(),
   turn: z.number().nullable(),
   position: z.number().nullable(),
-  role: z.enum(['user', 'assistant', 'tool', 'system']),
+  role: z.enum(['user', 'assistant', 'tool', 'system', 'operator', 'event']),
   content: z.string(),
   client_message_id: z.string().nullable(),
   input_tokens: z.number().nullable(),
@@ -39,15 +39,17 @@ export interface NewMessage {
   ttftMs?: number;
   /** On an assistant message: the agent version that wrote it. */
   agentVersion?: number;
+  /** In a router session: the member agent that wrote it. */
+  agentId?: string;
 }
 
 /** Inserts once: a retried activity that writes the same message changes nothing. */
 export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Promise<void> {
   await db.query(sql.unsafe`
-    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, cost_usd, tool_calls, tool_call_id, ttft_ms, agent_version)
+    INSERT INTO messages (id, session_id, turn, position, role, content, client_message_id, input_tokens, output_tokens, cost_usd, tool_calls, tool_call_id, ttft_ms, agent_version, agent_id)
     VALUES (${m.id}, ${m.sessionId}, ${m.turn}, ${m.position}, ${m.role}, ${m.content},
             ${m.clientMessageId ?? null}, ${m.inputTokens ?? null}, ${m.outputTokens ?? null}, ${m.costUsd ?? null},
-            ${m.toolCalls ? sql.jsonb(m.toolCalls) : null}, ${m.toolCallId ?? null}, ${m.ttftMs ?? null}, ${m.agentVersion ?? null})
+            ${m.toolCalls ? sql.jsonb(m.toolCalls) : null}, ${m.toolCallId ?? null}, ${m.ttftMs ?? null}, ${m.agentVersion ?? null}, ${m.agentId ?? null})
     ON CONFLICT DO NOTHING`);
 }
 
@@ -84,7 +86,7 @@ export async function messageAccepted(db: CommonQueryMethods, id: string): Promi
   return db.exists(sql.unsafe`SELECT 1 FROM messages WHERE id = ${id} AND turn IS NOT NULL`);
 }
 
-const AcceptedRow = z.object({ content: z.string(), client_message_id: z.string().nullable() });
+const AcceptedRow = z.object({ content: z.string(), client_message_id: z.string().nullable(), role: MessageRow.shape.role });
 
 /**
  * Gives a stored user message its turn, once: 'accepted' with the message when this call gave
@@ -95,12 +97,13 @@ export async function acceptMessage(
   sessionId: string,
   id: string,
   turn: number,
-): Promise<{ outcome: 'accepted'; content: string; clientMessageId: string | null } | { outcome: 'already' | 'missing' }> {
+): Promise<{ outcome: 'accepted'; content: string; clientMessageId: string | null; role: MessageRow['role'] } | { outcome: 'already' | 'missing' }> {
+  // An outside event that waited for this turn sits before the user message that started it.
   const updated = await db.maybeOne(sql.type(AcceptedRow)`
-    UPDATE messages SET turn = ${turn}, position = 0
+    UPDATE messages SET turn = ${turn}, position = CASE WHEN role = 'event' THEN -1 ELSE 0 END
     WHERE id = ${id} AND session_id = ${sessionId} AND turn IS NULL
-    RETURNING content, client_message_id`);
-  if (updated) return { outcome: 'accepted', content: updated.content, clientMessageId: updated.client_message_id };
+    RETURNING content, client_message_id, role`);
+  if (updated) return { outcome: 'accepted', content: updated.content, clientMessageId: updated.client_message_id, role: updated.role };
   const existing = await db.exists(sql.unsafe`SELECT 1 FROM messages WHERE id = ${id} AND session_id = ${sessionId}`);
   return { outcome: existing ? 'already' : 'missing' };
 }

@@ -60,7 +60,7 @@ export async function recordToolStatus(db: CommonQueryMethods, id: string, r: { 
   await db.query(sql.unsafe`
     UPDATE tool_calls SET status = ${r.status}, result = ${r.result === undefined ? null : sql.jsonb(r.result as never)},
       error_code = ${r.errorCode ?? null}, updated_at = now()
-    WHERE id = ${id} AND status NOT IN ('succeeded', 'failed', 'rejected', 'expired', 'cancelled')`);
+    WHERE id = ${id} AND status NOT IN ('succeeded', 'failed', 'rejected', 'expired', 'cancelled', 'skipped')`);
 }
 
 export async function findToolCall(db: CommonQueryMethods, id: string): Promise<ToolCallRow | null> {

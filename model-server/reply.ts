@@ -1,3 +1,5 @@
+import { demoToolCall } from './demo-tools';
+import { escalationAsked, handoffAsked, isRouteRequest, onlyHandoffResults, routeReply } from './route-brain';
 import { z } from 'zod';
 
 export interface ToolCallSpec {
@@ -99,12 +101,16 @@ export function conversationProblem(messages: ChatMessage[]): ConversationProble
   return unanswered.size ? unansweredProblem(openedAt, unanswered) : null;
 }
 
+/** How Keel writes an outside event for the model (a system message). */
+const EXTERNAL_EVENT_PREFIX = 'External event';
+
 function sentence(text: string): string {
   return /[.!?]$/.test(text.trimEnd()) ? text : `${text}.`;
 }
 
+/** Keel's own texts for a call that did not run (activities/tool-activities.ts modelContent), not a tool's data that says "cancelled". */
 function isRefusal(content: string): boolean {
-  return /\b(rejected|expired|cancell?ed)\b/i.test(content);
+  return /^(Rejected by the approver|The approval request expired|Cancelled|Skipped)\b/.test(content);
 }
 
 function numericResult(content: string): number | undefined {
@@ -135,7 +141,7 @@ function echoReply(userTexts: string[]): string {
   return `${reply} Earlier you said: "${userTexts[0]}". This is turn ${userTexts.length}.`;
 }
 
-function offers(request: ChatRequest, name: string): boolean {
+export function offers(request: ChatRequest, name: string): boolean {
   if (request.tool_choice === 'none') return false;
   return (request.tools ?? []).some((tool) => tool.function?.name === name);
 }
@@ -164,10 +170,22 @@ function trailingToolMessages(messages: ChatMessage[]): ChatMessage[] {
  */
 export function brainReply(request: ChatRequest): Reply {
   const { messages } = request;
+  if (isRouteRequest(request)) return routeReply(request);
   const toolResults = trailingToolMessages(messages);
-  if (toolResults.length) return { kind: 'text', text: toolResultsReply(toolResults.map((m) => textOf(m.content))) };
-  const last = messages.at(-1);
+  const results = toolResults.map((m) => textOf(m.content));
+  if (toolResults.length && !onlyHandoffResults(results)) return { kind: 'text', text: toolResultsReply(results) };
+  // After tool results that only hand over, or another agent's answer (a router's next member), the user's message is the one to answer.
+  const last = toolResults.length || messages.at(-1)?.role === 'assistant' ? [...messages].reverse().find((m) => m.role === 'user') : messages.at(-1);
+  if (last?.role === 'system' && textOf(last.content).startsWith(EXTERNAL_EVENT_PREFIX)) {
+    return { kind: 'text', text: `An update just came in for you: ${textOf(last.content).slice(EXTERNAL_EVENT_PREFIX.length).trim()}` };
+  }
   const lastText = last?.role === 'user' ? textOf(last.content) : '';
+  const handoff = lastText && offers(request, 'handoff') ? handoffAsked(request, lastText) : undefined;
+  if (handoff) return { kind: 'tool_calls', calls: [{ name: 'handoff', arguments: JSON.stringify(handoff) }] };
+  const escalation = lastText && offers(request, 'escalate') ? escalationAsked(lastText) : undefined;
+  if (escalation) return { kind: 'tool_calls', calls: [{ name: 'escalate', arguments: JSON.stringify({ reason: escalation }) }] };
+  const demo = lastText ? demoToolCall(request, lastText) : undefined;
+  if (demo) return demo;
   const expression = lastText && offers(request, 'calculator') ? arithmeticIn(lastText) : undefined;
   if (expression) return { kind: 'tool_calls', calls: [{ name: 'calculator', arguments: JSON.stringify({ expression }) }] };
   const note = lastText && offers(request, 'create_note') ? noteIn(lastText) : undefined;

@@ -1,6 +1,3 @@
-import http from 'node:http';
-import https from 'node:https';
-import type { LookupFunction } from 'node:net';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { DatabasePool } from 'slonik';
@@ -12,9 +9,7 @@ import { classifyingPersistenceErrors, parseActivityInput } from '../activities/
 import { markIncidentNotified } from '../db/incidents';
 import { setWebhookStatus } from '../db/runs';
 import { recordDeliveryAttempt, settleUndelivered, type DeliveryAttempt } from '../db/webhooks';
-import { resolveAndCheck, type PinnedTarget } from '../tools/http-request';
-import { ToolRefusedError } from '../tools';
-import { webhookSignature } from './signature';
+import { checkWebhookAddress, postWebhook, RETRYABLE_STATUS, signedHeaders, WebhookRefused } from './post-webhook';
 
 export interface NotifyDeps {
   pool: DatabasePool;
@@ -25,14 +20,6 @@ export interface NotifyDeps {
   metrics: Metrics;
   log: Logger;
 }
-
-/** Receiver answers worth another attempt: it may be down, overloaded or restarting. */
-const RETRYABLE_STATUS = (status: number) => status >= 500 || status === 408 || status === 425 || status === 429;
-/** Bytes of a receiver's answer read (and dropped) before the connection is closed. */
-const MAX_RESPONSE_BYTES = 64 * 1024;
-
-/** A delivery that no further attempt can make: the address is refused, or the receiver said no (4xx). */
-class Refused extends Error {}
 
 /**
  * The webhook delivery workflow's activities. deliverWebhook: one signed POST, its outcome
@@ -60,20 +47,16 @@ export function createNotifyActivities(deps: NotifyDeps) {
 
     let status: number;
     try {
-      if (!deps.secret) throw new Refused('no webhook secret is configured (KEEL_WEBHOOK_SECRET)');
+      if (!deps.secret) throw new WebhookRefused('no webhook secret is configured (KEEL_WEBHOOK_SECRET)');
       const url = new URL(input.url);
-      const pinned = input.checkAddress ? await resolveAndCheck(url, deps.allowHosts).catch(refusedAsFinal) : undefined;
-      const timestamp = Math.floor(Date.now() / 1000);
-      status = await post(url, input.body, {
-        'content-type': 'application/json',
-        'user-agent': 'Keel-Webhook/1',
-        [WEBHOOK_HEADERS.signature]: webhookSignature(deps.secret, timestamp, input.body),
-        [WEBHOOK_HEADERS.timestamp]: String(timestamp),
+      const pinned = input.checkAddress ? await checkWebhookAddress(url, deps.allowHosts) : undefined;
+      status = await postWebhook(url, input.body, {
+        ...signedHeaders(deps.secret, input.body),
         [WEBHOOK_HEADERS.delivery]: input.deliveryId,
         [WEBHOOK_HEADERS.attempt]: String(attempt),
       }, input.timeoutMs, pinned);
     } catch (error) {
-      return fail(error instanceof Refused ? 'refused' : 'failed', { error: (error as Error).message });
+      return fail(error instanceof WebhookRefused ? 'refused' : 'failed', { error: (error as Error).message });
     }
     if (status >= 200 && status < 300) {
       await record('delivered', { httpStatus: status });
@@ -96,41 +79,7 @@ export function createNotifyActivities(deps: NotifyDeps) {
 
 export type NotifyActivities = ReturnType<typeof createNotifyActivities>;
 
-function refusedAsFinal(error: unknown): never {
-  throw error instanceof ToolRefusedError ? new Refused(error.message) : error;
-}
-
 async function settle(pool: DatabasePool, target: WebhookTarget, outcome: 'delivered' | 'failed'): Promise<void> {
   if (target.kind === 'run') await setWebhookStatus(pool, target.id, outcome);
   else await markIncidentNotified(pool, target.id, outcome);
-}
-
-/** A lookup that answers with the checked address, so a second DNS answer (rebinding) is never used. */
-function pinnedLookup(target: PinnedTarget): LookupFunction {
-  return (_hostname, options, callback) => {
-    if (options.all) callback(null, [{ address: target.address, family: target.family }]);
-    else callback(null, target.address, target.family);
-  };
-}
-
-/** POSTs `body` and resolves with the status once the answer is read (up to MAX_RESPONSE_BYTES). */
-function post(url: URL, body: string, headers: Record<string, string>, timeoutMs: number, pinned: PinnedTarget | undefined): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const client = url.protocol === 'https:' ? https : http;
-    const req = client.request(
-      url,
-      { method: 'POST', headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) }, signal: AbortSignal.timeout(timeoutMs), ...(pinned ? { lookup: pinnedLookup(pinned) } : {}) },
-      (res) => {
-        let read = 0;
-        res.on('data', (chunk: Buffer) => {
-          read += chunk.length;
-          if (read > MAX_RESPONSE_BYTES) res.destroy();
-        });
-        res.on('close', () => resolve(res.statusCode ?? 0));
-        res.on('error', () => resolve(res.statusCode ?? 0));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
 }

@@ -724,6 +724,118 @@ const scenarios: Scenario[] = [
       }
     },
   },
+  {
+    name: 'routed',
+    files: {
+      'routed-turn': 'a router session (the `desk` router): the message is classified (routeMessage), one member starts (startAgent) and answers with its read tool.',
+      'routed-handoff': 'a routed member hands off (the built-in handoff tool) to another, which answers in the same turn.',
+      'routed-skipped': 'two intents in order: the first member\'s write is rejected, so the second member is skipped (closeTurn) and the user told.',
+      'routed-clarification': 'a message no member matches: the router asks a question, no member runs.',
+    },
+    uses: 'POST /sessions {agentId: desk}, WS message and approval frames, turn.done, the local model\'s keyword routing and handoff phrasing',
+    async run(ctx) {
+      const api = await ctx.api();
+      const histories: Record<string, History> = {};
+      const routed = (f: Facts) => f.activities.includes('routeMessage');
+      {
+        const { ws, workflowId } = await api.session('desk');
+        ws.send({ type: 'message', content: 'Where is order 1002?' });
+        await turnDone(ws, 'completed');
+        histories['routed-turn'] = expectPath(await settledHistory(ctx, workflowId), { routed, 'a member started': (f) => f.activities.includes('startAgent'), 'the tool ran': (f) => f.activities.includes(TOOL_RUN) });
+      }
+      {
+        const { ws, workflowId } = await api.session('desk');
+        ws.send({ type: 'message', content: 'Where is order 1002? Please hand me over to desk_discount' });
+        await turnDone(ws, 'completed');
+        if (!ws.frames.some(of('agent.handoff'))) throw new NotRecorded('no handoff');
+        histories['routed-handoff'] = expectPath(await settledHistory(ctx, workflowId), { routed, 'two members started': (f) => f.activities.filter((a) => a === 'startAgent').length === 2 });
+      }
+      {
+        const { ws, workflowId } = await api.session('desk');
+        ws.send({ type: 'message', content: 'Cancel order 1006 and send me a coupon' });
+        const required = await ws.waitFor(of('approval.required'));
+        await settledHistory(ctx, workflowId);
+        ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: false });
+        await turnDone(ws, 'completed');
+        histories['routed-skipped'] = expectPath(await settledHistory(ctx, workflowId), { routed, 'the rest was skipped': (f) => f.activities.includes('closeTurn') });
+      }
+      {
+        const { ws, workflowId } = await api.session('desk');
+        ws.send({ type: 'message', content: 'Hello there' });
+        await turnDone(ws, 'completed');
+        histories['routed-clarification'] = expectPath(await settledHistory(ctx, workflowId), { routed, 'no member ran': (f) => !f.activities.includes('startAgent') });
+      }
+      return histories;
+    },
+  },
+  {
+    name: 'escalation',
+    files: {
+      'escalated-and-handed-back': 'a routed user asks for a person: the conversation is escalated (escalate), the next message is held for the operator (closeTurn), the operator hands it back (handBack signal) and the next message is answered.',
+      'ordered-skip': 'ordered actions in one agent: of two calls in one reply, the first is rejected and the second skipped.',
+    },
+    uses: 'POST /sessions, WS message and approval frames, POST /sessions/:id/hand-back (admin), turn.done.awaitingOperator',
+    async run(ctx) {
+      const api = await ctx.api();
+      const histories: Record<string, History> = {};
+      {
+        const { sessionId, ws, workflowId } = await api.session('desk');
+        ws.send({ type: 'message', content: 'I want to talk to a human' });
+        await ws.waitFor(of('session.escalated'));
+        await turnDone(ws, 'completed');
+        ws.send({ type: 'message', content: 'hello?' });
+        await turnDone(ws, 'completed', 2);
+        await expectOk(ctx.admin('POST', `/sessions/${sessionId}/hand-back`, {}));
+        ws.send({ type: 'message', content: 'Where is order 1003?' });
+        await turnDone(ws, 'completed', 3);
+        histories['escalated-and-handed-back'] = expectPath(await settledHistory(ctx, workflowId), {
+          escalated: (f) => f.activities.includes('escalate'),
+          'held for the operator': (f) => f.activities.includes('closeTurn'),
+          'handed back': (f) => f.signals.includes('handBack'),
+        });
+      }
+      {
+        const { sessionId, ws, workflowId } = await api.session();
+        ctx.model.script(sessionId, { toolCalls: [call('create_note', { title: 'a', body: 'a' }), call('calculator', { expression: '1 + 1' })] });
+        ws.send({ type: 'message', content: 'two things' });
+        const required = await ws.waitFor(of('approval.required'));
+        await settledHistory(ctx, workflowId);
+        ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: false });
+        await turnDone(ws, 'completed');
+        const skipped = ws.frames.some((f) => f.type === 'tool.result' && f.data.status === 'skipped');
+        if (!skipped) throw new NotRecorded('nothing was skipped');
+        histories['ordered-skip'] = expectPath(await settledHistory(ctx, workflowId), { 'the calculator never ran': (f) => !f.activities.includes(TOOL_RUN) });
+      }
+      return histories;
+    },
+  },
+  {
+    name: 'outside',
+    files: {
+      'external-event-woke': 'an outside event (POST /sessions/:id/external-events) on an agent whose events wake a turn: the externalEvent signal queues it and the agent answers it.',
+      'operator-took-over': 'an operator escalates an idle session (POST /sessions/:id/escalate, the escalate signal); the next message is held for the operator.',
+    },
+    uses: 'agent externalEvents.mode wake, POST /sessions/:id/external-events and /escalate (admin), turn.done',
+    async run(ctx) {
+      const api = await ctx.api();
+      const histories: Record<string, History> = {};
+      {
+        const { sessionId, ws, workflowId } = await api.session('notified');
+        await expectOk(ctx.admin('POST', `/sessions/${sessionId}/external-events`, { type: 'order.shipped', data: { orderId: '1001' } }));
+        await turnDone(ws, 'completed');
+        histories['external-event-woke'] = expectPath(await settledHistory(ctx, workflowId), { 'the signal arrived': (f) => f.signals.includes('externalEvent'), 'a turn answered it': (f) => f.activities.includes(MODEL_CALL) });
+      }
+      {
+        const { sessionId, ws, workflowId } = await api.session('notified');
+        await expectOk(ctx.admin('POST', `/sessions/${sessionId}/escalate`, { reason: 'recorded for replay' }));
+        await ws.waitFor(of('session.escalated'));
+        ws.send({ type: 'message', content: 'anyone there?' });
+        await turnDone(ws, 'completed');
+        histories['operator-took-over'] = expectPath(await settledHistory(ctx, workflowId), { 'escalated by signal': (f) => f.signals.includes('escalate') && f.activities.includes('escalate'), 'held for the operator': (f) => f.activities.includes('closeTurn') });
+      }
+      return histories;
+    },
+  },
 ];
 
 async function expectOk(pending: Promise<{ status: number; text: string }>): Promise<void> {

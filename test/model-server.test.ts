@@ -253,7 +253,9 @@ describe('tools', () => {
     ['{"result":42}', 'The result is 42.'],
     ['42', 'The result is 42.'],
     ['sunny and warm', 'Tool results: sunny and warm.'],
-    ['The user rejected the action', 'The action was not performed: The user rejected the action.'],
+    ['Rejected by the approver. The tool did not run.', 'The action was not performed: Rejected by the approver. The tool did not run.'],
+    // A tool's own data that says "cancelled" is a result, not a refusal.
+    ['{"status":"cancelled"}', 'Tool results: {"status":"cancelled"}.'],
   ])('answers the tool result %s', async (content, reply) => {
     expect((await collect(toolTurn(content))).text).toBe(reply);
   });

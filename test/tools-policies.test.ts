@@ -150,8 +150,45 @@ test('reject: a message sent while busy is refused with SESSION_BUSY and nothing
   expect(ws.frames.filter(of('message.accepted')).map((f) => f.data.clientMessageId)).toEqual([undefined, 'after-1', 'busy-1']);
 });
 
-test('a rejected call among two parallel calls leaves a conversation the model accepts', async () => {
+test('ordered actions (the default with a tool that needs approval): a call waits for the approval before it; a rejection skips the rest', async () => {
   const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [note('first'), call('calculator', { expression: '2 + 2' }), note('third')] });
+  ws.send({ type: 'message', content: 'three things' });
+  const required = await ws.waitForCount(of('approval.required'), 2);
+  // Both approvals are announced with the step, but nothing after the first call has run.
+  expect(ws.frames.some(of('tool.result'))).toBe(false);
+  // Deciding the later one first is kept: it runs (or not) in its turn.
+  ws.send({ type: 'approval', toolCallId: required[1]!.data.toolCallId, approved: true });
+  await ws.waitFor((f) => f.type === 'approval.accepted' && f.data.toolCallId === required[1]!.data.toolCallId);
+  expect(ws.frames.some(of('tool.result'))).toBe(false);
+  ws.send({ type: 'approval', toolCallId: required[0]!.data.toolCallId, approved: false, feedback: 'not now' });
+  const done = await ws.waitFor(of('turn.done'));
+  expect(ws.frames.filter(of('tool.result')).map((r) => [r.data.name, r.data.status])).toEqual([
+    ['create_note', 'rejected'],
+    ['calculator', 'skipped'],
+    ['create_note', 'skipped'],
+  ]);
+  expect(done.data.content).toMatch(/^The action was not performed/);
+  expect(await stack.db.query('SELECT title FROM notes WHERE session_id = $1', [sessionId]).then((r) => r.rows)).toEqual([]);
+  wellFormed(sessionId);
+});
+
+test('ordered actions run one after another in the model\'s order once approved', async () => {
+  const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [note('one'), call('calculator', { expression: '3 + 4' })] });
+  ws.send({ type: 'message', content: 'two things' });
+  const required = await ws.waitFor(of('approval.required'));
+  ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true });
+  await ws.waitFor(of('turn.done'));
+  expect(ws.frames.filter(of('tool.result')).map((r) => [r.data.name, r.data.status])).toEqual([
+    ['create_note', 'succeeded'],
+    ['calculator', 'succeeded'],
+  ]);
+  wellFormed(sessionId);
+});
+
+test('a rejected call among two parallel calls (toolExecution: parallel) leaves a conversation the model accepts', async () => {
+  const { sessionId, ws } = await session('parallel');
   stack.model.script(sessionId, { toolCalls: [note('parallel'), call('calculator', { expression: '1 + 1' })] });
   ws.send({ type: 'message', content: 'both' });
   const required = await ws.waitFor(of('approval.required'));

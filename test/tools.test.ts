@@ -5,6 +5,7 @@ import { sql } from 'slonik';
 import { z } from 'zod';
 import { migrate } from '../db/migrate';
 import { openPool, type DatabasePool } from '../db/pool';
+import { demoTools } from '../tools/demo';
 import { builtinTools, DEFAULT_TOOL_SETTINGS, toolDefinitions, ToolInputError, ToolRefusedError, type Tool, type ToolContext } from '../tools';
 import { sessionAgentOf } from '../agents/session-agent';
 import { AgentDefinition, resolveAgent } from '../contracts/agents';
@@ -44,8 +45,10 @@ async function thrown(fn: () => unknown): Promise<Error> {
 }
 
 describe('registry', () => {
-  test('holds the four built-in tools with hand-written, closed parameter schemas', () => {
-    expect(Object.keys(builtinTools).sort()).toEqual(['calculator', 'create_note', 'current_time', 'http_request']);
+  test('holds the four built-in tools and the templates\' demo tools, with hand-written, closed parameter schemas', () => {
+    const demo = demoTools.map((t) => t.definition.name);
+    expect(Object.keys(builtinTools).filter((n) => !demo.includes(n)).sort()).toEqual(['calculator', 'create_note', 'current_time', 'http_request']);
+    expect(demo.length).toBeGreaterThan(0);
     for (const [name, tool] of Object.entries(builtinTools)) {
       expect(tool.definition.name).toBe(name);
       expect(tool.definition.parameters).toMatchObject({ type: 'object', additionalProperties: false });
@@ -60,7 +63,7 @@ describe('registry', () => {
     const def = AgentDefinition.parse({ id: 'a', name: 'A', systemPrompt: '', tools: ['http_request', 'calculator'], toolPolicy: { calculator: { timeoutMs: 700 } } });
     const agent = sessionAgentOf(resolveAgent(def, 3, 'd', toolDefinitions({ ...DEFAULT_TOOL_SETTINGS, httpTimeoutMs: 20_000 })), 'm');
     expect(agent.tools.map((t) => [t.name, t.timeoutMs, t.maxAttempts])).toEqual([
-      ['http_request', 22_000, 2],
+      ['http_request', 22_000, 4],
       ['calculator', 700, 1],
     ]);
   });

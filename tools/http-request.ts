@@ -4,6 +4,7 @@ import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http'
 import https from 'node:https';
 import { isIP, type LookupFunction } from 'node:net';
 import { z } from 'zod';
+import { throwForHttpStatus } from './http-failures';
 import { DEFAULT_TOOL_SETTINGS, parseArgs, ToolInputError, ToolRefusedError, ToolTimeoutError, type Tool, type ToolContext } from './tool';
 
 const MAX_REDIRECTS = 5;
@@ -361,7 +362,7 @@ export function createHttpRequestTool(deps: { lookup?: LookupAll } = {}): Tool<H
     definition: {
       name: 'http_request',
       description:
-        'Fetches a public http(s) URL with GET or HEAD and returns the status, a few response headers and the body as text (truncated when large). Private and internal addresses are refused.',
+        'Fetches a public http(s) URL with GET or HEAD and returns the status, a few response headers and the body as text (truncated when large). Private and internal addresses are refused. A 4xx answer is reported as an error quoting what the service said.',
       parameters: {
         type: 'object',
         properties: {
@@ -377,7 +378,8 @@ export function createHttpRequestTool(deps: { lookup?: LookupAll } = {}): Tool<H
       // Above the request's own time-out (settings.httpTimeoutMs), which ends the call first with a
       // clearer message; toolDefinitions() raises it with KEEL_HTTP_TIMEOUT_MS.
       timeoutMs: DEFAULT_TOOL_SETTINGS.httpTimeoutMs + HTTP_TIMEOUT_MARGIN_MS,
-      retry: { maxAttempts: 2 },
+      // One try and three retries of a transient failure (408, 429, 5xx, a time-out), with exponential back-off.
+      retry: { maxAttempts: 4 },
     },
     parse(args) {
       const parsed = parseArgs(Args, args);
@@ -386,12 +388,16 @@ export function createHttpRequestTool(deps: { lookup?: LookupAll } = {}): Tool<H
     async execute(args, ctx) {
       const ms = ctx.settings.httpTimeoutMs > 0 ? ctx.settings.httpTimeoutMs : DEFAULT_TOOL_SETTINGS.httpTimeoutMs;
       const timeout = AbortSignal.timeout(ms);
+      let result: HttpRequestResult;
       try {
-        return await fetchFollowingRedirects(args, ctx, AbortSignal.any([ctx.signal, timeout]), lookup);
+        result = await fetchFollowingRedirects(args, ctx, AbortSignal.any([ctx.signal, timeout]), lookup);
       } catch (error) {
         if (timeout.aborted) throw new ToolTimeoutError(`request to ${new URL(args.url).origin} timed out after ${ms} ms`, { cause: error });
         throw error;
       }
+      const answered = new URL(result.url);
+      throwForHttpStatus(result.status, `${args.method} ${answered.origin}${answered.pathname}`, result.body);
+      return result;
     },
   };
 }

@@ -2,11 +2,13 @@ import type { ToolDefinition } from '../contracts/tools';
 import { calculator } from './calculator';
 import { createNote } from './create-note';
 import { currentTime } from './current-time';
+import { demoTools } from './demo';
 import { HTTP_TIMEOUT_MARGIN_MS, httpRequest } from './http-request';
 import type { Tool, ToolSettings } from './tool';
 
 export type { Tool, ToolContext, ToolSettings } from './tool';
-export { DEFAULT_TOOL_SETTINGS, ToolInputError, ToolRefusedError, ToolTimeoutError } from './tool';
+export { DEFAULT_TOOL_SETTINGS, ToolAuthError, ToolInputError, ToolRefusedError, ToolTimeoutError, ToolTransientError, ToolValidationError } from './tool';
+export { classifyHttpStatus, throwForHttpStatus, type HttpStatusClass } from './http-failures';
 
 /**
  * Every built-in tool by name. The object has no prototype, so a model asking for a tool named
@@ -18,6 +20,8 @@ export const builtinTools: Readonly<Record<string, Tool>> = Object.freeze(
     [currentTime.definition.name]: currentTime,
     [httpRequest.definition.name]: httpRequest,
     [createNote.definition.name]: createNote,
+    // The agent templates' tools (agents/templates/); only agents that list them see them.
+    ...Object.fromEntries(demoTools.map((tool) => [tool.definition.name, tool])),
   }),
 );
 

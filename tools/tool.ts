@@ -60,3 +60,29 @@ export function parseArgs<S extends z.ZodTypeAny>(schema: S, args: unknown): z.o
 export class ToolTimeoutError extends Error {
   override readonly name = 'ToolTimeoutError';
 }
+
+/**
+ * The service answered with a failure that may pass (408, 429, 5xx): thrown so the runtime
+ * retries the call (`retry.maxAttempts`, exponential back-off); after the last attempt the model
+ * reads TOOL_EXECUTION_ERROR.
+ */
+export class ToolTransientError extends Error {
+  override readonly name = 'ToolTransientError';
+}
+
+/**
+ * The service refused the deployment's credentials (401, 403): recorded as TOOL_AUTH_ERROR and
+ * never retried. The turn's workflow sees the failure type TOOL_AUTH_ERROR and escalates.
+ */
+export class ToolAuthError extends Error {
+  override readonly name = 'ToolAuthError';
+}
+
+/**
+ * The service refused the request as the model made it (a 4xx other than 401, 403, 408, 429):
+ * reported to the model as TOOL_VALIDATION_ERROR with this message, which says what the service
+ * answered, so it can fix its arguments. Never retried.
+ */
+export class ToolValidationError extends Error {
+  override readonly name = 'ToolValidationError';
+}

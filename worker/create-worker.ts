@@ -3,7 +3,7 @@ import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
-import { createPersistenceActivities, createReleaseActivities, createStreamReplyActivities, createToolActivities } from '../activities';
+import { createEscalationActivities, createPersistenceActivities, createReleaseActivities, createStreamReplyActivities, createToolActivities } from '../activities';
 import { builtinTools, toolDefinitions } from '../tools';
 import { AgentVersions } from '../agents/versions';
 import type { Metrics } from '../config/metrics';
@@ -13,6 +13,7 @@ import type { Tracing } from '../config/tracing';
 import { tracingWorkerOptions, WORKFLOW_INTERCEPTOR_MODULES } from './tracing';
 import { createNotifyActivities } from '../notify/deliver-webhook';
 import { createAlertActivities } from '../activities/alerts';
+import { createRoutingActivities } from '../activities/routing';
 import { workerIdentity } from './heartbeat';
 import { TurnTracker } from './turn-tracker';
 
@@ -32,10 +33,12 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
   const activities = {
     ...createStreamReplyActivities({ pool, openai, agents, streamCoalesceMs: settings.llm.streamCoalesceMs, prices: settings.prices, metrics, log }),
     ...createPersistenceActivities({ pool, metrics, log }),
+    ...createRoutingActivities({ pool, openai, agents, prices: settings.prices, log }),
     ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools, metrics }),
     ...createAlertActivities({ pool, metrics, log, thresholds: settings.operations }),
     ...createReleaseActivities({ pool, openai, client, versions: agents, tools: builtinTools, settings, metrics, log }),
     ...createNotifyActivities({ pool, secret: settings.webhooks.secret, allowHosts: settings.webhooks.allowHosts, metrics, log }),
+    ...createEscalationActivities({ pool, agents, settings: settings.escalation, allowHosts: settings.webhooks.allowHosts, metrics, log }),
   };
   const bundle = settings.temporal.workflowBundlePath;
   const workflowSource = bundle ? { workflowBundle: { codePath: bundle } } : { workflowsPath: require.resolve('../workflows') };

@@ -1,5 +1,7 @@
 import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
 import type { PersistenceActivities, StreamReplyActivities, ToolActivities } from '../activities';
+import type { RoutingActivities } from '../activities/routing';
+import type { EscalateInput, EscalateResult } from '../contracts/turn';
 import { FailureType } from '../contracts/failure-types';
 import type { SessionConfig } from '../contracts/session';
 import type { ToolPolicy } from '../contracts/turn';
@@ -10,16 +12,26 @@ const PERSISTENCE_NON_RETRYABLE = [FailureType.persistenceInvalid];
 const LEGACY_PERSISTENCE_TIMEOUT_MS = 30_000;
 /** How often a running tool must report life; it heartbeats every third of this. */
 const TOOL_HEARTBEAT_TIMEOUT_MS = 5_000;
+/**
+ * The escalation activity posts the webhook itself (3 attempts of 10 s with 2 s and 4 s between,
+ * by default): it gets room for all of them, and one more try of the whole if its worker dies.
+ */
+const ESCALATION_TIMEOUT_MS = 90_000;
+const ESCALATION_HEARTBEAT_TIMEOUT_MS = 15_000;
+
+interface EscalationActivities {
+  escalate(input: EscalateInput): Promise<EscalateResult>;
+}
 
 /** Every activity's timeouts and retries, set on purpose from the session's config. */
 export function sessionActivities(config: SessionConfig) {
   // Persistence keeps trying while the database is down (an accepted message is never lost),
   // but gives up at once on a failure that retrying cannot fix.
-  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall' | 'requestBudgetApproval'>>({
+  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall' | 'requestBudgetApproval'> & Pick<RoutingActivities, 'startAgent' | 'closeTurn'>>({
     startToCloseTimeout: config.persistenceTimeoutMs ?? LEGACY_PERSISTENCE_TIMEOUT_MS,
     retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
   });
-  const llm = proxyActivities<StreamReplyActivities>({
+  const llm = proxyActivities<StreamReplyActivities & Pick<RoutingActivities, 'routeMessage'>>({
     // A cancelled turn waits for the stream to stop, so a reply can never land after the turn ended.
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     startToCloseTimeout: config.llm.startToCloseTimeoutMs,
@@ -32,6 +44,11 @@ export function sessionActivities(config: SessionConfig) {
       nonRetryableErrorTypes: ['LLM_CONTENT_FILTER', 'LLM_AUTH_ERROR', ...PERSISTENCE_NON_RETRYABLE],
     },
   });
+  const escalation = proxyActivities<EscalationActivities>({
+    startToCloseTimeout: ESCALATION_TIMEOUT_MS,
+    heartbeatTimeout: ESCALATION_HEARTBEAT_TIMEOUT_MS,
+    retry: { maximumAttempts: 3, initialInterval: '1 second', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
+  });
   // proxyActivities returns a Proxy, which object spread cannot copy.
   return {
     acceptMessages: persistence.acceptMessages,
@@ -42,6 +59,10 @@ export function sessionActivities(config: SessionConfig) {
     settleToolCall: persistence.settleToolCall,
     requestBudgetApproval: persistence.requestBudgetApproval,
     streamReply: llm.streamReply,
+    routeMessage: llm.routeMessage,
+    startAgent: persistence.startAgent,
+    closeTurn: persistence.closeTurn,
+    escalate: escalation.escalate,
   };
 }
 
@@ -57,6 +78,6 @@ export function toolActivities(policy: ToolPolicy) {
     // The extra second lets the activity record its own time-out before Temporal's fires.
     startToCloseTimeout: policy.timeoutMs + 1_000,
     heartbeatTimeout: TOOL_HEARTBEAT_TIMEOUT_MS,
-    retry: { maximumAttempts: policy.maxAttempts, initialInterval: '200 milliseconds', nonRetryableErrorTypes: ['TOOL_NOT_FOUND', ...PERSISTENCE_NON_RETRYABLE] },
+    retry: { maximumAttempts: policy.maxAttempts, initialInterval: '200 milliseconds', nonRetryableErrorTypes: ['TOOL_NOT_FOUND', 'TOOL_AUTH_ERROR', 'TOOL_VALIDATION_ERROR', ...PERSISTENCE_NON_RETRYABLE] },
   });
 }

@@ -20,6 +20,8 @@ export interface TurnStop {
 }
 export type TurnOutcome = 'completed' | 'failed' | 'cancelled';
 const OUTCOME_MEMORY = 16;
+/** Outside events kept waiting for the next turn; older ones are dropped from the wait (they stay stored and announced). */
+const MAX_WAITING_EVENTS = 100;
 type PendingApproval = PendingApprovalView & { expiresAtMs: number; decision?: ApprovalDecision };
 
 /** Recently settled approvals remembered, so a second decision is told it came too late rather than "unknown". */
@@ -40,6 +42,10 @@ export class SessionState {
   private readonly settled = new Map<string, 'decided' | 'expired' | 'cancelled'>();
   /** A version switch that waits for the running turn to end. Applied before any snapshot, so never carried. */
   private nextAgent: SessionAgent | null = null;
+  /** Outside events the current turn attaches (they waited for it). */
+  private turnEvents: MessageRef[] = [];
+  /** An operator asked to take the conversation over; done between turns. */
+  private operatorEscalation: { by: string; reason: string } | null = null;
 
   constructor(private readonly s: SessionSnapshot) {}
 
@@ -122,7 +128,7 @@ export class SessionState {
   claimUnaccepted(by: 'turn' | 'recorder'): MessageRef[] {
     const claimed = this.unclaimed(by);
     for (const m of claimed) this.accepting.add(m.messageId);
-    return claimed.map(({ accepted: _accepted, budget: _budget, ...ref }) => ref);
+    return claimed.map(({ accepted: _accepted, budget: _budget, external: _external, ...ref }) => ref);
   }
 
   hasUnclaimed(by: 'turn' | 'recorder'): boolean {
@@ -170,7 +176,77 @@ export class SessionState {
   beginNextTurn(): QueuedMessage | null {
     this.current = this.s.queue.shift() ?? null;
     this.stopped = null;
+    const waiting = this.s.waitingEvents ?? [];
+    if (this.current && waiting.length > 0) {
+      const turn = this.current.turn;
+      this.turnEvents = waiting.map((messageId) => ({ messageId, turn }));
+      this.s.waitingEvents = [];
+    }
     return this.current;
+  }
+
+  /** The outside events that waited for this turn, claimed once by the turn that attaches them. */
+  takeTurnEvents(): MessageRef[] {
+    return this.turnEvents.splice(0);
+  }
+
+  /**
+   * An outside event that wakes a turn is queued like a message (it is the turn's "message");
+   * one that waits is attached to the next turn. A repeat, or one for an ended session, is dropped:
+   * it stays stored and announced.
+   */
+  takeExternalEvent(e: { messageId: string; wake: boolean }): void {
+    if (this.s.status !== 'active') return;
+    if (this.current?.messageId === e.messageId || this.s.queue.some((q) => q.messageId === e.messageId) || (this.s.waitingEvents ?? []).includes(e.messageId)) return;
+    if (e.wake && this.s.queue.length < this.s.config.maxQueuedMessages) {
+      this.s.queue.push({ messageId: e.messageId, turn: this.s.nextTurn++, accepted: false, external: true });
+      return;
+    }
+    const waiting = (this.s.waitingEvents ??= []);
+    waiting.push(e.messageId);
+    if (waiting.length > MAX_WAITING_EVENTS) waiting.shift();
+  }
+
+  get escalated(): boolean {
+    return this.s.escalated === true;
+  }
+
+  /** The conversation is with a person from now on: turns are held until it is handed back. */
+  escalate(): void {
+    this.s.escalated = true;
+    this.operatorEscalation = null;
+  }
+
+  handBack(): void {
+    this.s.escalated = false;
+    this.operatorEscalation = null;
+  }
+
+  requestOperatorEscalation(e: { by: string; reason: string }): void {
+    if (this.s.status === 'active' && !this.escalated) this.operatorEscalation ??= e;
+  }
+
+  takeOperatorEscalation(): { by: string; reason: string } | null {
+    const e = this.operatorEscalation;
+    this.operatorEscalation = null;
+    return e;
+  }
+
+  hasOperatorEscalation(): boolean {
+    return this.operatorEscalation !== null;
+  }
+
+  /** The last turn number given out (0 before the first message). */
+  get lastTurn(): number {
+    return this.s.nextTurn - 1;
+  }
+
+  hasGreeted(agentId: string): boolean {
+    return (this.s.greeted ?? []).includes(agentId);
+  }
+
+  markGreeted(agentId: string): void {
+    if (!this.hasGreeted(agentId)) (this.s.greeted ??= []).push(agentId);
   }
 
   /** Whether turn `turn` (or, without it, any turn) is running. */
@@ -193,6 +269,11 @@ export class SessionState {
 
   recordReply(usage: Usage): void {
     this.s.messageCount += 1;
+    this.addUsage(usage);
+  }
+
+  /** Model spending that is not a reply (a router's classification). */
+  addUsage(usage: Usage): void {
     this.s.usage = {
       inputTokens: this.s.usage.inputTokens + usage.inputTokens,
       outputTokens: this.s.usage.outputTokens + usage.outputTokens,
@@ -238,7 +319,9 @@ export class SessionState {
     this.s.queue = [];
   }
 
+  /** Registers an approval the turn waits for; registering it again keeps a decision already taken. */
   awaitApproval(view: PendingApprovalView): void {
+    if (this.approvals.has(view.toolCallId)) return;
     this.approvals.set(view.toolCallId, { ...view, expiresAtMs: new Date(view.expiresAt).getTime() });
   }
 
@@ -292,6 +375,7 @@ export class SessionState {
       messageCount: this.s.messageCount,
       usage: { ...this.s.usage },
       generation: this.s.generation,
+      ...(this.s.escalated ? { escalated: true } : {}),
     };
   }
 }

@@ -1,6 +1,17 @@
 import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, continueAsNew, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { SessionWorkflowInput, SessionWorkflowResult } from '../contracts/session';
-import { cancelTurnSignal, cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, switchAgentSignal, userMessageSignal } from '../contracts/workflow-messages';
+import {
+  cancelTurnSignal,
+  cancelTurnUpdate,
+  decideApprovalUpdate,
+  endSessionSignal,
+  escalateSignal,
+  externalEventSignal,
+  handBackSignal,
+  sessionStateQuery,
+  switchAgentSignal,
+  userMessageSignal,
+} from '../contracts/workflow-messages';
 import { FailureType } from '../contracts/failure-types';
 import { sessionActivities } from './activities';
 import { workflowNow } from './clock';
@@ -57,6 +68,9 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     turnScope?.cancel();
   });
   setHandler(switchAgentSignal, ({ agent }) => state.switchAgent(agent));
+  setHandler(handBackSignal, () => state.handBack());
+  setHandler(escalateSignal, (e) => state.requestOperatorEscalation(e));
+  setHandler(externalEventSignal, (e) => state.takeExternalEvent(e));
   setHandler(sessionStateQuery, () => state.view());
   setHandler(
     decideApprovalUpdate,
@@ -97,11 +111,13 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
   })();
 
   for (;;) {
-    const woke = await condition(() => !state.isIdle() || state.status !== 'active', state.config.idleTtlMs);
+    const woke = await condition(() => !state.isIdle() || state.status !== 'active' || state.hasOperatorEscalation(), state.config.idleTtlMs);
     if (!woke || state.status !== 'active') break;
     await condition(() => !recording);
     // A deletion may have landed while the recorder finished: it emptied the queue.
     if (state.status !== 'active') break;
+    const taken = state.takeOperatorEscalation();
+    if (taken) await contained('escalate for the operator', () => escalateForOperator(state, acts, taken));
     const message = state.beginNextTurn();
     if (!message) continue;
     reflectInSearchAttributes(state, true);
@@ -131,6 +147,22 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     if (!deleted) await contained('tell late senders', () => acts.rejectMessages({ sessionId: state.sessionId, messages: late }));
   }
   return { status: deleted ? 'deleted' : 'expired' };
+}
+
+/** An operator took the conversation over between turns: told to the user like any escalation, without ending a turn. */
+async function escalateForOperator(state: SessionState, acts: ReturnType<typeof sessionActivities>, e: { by: string; reason: string }): Promise<void> {
+  const turn = Math.max(1, state.lastTurn);
+  await acts.escalate({
+    sessionId: state.sessionId,
+    escalationId: `op-t${turn}`,
+    turn,
+    replyTo: '',
+    reason: `${e.reason} (taken over by ${e.by})`.slice(0, 2_000),
+    source: 'operator',
+    agent: null,
+    endsTurn: false,
+  });
+  state.escalate();
 }
 
 function shouldContinueAsNew(state: SessionState): boolean {

@@ -3,6 +3,10 @@ import type { ErrorBody } from '../contracts/errors';
 import type { ApprovalOutcome, BudgetOverrun, ToolResultStatus } from '../contracts/events';
 import type { QueuedMessage } from '../contracts/session';
 import type { MessageRef, PlannedToolCall, SettleInput, ToolPolicy } from '../contracts/turn';
+import { ESCALATE_TOOL, HANDOFF_TOOL } from '../contracts/builtin-tools';
+import type { EscalationSource } from '../contracts/events';
+import type { SessionAgent } from '../contracts/session';
+import { routedSteps } from './routing';
 import { toolActivities, type SessionActivityProxies } from './activities';
 import type { SessionState, TurnOutcome } from './session-state';
 import { FailureType } from '../contracts/failure-types';
@@ -11,10 +15,18 @@ import { TurnBudget } from './budget';
 import { workflowNow } from './clock';
 import { reflectInSearchAttributes } from './search-attributes';
 
-interface TurnContext {
+export interface TurnContext {
   state: SessionState;
   acts: SessionActivityProxies;
   message: QueuedMessage;
+  /** The turn's last step number: steps are numbered across every agent that answers in the turn. */
+  step: number;
+  /** The turn's budget, shared by every agent that answers in it. */
+  budget: TurnBudget | null;
+  /** Set by a built-in tool call (or a tool's auth failure): what ends the agent's part of the turn. */
+  ending: AgentEnd | null;
+  /** An action of an ordered step was rejected or expired: the rest of the request is skipped. */
+  refused: 'rejected' | 'expired' | null;
   /** Tool calls of this turn that have no result yet; each gets one before the turn ends. */
   open: Map<string, PlannedToolCall>;
   /** Calls whose approval decision is already stored: a later cancel must not record another. */
@@ -27,6 +39,25 @@ interface TurnContext {
 
 type Settlement = Omit<SettleInput, 'sessionId' | 'toolCallId' | 'modelCallId' | 'name' | 'turn' | 'position'>;
 
+/** How an agent's part of a turn ended, when not with a plain reply. */
+export type AgentEnd =
+  | { kind: 'handoff'; to: string; reason: string; toolCallId: string }
+  | { kind: 'escalate'; source: 'tool' | 'tool_auth'; reason: string };
+
+/** What an agent's steps are told besides the agent: set in router sessions (and for agents that may escalate). */
+export interface AgentOptions {
+  member: boolean;
+  /** Another agent answers after this one in the same turn. */
+  continues: boolean;
+  greet: boolean;
+  handoffTo: SessionAgent[];
+}
+
+/** The built-in tools as policies: never approved, never run by a tool activity (the workflow carries them out). */
+function builtinPolicy(name: string): ToolPolicy {
+  return { name, permission: 'read', requiresApproval: false, approvalTtlMs: 60_000, timeoutMs: 1_000, maxAttempts: 1 };
+}
+
 /**
  * One turn: the model answers, asks for tools, gets their results (after approval where the
  * policy says so), and answers again, up to the agent's step limit. Cancelling the scope
@@ -36,11 +67,23 @@ type Settlement = Omit<SettleInput, 'sessionId' | 'toolCallId' | 'modelCallId' |
  * the workflow task fails and waits for fixed code instead of ending the turn with a wrong code.
  */
 export async function runTurn(state: SessionState, acts: SessionActivityProxies, scope: CancellationScope, message: QueuedMessage): Promise<TurnOutcome> {
-  const ctx: TurnContext = { state, acts, message, open: new Map(), decided: new Set(), acceptedByReply: false, scheduled: new Set() };
+  const ctx: TurnContext = {
+    state,
+    acts,
+    message,
+    open: new Map(),
+    decided: new Set(),
+    acceptedByReply: false,
+    scheduled: new Set(),
+    step: 0,
+    budget: TurnBudget.of(state.config.agent.budget, message.budget),
+    ending: null,
+    refused: null,
+  };
   const base = { sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId, ...(message.requestId ? { requestId: message.requestId } : {}) };
-  const accept = state.claimUnaccepted('turn');
+  const accept = [...state.takeTurnEvents(), ...state.claimUnaccepted('turn')];
   try {
-    await scope.run(() => steps(ctx, accept));
+    await scope.run(() => turnSteps(ctx, accept));
     return 'completed';
   } catch (error) {
     if (isContractViolation(error)) throw asWorkflowBug(error);
@@ -64,6 +107,10 @@ export async function runTurn(state: SessionState, acts: SessionActivityProxies,
           ...(cancelled && stop ? { cancelledBy: stop.by ?? stop.reason } : {}),
         }),
       );
+      // The provider refused the deployment's credentials: no agent can answer, so a person must.
+      if (!cancelled && body.code === 'LLM_AUTH_ERROR' && mayEscalate(state)) {
+        await contained('escalate the conversation', () => escalateConversation(ctx, { source: 'llm_auth', reason: body.message, agent: null, endsTurn: false }));
+      }
     });
     return cancelled ? 'cancelled' : 'failed';
   }
@@ -103,11 +150,65 @@ export async function acceptMessages(state: SessionState, acts: SessionActivityP
   state.markAccepted(claimed);
 }
 
-async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
-  const { state, acts, message } = ctx;
+/** A turn: held for the operator, routed to members (routers), or answered by the session's agent. */
+async function turnSteps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
+  const { state } = ctx;
+  if (state.escalated) return holdForOperator(ctx, accept);
+  if (state.config.router) return routedSteps(ctx, accept);
   const agent = state.config.agent;
-  const budget = TurnBudget.of(agent.budget, message.budget);
-  for (let step = 1; step <= agent.maxStepsPerTurn; step++) {
+  const end = await agentSteps(ctx, agent, accept, agent.escalate ? { member: false, continues: false, greet: false, handoffTo: [] } : null);
+  if (end?.kind === 'escalate') await escalateConversation(ctx, { source: end.source, reason: end.reason, agent, endsTurn: true });
+}
+
+/** Whether a failure the agents cannot handle goes to a person: router sessions, and agents that may escalate. */
+export function mayEscalate(state: SessionState): boolean {
+  return state.config.router !== undefined || state.config.agent.escalate === true;
+}
+
+/** The conversation goes to a person (docs/escalation.md): the activity tells the user and posts the webhook. */
+export async function escalateConversation(
+  ctx: TurnContext,
+  e: { source: EscalationSource; reason: string; agent: SessionAgent | null; endsTurn: boolean },
+): Promise<void> {
+  const { state, message } = ctx;
+  await CancellationScope.nonCancellable(() =>
+    ctx.acts.escalate({
+      sessionId: state.sessionId,
+      escalationId: `t${message.turn}`,
+      turn: message.turn,
+      replyTo: message.messageId,
+      reason: e.reason.slice(0, 2_000),
+      source: e.source,
+      agent: e.agent ? { id: e.agent.id, version: e.agent.version } : null,
+      endsTurn: e.endsTurn,
+    }),
+  );
+  state.escalate();
+}
+
+/** An escalated conversation: the message is accepted and the turn ends at once; the operator answers. */
+async function holdForOperator(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
+  const { state, message } = ctx;
+  await ctx.acts.closeTurn({ sessionId: state.sessionId, turn: message.turn, replyTo: message.messageId, accept, why: { kind: 'operator' } });
+  state.markAccepted(accept);
+  ctx.acceptedByReply = true;
+}
+
+/**
+ * One agent's part of a turn: the model answers, asks for tools, gets their results, and answers
+ * again, up to the agent's step limit. Ends with null on a reply that asks for nothing, or with
+ * what a built-in tool (a handoff, an escalation) or a tool's auth failure decided. `options` is
+ * null for a plain agent, which gets exactly the commands it always got.
+ */
+export async function agentSteps(ctx: TurnContext, agent: SessionAgent, accept: MessageRef[], options: AgentOptions | null): Promise<AgentEnd | null> {
+  const { state, acts, message } = ctx;
+  const budget = ctx.budget;
+  const builtins = [
+    ...(options?.handoffTo.length ? [builtinPolicy(HANDOFF_TOOL)] : []),
+    ...(options && agent.escalate ? [builtinPolicy(ESCALATE_TOOL)] : []),
+  ];
+  for (let own = 1; own <= agent.maxStepsPerTurn; own++) {
+    const step = ++ctx.step;
     const reply = await acts.streamReply({
       sessionId: state.sessionId,
       ...(message.requestId ? { requestId: message.requestId } : {}),
@@ -118,14 +219,20 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
       agent: { id: agent.id, version: agent.version },
       model: agent.model,
       ...(agent.temperature === undefined ? {} : { temperature: agent.temperature }),
+      ...(options?.member ? { member: true } : {}),
+      ...(options?.continues ? { continues: true } : {}),
+      ...(options?.greet && own === 1 ? { greet: true } : {}),
+      ...(options?.handoffTo.length ? { handoffTo: options.handoffTo.map((m) => ({ id: m.id, version: m.version })) } : {}),
+      ...(options && agent.escalate ? { escalate: true } : {}),
     });
     if (step === 1) {
       ctx.state.markAccepted(accept);
       ctx.acceptedByReply = true;
     }
+    if (options?.greet && own === 1) state.markGreeted(agent.id);
     state.recordReply(reply.usage);
     budget?.addReply(reply.usage);
-    if (reply.toolCalls.length === 0) return;
+    if (reply.toolCalls.length === 0) return null;
     // Not cancellable: the reply asking for these calls is stored, so the calls must be known
     // here (in ctx.open) before a cancel can land, or they would be left without results.
     const record = async () => {
@@ -136,7 +243,7 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
           step,
           agent: { id: agent.id, version: agent.version },
           calls: reply.toolCalls,
-          policies: agent.tools,
+          policies: builtins.length ? [...agent.tools, ...builtins] : agent.tools,
           nowMs: workflowNow(),
         }),
       );
@@ -149,13 +256,54 @@ async function steps(ctx: TurnContext, accept: MessageRef[]): Promise<void> {
       budget.addToolCalls(reply.toolCalls.length);
     }
     const planned = await record();
-    // allSettled, not all: on a cancel, every sibling's in-flight write finishes before the
-    // turn closes the calls still open, so none is settled twice.
-    const results = await Promise.allSettled(planned.map((call) => runToolCall(ctx, call)));
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    if (agent.toolExecution === 'sequential') {
+      await runInOrder(ctx, agent, planned, options);
+    } else {
+      // allSettled, not all: on a cancel, every sibling's in-flight write finishes before the
+      // turn closes the calls still open, so none is settled twice.
+      const results = await Promise.allSettled(planned.map((call) => runToolCall(ctx, agent, call, options)));
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+    }
+    if (ctx.ending) {
+      const end = ctx.ending;
+      ctx.ending = null;
+      return end;
+    }
   }
   throw new StepLimitReached(agent.maxStepsPerTurn);
+}
+
+/**
+ * Ordered actions: each call runs after the one before it. Every approval was announced with the
+ * step, so each is registered at once (a decision may come for a later call first); a rejected
+ * or expired one skips the rest, each with a `skipped` result the model reads.
+ */
+async function runInOrder(ctx: TurnContext, agent: SessionAgent, planned: PlannedToolCall[], options: AgentOptions | null): Promise<void> {
+  for (const call of planned) {
+    if (call.policy?.requiresApproval) ctx.state.awaitApproval({ toolCallId: call.toolCallId, name: call.name, digest: call.digest, expiresAt: call.expiresAt! });
+  }
+  for (const [index, call] of planned.entries()) {
+    const outcome = await runToolCall(ctx, agent, call, options);
+    if (outcome !== 'rejected' && outcome !== 'expired') continue;
+    ctx.refused = outcome;
+    for (const later of planned.slice(index + 1)) await skip(ctx, later);
+    return;
+  }
+}
+
+/** A call after a refused one: it never runs; a decision already taken for it is kept on record. */
+async function skip(ctx: TurnContext, call: PlannedToolCall): Promise<void> {
+  let approval: Settlement['approval'];
+  if (call.policy?.requiresApproval) {
+    const decision = ctx.state.decisionFor(call.toolCallId);
+    approval = decision
+      ? { outcome: decision.approved ? 'approved' : 'rejected', decidedBy: decision.decidedBy, feedback: decision.feedback ?? null }
+      : { outcome: 'cancelled', decidedBy: null, feedback: null };
+    ctx.state.settleApproval(call.toolCallId, decision ? 'decided' : 'cancelled');
+    ctx.decided.add(call.toolCallId);
+  }
+  await settle(ctx, call, { status: 'skipped', ...(approval ? { approval } : {}) });
 }
 
 /** The agent's approval time-to-live, for sessions started before it was carried (never in practice: it comes with the budget). */
@@ -203,21 +351,67 @@ async function staysWithinBudget(ctx: TurnContext, budget: TurnBudget, plannedTo
   }
 }
 
-async function runToolCall(ctx: TurnContext, call: PlannedToolCall): Promise<void> {
+/** Runs one call: its approval first when the policy says so. Says how it ended when it did not run for want of one. */
+async function runToolCall(ctx: TurnContext, agent: SessionAgent, call: PlannedToolCall, options: AgentOptions | null): Promise<'ran' | 'rejected' | 'expired'> {
   const policy = call.policy;
   if (!policy) {
-    return settle(ctx, call, { status: 'failed', error: { code: 'TOOL_NOT_FOUND', message: `No tool named '${call.name}' is available to this agent.` } });
+    await settle(ctx, call, { status: 'failed', error: { code: 'TOOL_NOT_FOUND', message: `No tool named '${call.name}' is available to this agent.` } });
+    return 'ran';
+  }
+  if (options && (call.name === HANDOFF_TOOL || call.name === ESCALATE_TOOL)) {
+    await builtinCall(ctx, agent, call, options);
+    return 'ran';
   }
   if (policy.requiresApproval) {
     const outcome = await awaitApproval(ctx, call);
     if (outcome.outcome !== 'approved') {
       const status: ToolResultStatus = outcome.outcome;
-      return settle(ctx, call, { status, approval: outcome });
+      await settle(ctx, call, { status, approval: outcome });
+      return outcome.outcome === 'rejected' || outcome.outcome === 'expired' ? outcome.outcome : 'ran';
     }
     ctx.decided.add(call.toolCallId);
     await CancellationScope.nonCancellable(() => ctx.acts.settleToolCall({ ...settleBase(ctx, call), approval: outcome }));
   }
-  await execute(ctx, call, policy);
+  const authFailure = await execute(ctx, call, policy);
+  if (authFailure && options && agent.escalate) ctx.ending ??= { kind: 'escalate', source: 'tool_auth', reason: `The service behind '${call.name}' refused our credentials: ${authFailure}` };
+  return 'ran';
+}
+
+/**
+ * A handoff or an escalation asked for by the model: checked and recorded here (the result the
+ * model reads), then carried out once the step's calls are done.
+ */
+async function builtinCall(ctx: TurnContext, agent: SessionAgent, call: PlannedToolCall, options: AgentOptions): Promise<void> {
+  const args = parseJsonObject(call.arguments);
+  const reason = typeof args?.reason === 'string' && args.reason.trim() ? args.reason.trim().slice(0, 1_000) : 'no reason given';
+  if (call.name === ESCALATE_TOOL) {
+    await settle(ctx, call, { status: 'succeeded', result: { escalated: true } });
+    ctx.ending ??= { kind: 'escalate', source: 'tool', reason };
+    return;
+  }
+  const to = typeof args?.to === 'string' ? args.to : '';
+  const refusal =
+    ctx.ending !== null
+      ? 'Another handoff or escalation was already asked for in this step.'
+      : !options.handoffTo.some((m) => m.id === to)
+        ? `'${to}' is not an agent you can hand off to (${options.handoffTo.map((m) => m.id).join(', ')}).`
+        : null;
+  if (refusal) {
+    await settle(ctx, call, { status: 'failed', error: { code: 'HANDOFF_REFUSED', message: refusal } });
+    return;
+  }
+  await settle(ctx, call, { status: 'succeeded', result: { handedOffTo: to } });
+  ctx.ending = { kind: 'handoff', to, reason, toolCallId: call.toolCallId };
+  void agent;
+}
+
+function parseJsonObject(text: string): Record<string, unknown> | null {
+  try {
+    const value: unknown = JSON.parse(text);
+    return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -227,7 +421,7 @@ async function runToolCall(ctx: TurnContext, call: PlannedToolCall): Promise<voi
  * the cancel still stops any attempt that has not started (a retry waiting for its back-off).
  * A tool whose turn was cancelled before it started never starts.
  */
-async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy): Promise<void> {
+async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy): Promise<string | null> {
   // Before this patch a write tool was started even when the cancel had already landed.
   if (CancellationScope.current().consideredCancelled) throw new CancelledFailure('the turn was cancelled before the tool started');
   const run = () =>
@@ -239,15 +433,30 @@ async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPoli
     });
   try {
     ctx.scheduled.add(call.toolCallId);
-    await run();
+    const outcome = await run();
     ctx.open.delete(call.toolCallId);
+    return outcome.error?.code === 'TOOL_AUTH_ERROR' ? outcome.error.message : null;
   } catch (error) {
     // Cancelled while running: the activity has recorded it, and the later close is a no-op.
     // Cancelled before an attempt started: closeOpenCalls records it (an earlier attempt may have run).
     if (isCancellation(error)) throw error;
+    const type = failureType(error);
+    if (type === 'TOOL_AUTH_ERROR') {
+      await settle(ctx, call, { status: 'failed', error: { code: 'TOOL_AUTH_ERROR', message: `The service behind '${call.name}' refused the credentials.` } });
+      return failureMessage(error);
+    }
     const code = timedOut(error) ? 'TOOL_TIMEOUT' : 'TOOL_EXECUTION_ERROR';
     await settle(ctx, call, { status: 'failed', error: { code, message: code === 'TOOL_TIMEOUT' ? `The tool '${call.name}' timed out.` : `The tool '${call.name}' failed.` } });
+    return null;
   }
+}
+
+function failureType(error: unknown): string | undefined {
+  return (error as { cause?: { type?: string } }).cause?.type;
+}
+
+function failureMessage(error: unknown): string {
+  return (error as { cause?: { message?: string } }).cause?.message ?? 'refused';
 }
 
 function timedOut(error: unknown): boolean {

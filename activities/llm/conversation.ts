@@ -5,6 +5,9 @@ function toChatMessage(m: MessageRow): OpenAI.ChatCompletionMessageParam {
   if (m.role === 'tool') return { role: 'tool', tool_call_id: m.tool_call_id ?? '', content: m.content };
   if (m.role === 'system') return { role: 'system', content: m.content };
   if (m.role === 'user') return { role: 'user', content: m.content };
+  // The model answers after an operator hands back: it reads what the person said as the team's.
+  if (m.role === 'operator') return { role: 'assistant', content: `[A person on the team wrote:] ${m.content}` };
+  if (m.role === 'event') return { role: 'system', content: m.content };
   if (!m.tool_calls?.length) return { role: 'assistant', content: m.content };
   return {
     role: 'assistant',

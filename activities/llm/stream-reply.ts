@@ -3,8 +3,9 @@ import type OpenAI from 'openai';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import { FailureType } from '../../contracts/failure-types';
-import { systemPromptOf } from '../../contracts/agents';
+import { systemPromptOf, type ResolvedAgent } from '../../contracts/agents';
 import { Usage, type StreamDeltaData } from '../../contracts/events';
+import { ESCALATE_TOOL, HANDOFF_TOOL } from '../../contracts/builtin-tools';
 import { assistantPosition, replyMessageIdOf, StreamReplyInput, streamIdOf, type StreamReplyResult } from '../../contracts/turn';
 import { appendEvent, notify } from '../../db/events';
 import { conversationUpTo, insertMessage, MessageRow } from '../../db/messages';
@@ -31,6 +32,9 @@ export interface StreamReplyDeps {
 }
 
 const StreamEndRow = z.object({ data: z.object({ messageId: z.string(), finishReason: z.string(), usage: Usage }) });
+
+/** What a router's member is told: others may answer parts of the same message before or after it. */
+const MEMBER_NOTE = 'You are one of several specialists in this conversation. Answer only the part of the user\'s latest message that is yours; another specialist handles the rest.';
 
 /** NOTIFY payloads are limited to 8000 bytes; 1,000 UTF-16 units stay under it even when every one is a 6-byte JSON escape. */
 const MAX_DELTA_CHARS = 1_000;
@@ -129,13 +133,23 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     const toolCalls = new ToolCallAssembler();
     let finishReason: string | null = null;
     let reported: Usage | null = null;
-    const tools = agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name, description, parameters } }));
+    const handoffTargets = input.handoffTo?.length ? await Promise.all(input.handoffTo.map((m) => deps.agents.get(m.id, m.version))) : [];
+    const tools = [
+      ...agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name, description, parameters } })),
+      ...builtinToolsFor(input, handoffTargets),
+    ];
+    // The greeting opens the reply: streamed first, stored with it, so the model reads it later too.
+    const greeting = input.greet && agent.personality?.greeting ? `${agent.personality.greeting}\n\n` : '';
+    if (greeting) {
+      content += greeting;
+      coalescer.push(greeting);
+    }
     try {
       // The client's own time-out (KEEL_LLM_TIMEOUT_MS, set on the client) bounds the wait for the response headers.
       const stream = await deps.openai.chat.completions.create(
         {
           model: input.model,
-          messages: toChatMessages(history, systemPromptOf(agent)),
+          messages: toChatMessages(history, input.member ? `${systemPromptOf(agent)}\n\n${MEMBER_NOTE}` : systemPromptOf(agent)),
           stream: true,
           stream_options: { include_usage: true },
           user: input.sessionId,
@@ -207,15 +221,16 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
           ...(reported ? { inputTokens: reported.inputTokens, outputTokens: reported.outputTokens, costUsd: reported.costUsd } : {}),
           ...(firstTokenAt === null ? {} : { ttftMs: Math.round(firstTokenAt - requestedAt) }),
           agentVersion: input.agent.version,
+          ...(input.member ? { agentId: input.agent.id } : {}),
           ...(calls.length ? { toolCalls: calls.map((c) => ({ id: c.modelCallId, name: c.name, arguments: c.arguments })) } : {}),
         });
-        // A reply that asks for no tools ends the turn.
-        if (calls.length === 0) {
+        // A reply that asks for no tools ends the turn, unless another agent answers after it.
+        if (calls.length === 0 && !input.continues) {
           await appendEvent(tx, {
             sessionId: input.sessionId,
             key: `turn:${input.turn}:done`,
             type: 'turn.done',
-            data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage, agentVersion: input.agent.version },
+            data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage, agentVersion: input.agent.version, ...(input.member ? { agent: input.agent.id } : {}) },
           });
         }
         return true;
@@ -232,7 +247,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     metrics.tokens.inc({ direction: 'input' }, usage.inputTokens);
     metrics.tokens.inc({ direction: 'output' }, usage.outputTokens);
     metrics.costUsd.inc(usage.costUsd);
-    if (calls.length === 0) metrics.turns.inc({ status: 'completed' });
+    if (calls.length === 0 && !input.continues) metrics.turns.inc({ status: 'completed' });
     if (!reported) deps.log.warn({ ...turnLogIds(input), step: input.step, attempt, model: input.model, messageId }, 'model reply came without usage: tokens and cost stored as unknown');
     deps.log.info(
       {
@@ -258,3 +273,35 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
 }
 
 export type StreamReplyActivities = ReturnType<typeof createStreamReplyActivities>;
+
+/** The handoff and escalate tools of router sessions, as the model sees them (the workflow carries them out). */
+function builtinToolsFor(input: StreamReplyInput, targets: (ResolvedAgent | null)[]) {
+  const tools = [];
+  const known = targets.filter((t): t is ResolvedAgent => t !== null);
+  if (known.length) {
+    tools.push({
+      type: 'function' as const,
+      function: {
+        name: HANDOFF_TOOL,
+        description: `Hand the conversation to another specialist when the request is theirs; they see the whole conversation. Specialists: ${known.map((t) => `${t.id} (${t.description ?? t.name})`).join('; ')}.`,
+        parameters: {
+          type: 'object',
+          properties: { to: { type: 'string', enum: known.map((t) => t.id) }, reason: { type: 'string', description: 'Why they should take over.' } },
+          required: ['to', 'reason'],
+          additionalProperties: false,
+        },
+      },
+    });
+  }
+  if (input.escalate) {
+    tools.push({
+      type: 'function' as const,
+      function: {
+        name: ESCALATE_TOOL,
+        description: 'Pass the conversation to a person on the team: when the user asks for one, or when you cannot help.',
+        parameters: { type: 'object', properties: { reason: { type: 'string', description: 'What the person needs to know.' } }, required: ['reason'], additionalProperties: false },
+      },
+    });
+  }
+  return tools;
+}

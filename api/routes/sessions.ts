@@ -9,6 +9,7 @@ import type { ApiDeps } from '../deps';
 import { callerOf } from '../auth';
 import { parseInput } from '../errors';
 import { buildVersion } from '../../config/build-version';
+import { issueEventsToken } from '../events-token';
 
 export function sessionView(row: SessionRow) {
   return {
@@ -45,8 +46,10 @@ export function sessionRoutes(deps: ApiDeps): Router {
   router.post('/sessions', async (ctx) => {
     const body = parseInput(CreateSessionBody, ctx.request.body ?? {});
     const row = await deps.sessions.create(callerOf(ctx), body);
+    // Only here, once: the session's token for POST …/external-events, when its agent enables one (docs/presence.md).
+    const eventsToken = await issueEventsToken(deps, row);
     ctx.status = 201;
-    ctx.body = sessionView(row);
+    ctx.body = { ...sessionView(row), ...(eventsToken === undefined ? {} : { eventsToken }) };
   });
 
   router.get('/sessions/:id', async (ctx) => {

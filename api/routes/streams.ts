@@ -12,6 +12,7 @@ import { openSse } from '../sse';
 import { refuseWhenStopping, sseCursor, streamFeedOverSse } from '../feed-stream';
 import { waitForTurn } from '../turn-waiter';
 import { lastSeq } from '../../db/events';
+import { escalatedAsOf } from '../../db/presence';
 
 export function streamRoutes(deps: ApiDeps): Router {
   const router = new Router({ prefix: '/api/v1' });
@@ -23,7 +24,8 @@ export function streamRoutes(deps: ApiDeps): Router {
     // Read before the check: a deletion after the check is then an event this stream gets (session.deleted).
     const seqAtCheck = after === undefined ? await lastSeq(deps.pool, sessionId) : after;
     await deps.sessions.require(sessionId, caller);
-    streamFeedOverSse(deps, ctx, caller, { sessionId, after: seqAtCheck, ...(streamOffset === undefined ? {} : { streamOffset }) });
+    const escalated = await escalatedAsOf(deps.pool, sessionId, seqAtCheck);
+    streamFeedOverSse(deps, ctx, caller, { sessionId, after: seqAtCheck, ...(streamOffset === undefined ? {} : { streamOffset }), agentStatus: { escalated } });
   });
 
   router.post('/sessions/:id/chat', async (ctx) => {
