@@ -247,6 +247,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       continueAsNewAfterEvents: Math.max(1, e.KEEL_CONTINUE_AS_NEW_EVENTS),
       maxQueuedMessages: Math.max(1, e.KEEL_SESSION_MAX_QUEUED),
       persistenceTimeoutMs: Math.max(1_000, e.KEEL_PERSISTENCE_TIMEOUT_MS),
+      escalationTimeoutMs: escalationActivityTimeoutMs(e),
       llm: {
         startToCloseTimeoutMs: e.KEEL_LLM_TIMEOUT_MS + 5_000,
         heartbeatTimeoutMs: e.KEEL_LLM_HEARTBEAT_TIMEOUT_MS,
@@ -333,10 +334,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
        * What the escalate activity's startToCloseTimeout must exceed: every attempt's time-out and
        * every back-off wait, plus 15 s for the address checks and the writes.
        */
-      activityTimeoutMs:
-        Math.max(1, e.KEEL_ESCALATION_MAX_ATTEMPTS) * Math.max(100, e.KEEL_ESCALATION_TIMEOUT_MS) +
-        e.KEEL_ESCALATION_BACKOFF_MS * (2 ** (Math.max(1, e.KEEL_ESCALATION_MAX_ATTEMPTS) - 1) - 1) +
-        15_000,
+      activityTimeoutMs: escalationActivityTimeoutMs(e),
     },
     slo: {
       tteP95Seconds: e.KEEL_SLO_TTE_P95_SECONDS,
@@ -376,4 +374,13 @@ export function temporalAddressOf(settings: Settings): string {
 
 export function databaseUrlOf(settings: Settings): string {
   return settings.databaseUrl ?? EMBEDDED_DATABASE_URL;
+}
+
+/**
+ * What the escalate activity's startToCloseTimeout must exceed: every attempt's time-out and
+ * every back-off wait, plus 15 s for the address checks and the writes.
+ */
+function escalationActivityTimeoutMs(e: Pick<z.infer<typeof Env>, 'KEEL_ESCALATION_MAX_ATTEMPTS' | 'KEEL_ESCALATION_TIMEOUT_MS' | 'KEEL_ESCALATION_BACKOFF_MS'>): number {
+  const attempts = Math.max(1, e.KEEL_ESCALATION_MAX_ATTEMPTS);
+  return attempts * Math.max(100, e.KEEL_ESCALATION_TIMEOUT_MS) + e.KEEL_ESCALATION_BACKOFF_MS * (2 ** (attempts - 1) - 1) + 15_000;
 }

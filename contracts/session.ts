@@ -56,6 +56,8 @@ export const SessionConfig = z.object({
    * before it was carried: 30 s.
    */
   persistenceTimeoutMs: z.number().int().positive().optional(),
+  /** Start-to-close of the escalate activity (all its webhook attempts and waits); absent in older sessions: 90 s. */
+  escalationTimeoutMs: z.number().int().positive().optional(),
   /** Set when the session's agent is a router: `agent` is then the router itself. */
   router: SessionRouter.optional(),
   llm: z.object({

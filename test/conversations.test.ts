@@ -103,7 +103,6 @@ const done = (turn: number, status: 'completed' | 'failed' | 'cancelled' = 'comp
 describe('a real conversation: tool turn, approval, retried model call', () => {
   let sessionId: string;
   let steps: ReplayStep[];
-  let approvalWaitMs: number;
 
   beforeAll(async () => {
     sessionId = await stack.createSession();
@@ -114,11 +113,9 @@ describe('a real conversation: tool turn, approval, retried model call', () => {
     stack.model.script(sessionId, { toolCalls: [{ name: 'create_note', arguments: JSON.stringify({ title: 'replayed', body: 'a note' }) }] });
     ws.send({ type: 'message', content: 'save a note' });
     const required = await ws.waitFor(of('approval.required'));
-    const asked = Date.now();
     await new Promise((r) => setTimeout(r, 300));
     const decided = await stack.request('POST', `/api/v1/sessions/${sessionId}/approvals/${required.data.toolCallId}`, { approved: true, digest: required.data.digest });
     expect(decided.status).toBe(200);
-    approvalWaitMs = Date.now() - asked;
     await ws.waitForCount(of('turn.done'), 2);
 
     // The next model call breaks mid-stream once: Temporal retries it as attempt 2.
@@ -173,7 +170,6 @@ describe('a real conversation: tool turn, approval, retried model call', () => {
       } else if (s.type === 'approval_decision') {
         expect(s.durationMs).toBeCloseTo(await msBetween(sessionId, seqOf((e) => e.type === 'approval.required' && e.data.toolCallId === s.data.toolCallId), s.seq), -0.5);
         expect(s.durationMs!).toBeGreaterThanOrEqual(300);
-        expect(s.durationMs!).toBeLessThanOrEqual(approvalWaitMs + 1_000);
       } else if (s.type === 'turn_end') {
         expect(s.durationMs).toBeCloseTo(await msBetween(sessionId, seqOf((e) => e.type === 'message.accepted' && e.data.turn === s.turn), s.seq), -0.5);
       } else {
@@ -219,7 +215,7 @@ describe('a real conversation: tool turn, approval, retried model call', () => {
     expect(c.replies).toBe(5);
     const events = await storedEvents(sessionId);
     const firstAccepted = events.find((e) => e.type === 'message.accepted')!.seq;
-    // The first reply asked for the calculator and has no text: the first answer is the one with text.
+    // A reply that only asks for a tool is not an answer yet: the first answer is the first reply with text.
     const firstAnswer = events.find((e) => e.type === 'stream.end' && e.data.content !== '')!.seq;
     expect(c.firstResponseMs).toBeCloseTo(await msBetween(sessionId, firstAccepted, firstAnswer), -0.5);
     expect(c.totalMs).toBeCloseTo(await msBetween(sessionId, firstAccepted, events[events.length - 1]!.seq), -0.5);

@@ -2,7 +2,6 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { AgentStatusTracker } from '../api/agent-status';
 import type { DurableEvent } from '../contracts/events';
-import { appendEvent } from '../db/events';
 import { openPool, type DatabasePool } from '../db/pool';
 import { SseClient } from './support/sse-client';
 import { DEV_TOKEN, eventually, startStack, type Stack } from './support/stack';
@@ -41,12 +40,14 @@ async function eventTypes(sessionId: string): Promise<string[]> {
   return rows.map((r) => r.type as string);
 }
 
-/** What the escalation activity writes (the lead's workflow code); inserted directly so these tests need only the API. */
+/** Escalates through the API (an operator taking over) and waits for the workflow to record it; the event's seq. */
 async function escalate(sessionId: string): Promise<number> {
-  const { event } = await pool.transaction((tx) =>
-    appendEvent(tx, { sessionId, key: `test-escalation:${Date.now()}`, type: 'session.escalated', data: { turn: 1, reason: 'the user asked for a person', source: 'tool', agent: 'default', messageId: `${sessionId}-esc-test` } }),
-  );
-  return event.seq;
+  const res = await stack.request('POST', `/api/v1/sessions/${sessionId}/escalate`, { reason: 'the user asked for a person' }, admin());
+  expect(res.status).toBe(202);
+  return eventually(async () => {
+    const { rows } = await stack.db.query("SELECT seq FROM session_events WHERE session_id = $1 AND type = 'session.escalated'", [sessionId]);
+    return rows.length === 1 ? Number(rows[0].seq) : null;
+  }, 20_000, 'the session.escalated event');
 }
 
 describe('typing', () => {
@@ -305,7 +306,8 @@ describe('operator API', () => {
       { turn: 1, position: 950_001, role: 'operator', content: 'Your refund is on its way' },
     ]);
     const listed = await stack.request('GET', `/api/v1/sessions/${sessionId}/messages`);
-    expect(listed.body.messages.map((m: { role: string }) => m.role)).toEqual(['user', 'assistant', 'operator', 'operator']);
+    // The turn's reply, the escalation message the user was sent, then the operator's.
+    expect(listed.body.messages.map((m: { role: string }) => m.role)).toEqual(['user', 'assistant', 'assistant', 'operator', 'operator']);
 
     const back = await stack.request('POST', `/api/v1/sessions/${sessionId}/hand-back`, {}, admin());
     expect(back.status).toBe(200);
@@ -432,6 +434,24 @@ describe('external events', () => {
     expect(big.status).toBe(413);
     expect(big.body.error.code).toBe('PAYLOAD_TOO_LARGE');
     expect((await stack.request('POST', url, { type: 'a.b', extra: 1 }, admin())).status).toBe(422);
+  });
+
+  test('with mode wait (the default) the event starts no turn; the next message\'s turn reads it, before the message', async () => {
+    const sessionId = await stack.createSession();
+    const ws = await stack.ws(sessionId);
+    const res = await stack.request('POST', `/api/v1/sessions/${sessionId}/external-events`, { type: 'payment.failed', data: { orderId: '1002' } }, admin());
+    expect(res.status).toBe(201);
+    await ws.waitFor(of('external.event'));
+    ws.send({ type: 'message', content: 'anything new?' });
+    const done = await ws.waitFor(of('turn.done'));
+    expect(done.data.turn).toBe(1);
+    expect(ws.frames.filter(of('turn.done'))).toHaveLength(1);
+    const messages = stack.model.requests(sessionId).at(-1)!.body.messages as { role: string; content: string }[];
+    const at = messages.findIndex((m) => m.role === 'system' && m.content.startsWith('External event payment.failed'));
+    expect(at).toBeGreaterThan(0);
+    expect(messages[at + 1]).toMatchObject({ role: 'user', content: 'anything new?' });
+    const { rows } = await stack.db.query('SELECT turn, position FROM messages WHERE id = $1', [res.body.messageId]);
+    expect(rows[0]).toEqual({ turn: 1, position: -1 });
   });
 
   // The workflow side (the signal wakes a turn, the event message joins the model's conversation) is the session workflow's.

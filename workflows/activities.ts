@@ -12,11 +12,8 @@ const PERSISTENCE_NON_RETRYABLE = [FailureType.persistenceInvalid];
 const LEGACY_PERSISTENCE_TIMEOUT_MS = 30_000;
 /** How often a running tool must report life; it heartbeats every third of this. */
 const TOOL_HEARTBEAT_TIMEOUT_MS = 5_000;
-/**
- * The escalation activity posts the webhook itself (3 attempts of 10 s with 2 s and 4 s between,
- * by default): it gets room for all of them, and one more try of the whole if its worker dies.
- */
-const ESCALATION_TIMEOUT_MS = 90_000;
+/** Sessions started before the escalation time-out was carried in their config. */
+const LEGACY_ESCALATION_TIMEOUT_MS = 90_000;
 const ESCALATION_HEARTBEAT_TIMEOUT_MS = 15_000;
 
 interface EscalationActivities {
@@ -45,7 +42,8 @@ export function sessionActivities(config: SessionConfig) {
     },
   });
   const escalation = proxyActivities<EscalationActivities>({
-    startToCloseTimeout: ESCALATION_TIMEOUT_MS,
+    // The activity posts the webhook itself, every attempt and back-off within one start-to-close.
+    startToCloseTimeout: config.escalationTimeoutMs ?? LEGACY_ESCALATION_TIMEOUT_MS,
     heartbeatTimeout: ESCALATION_HEARTBEAT_TIMEOUT_MS,
     retry: { maximumAttempts: 3, initialInterval: '1 second', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
   });

@@ -152,6 +152,8 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 /** An operator took the conversation over between turns: told to the user like any escalation, without ending a turn. */
 async function escalateForOperator(state: SessionState, acts: ReturnType<typeof sessionActivities>, e: { by: string; reason: string }): Promise<void> {
   const turn = Math.max(1, state.lastTurn);
+  // Decided before it is recorded: a hand-back that lands while the activity runs wins.
+  state.escalate();
   await acts.escalate({
     sessionId: state.sessionId,
     escalationId: `op-t${turn}`,
@@ -161,8 +163,10 @@ async function escalateForOperator(state: SessionState, acts: ReturnType<typeof 
     source: 'operator',
     agent: null,
     endsTurn: false,
+  }).catch((error: unknown) => {
+    state.handBack();
+    throw error;
   });
-  state.escalate();
 }
 
 function shouldContinueAsNew(state: SessionState): boolean {

@@ -171,6 +171,8 @@ export async function escalateConversation(
   e: { source: EscalationSource; reason: string; agent: SessionAgent | null; endsTurn: boolean },
 ): Promise<void> {
   const { state, message } = ctx;
+  // Decided here, before it is recorded: a hand-back that lands while the activity runs wins.
+  state.escalate();
   await CancellationScope.nonCancellable(() =>
     ctx.acts.escalate({
       sessionId: state.sessionId,
@@ -182,8 +184,11 @@ export async function escalateConversation(
       agent: e.agent ? { id: e.agent.id, version: e.agent.version } : null,
       endsTurn: e.endsTurn,
     }),
-  );
-  state.escalate();
+  ).catch((error: unknown) => {
+    // Not recorded, so the user was never told: the agents keep the conversation.
+    state.handBack();
+    throw error;
+  });
 }
 
 /** An escalated conversation: the message is accepted and the turn ends at once; the operator answers. */

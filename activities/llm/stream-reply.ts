@@ -93,6 +93,8 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       });
     });
     started.catch(() => undefined);
+    // An outside event that waited for this turn joins it with this acceptance: read the conversation after it.
+    if (input.accept.some((m) => m.turn === input.turn && m.messageId !== input.replyTo)) await started.catch(() => undefined);
     const { history, agent } = await (async () => {
       const [rows, stored] = await Promise.all([conversationUpTo(pool, input.sessionId, input.turn, input.replyTo), deps.agents.get(input.agent.id, input.agent.version)]);
       if (!stored) throw ApplicationFailure.nonRetryable(`agent ${input.agent.id} version ${input.agent.version} is not stored`, FailureType.persistenceInvalid);
