@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -14,6 +15,7 @@ import { openPool, type DatabasePool } from '../db/pool';
 import { builtinTools, classifyHttpStatus, ToolAuthError, ToolTransientError, ToolValidationError, type ToolContext, type ToolSettings } from '../tools';
 import { createTestDatabase, dropTestDatabase } from './support/database';
 import { startStack, type Stack } from './support/stack';
+import type { WsClient } from './support/ws-client';
 import type { Frame } from './support/ws-client';
 
 /**
@@ -233,7 +235,7 @@ describe('executeTool records what each attempt ends with', () => {
 describe('whole sessions: Temporal retries the transient failures only', () => {
   let stack: Stack;
   beforeAll(async () => {
-    stack = await startStack({ env: { KEEL_HTTP_ALLOW_HOSTS: `127.0.0.1:${service.port}`, KEEL_HTTP_TIMEOUT_MS: '500' } });
+    stack = await startStack({ env: { KEEL_AGENTS_FILE: path.join(__dirname, 'fixtures/agents.yaml'), KEEL_HTTP_ALLOW_HOSTS: `127.0.0.1:${service.port}`, KEEL_HTTP_TIMEOUT_MS: '500' } });
   });
   afterAll(async () => {
     await stack?.stop();
@@ -242,15 +244,40 @@ describe('whole sessions: Temporal retries the transient failures only', () => {
   const of = (type: string) => (f: Frame) => f.type === type;
 
   /** A session whose model calls http_request on `url`; resolves with the call's tool.result and the turn's turn.done. */
-  async function fetchThrough(url: string): Promise<{ sessionId: string; result: Frame; done: Frame }> {
-    const sessionId = await stack.createSession();
+  async function fetchThrough(url: string, agentId = 'default'): Promise<{ sessionId: string; result: Frame; done: Frame; ws: WsClient }> {
+    const sessionId = await stack.createSession({ agentId });
     const ws = await stack.ws(sessionId);
     stack.model.script(sessionId, { toolCalls: [{ name: 'http_request', arguments: JSON.stringify({ url }) }] });
     ws.send({ type: 'message', content: 'fetch it' });
     const result = await ws.waitFor(of('tool.result'), 30_000);
     const done = await ws.waitFor(of('turn.done'), 30_000);
-    return { sessionId, result, done };
+    return { sessionId, result, done, ws };
   }
+
+  test('401 in an agent that may escalate: the conversation goes to a person, and no model call follows', async () => {
+    const url = service.script([401]);
+    const { sessionId, done, ws } = await fetchThrough(url, 'escalating');
+    expect(ws.frames.find(of('session.escalated'))!.data).toMatchObject({ source: 'tool_auth', agent: 'escalating' });
+    expect(done.data).toMatchObject({ status: 'completed', content: 'A person from our team will take it from here.' });
+    expect(stack.model.requests(sessionId)).toHaveLength(1);
+    // Held for the operator from now on.
+    ws.send({ type: 'message', content: 'hello?' });
+    const held = await ws.waitForCount(of('turn.done'), 2);
+    expect(held[1]!.data).toMatchObject({ awaitingOperator: true });
+    expect(stack.model.requests(sessionId)).toHaveLength(1);
+  });
+
+  test("the provider's 401 in an agent that may escalate: the turn fails with LLM_AUTH_ERROR, then the conversation goes to a person", async () => {
+    const sessionId = await stack.createSession({ agentId: 'escalating' });
+    stack.model.script(sessionId, { failNext: { count: 1, status: 401 } });
+    const ws = await stack.ws(sessionId);
+    ws.send({ type: 'message', content: 'hi' });
+    expect((await ws.waitFor(of('turn.done'))).data).toMatchObject({ status: 'failed', errorCode: 'LLM_AUTH_ERROR' });
+    expect((await ws.waitFor(of('session.escalated'))).data).toMatchObject({ source: 'llm_auth', agent: 'escalating' });
+    // The user is told, in the agent's words, though the turn itself failed.
+    const { rows } = await stack.db.query("SELECT content FROM messages WHERE session_id = $1 AND id LIKE '%-esc-%'", [sessionId]);
+    expect(rows).toEqual([{ content: 'A person from our team will take it from here.' }]);
+  });
 
   test('503, 503, then 200: the call succeeds on its third attempt', async () => {
     const url = service.script([503, 503]);

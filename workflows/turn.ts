@@ -109,7 +109,7 @@ export async function runTurn(state: SessionState, acts: SessionActivityProxies,
       );
       // The provider refused the deployment's credentials: no agent can answer, so a person must.
       if (!cancelled && body.code === 'LLM_AUTH_ERROR' && mayEscalate(state)) {
-        await contained('escalate the conversation', () => escalateConversation(ctx, { source: 'llm_auth', reason: body.message, agent: null, endsTurn: false }));
+        await contained('escalate the conversation', () => escalateConversation(ctx, { source: 'llm_auth', reason: body.message, agent: state.config.router ? null : state.config.agent, endsTurn: false }));
       }
     });
     return cancelled ? 'cancelled' : 'failed';
