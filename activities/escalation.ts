@@ -2,7 +2,7 @@ import { Context } from '@temporalio/activity';
 import { CancelledFailure } from '@temporalio/common';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
-import { EscalateInput, ESCALATION_POSITION, escalationMessageIdOf, type EscalateResult } from '../contracts/turn';
+import { EscalateInput, ESCALATION_POSITION, ESCALATIONS_PER_TURN, escalationMessageIdOf, type EscalateResult } from '../contracts/turn';
 import { WEBHOOK_HEADERS } from '../contracts/webhooks';
 import type { AgentVersions } from '../agents/versions';
 import type { Logger } from '../config/logger';
@@ -64,11 +64,15 @@ export function createEscalationActivities(deps: EscalationDeps) {
     const text = await escalationMessageOf(input.agent);
     return pool.transaction(async (tx) => {
       const ids = { sessionId: input.sessionId };
+      // A turn can hold more than one escalation (an operator's take-over, handed back, taken again).
+      const position = await tx.oneFirst(sql.type(z.object({ position: z.number() }))`
+        SELECT COALESCE(MAX(position) + 1, ${ESCALATION_POSITION})::int AS position FROM messages
+        WHERE session_id = ${input.sessionId} AND turn = ${input.turn} AND position >= ${ESCALATION_POSITION} AND position < ${ESCALATION_POSITION + ESCALATIONS_PER_TURN}`);
       await insertMessage(tx, {
         id: messageId,
         sessionId: input.sessionId,
         turn: input.turn,
-        position: ESCALATION_POSITION,
+        position,
         role: 'assistant',
         content: text,
         ...(input.agent ? { agentId: input.agent.id, agentVersion: input.agent.version } : {}),
@@ -179,7 +183,8 @@ export function createEscalationActivities(deps: EscalationDeps) {
           sessionId: input.sessionId,
           key: `escalation:${input.escalationId}:delivered`,
           type: 'escalation.delivered',
-          data: { turn: input.turn, success: recorded.success === true, statusCode: recorded.status_code, attempts: recorded.attempts, error: recorded.error },
+          // The session's stream is the customer's: the details (hosts, network errors) stay in the escalations row.
+          data: { turn: input.turn, success: recorded.success === true, statusCode: recorded.status_code, attempts: recorded.attempts, error: publicDeliveryError(recorded) },
         });
         return recorded;
       });
@@ -204,3 +209,10 @@ function cancellationOf(signal: AbortSignal): Error {
 }
 
 export type EscalationActivities = ReturnType<typeof createEscalationActivities>;
+
+/** What `escalation.delivered` says of a failed delivery: its class only. */
+export function publicDeliveryError(recorded: { success: boolean | null; status_code: number | null; error: string | null }): string | null {
+  if (recorded.success === true || recorded.error === null) return null;
+  if (recorded.error.startsWith('no escalation webhook')) return recorded.error.split(' (')[0]!;
+  return recorded.status_code !== null ? `the receiver answered ${recorded.status_code}` : 'the receiver could not be reached';
+}

@@ -104,7 +104,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
   async function settleIn(tx: DatabaseTransactionConnection, input: SettleInput): Promise<void> {
     if (input.approval) {
       await recordApproval(tx, input.toolCallId, input.approval);
-      await appendEvent(tx, { sessionId: input.sessionId, key: `approved:${input.toolCallId}`, type: 'approval.resolved', data: { toolCallId: input.toolCallId, ...input.approval } });
+      await appendEvent(tx, { sessionId: input.sessionId, key: `approved:${input.toolCallId}`, type: 'approval.resolved', data: { toolCallId: input.toolCallId, turn: input.turn, ...input.approval } });
     }
     if (!input.status) return;
     // The first result recorded is the one that stands: a later close of the same call is a no-op.

@@ -1,3 +1,4 @@
+import { KeelError } from '../contracts/errors';
 import type { ResolvedAgent } from '../contracts/agents';
 import type { SessionAgent, SessionRouter } from '../contracts/session';
 
@@ -45,7 +46,7 @@ export async function sessionRouterOf(
   const members: SessionAgent[] = [];
   for (const id of router.router.agents) {
     const member = await memberOf(id);
-    if (!member) throw new Error(`router "${router.id}": member agent "${id}" has no active version`);
+    if (!member) throw new KeelError('AGENT_NOT_FOUND', `The router's member agent "${id}" has no active version`, { agentId: router.id, member: id });
     members.push({ ...sessionAgentOf(member, defaultModel), escalate: true });
   }
   return { threshold: router.router.threshold, maxHandoffs: router.router.maxHandoffs, members };

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { BUILTIN_TOOL_NAMES } from './builtin-tools';
 import { ToolPermission, type ToolDefinition } from './tools';
 
 export const AGENT_ID_PATTERN = /^[a-zA-Z0-9_-]{1,64}$/;
@@ -154,6 +155,7 @@ export const AgentDefinition = z
     });
     def.tools.forEach((tool, i) => {
       if (def.tools.indexOf(tool) !== i) ctx.addIssue({ code: 'custom', path: ['tools', i], message: `"${tool}" is listed twice` });
+      if (BUILTIN_TOOL_NAMES.includes(tool)) ctx.addIssue({ code: 'custom', path: ['tools', i], message: `"${tool}" is a built-in tool (offered by routers and \`escalate: true\`), not one to list` });
     });
     for (const tool of Object.keys(def.toolPolicy ?? {})) {
       if (!def.tools.includes(tool)) ctx.addIssue({ code: 'custom', path: ['toolPolicy', tool], message: `"${tool}" is not in tools` });

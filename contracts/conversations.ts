@@ -92,6 +92,8 @@ export const ReplayQuery = z.object({
     .string()
     .regex(/^\d{1,10}$/, 'must be a nextCursor of an earlier page')
     .transform(Number)
+    // session_events.seq is a Postgres integer.
+    .refine((n) => n <= 2_147_483_647, 'must be a nextCursor of an earlier page')
     .optional(),
 });
 

@@ -69,6 +69,8 @@ export type ApprovalOutcome = z.infer<typeof ApprovalOutcome>;
 
 export const ApprovalResolvedData = z.object({
   toolCallId: z.string(),
+  /** The turn of the call (absent on events written before it was carried). */
+  turn: z.number().int().positive().optional(),
   outcome: ApprovalOutcome,
   decidedBy: z.string().nullable(),
   feedback: z.string().nullable(),

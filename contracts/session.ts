@@ -50,6 +50,8 @@ export const SessionConfig = z.object({
   continueAsNewAfterEvents: z.number().int().positive(),
   /** Messages waiting for their turn beyond this are refused with SESSION_BUSY. */
   maxQueuedMessages: z.number().int().positive(),
+  /** Outside events waiting for the next turn beyond this drop the oldest; absent in older sessions: 100. */
+  maxWaitingEvents: z.number().int().positive().optional(),
   /**
    * Start-to-close of one attempt of a persistence activity (a few writes): also how long a turn
    * waits for a retry when the worker running the attempt died. Absent in sessions started
@@ -107,6 +109,10 @@ export const SessionSnapshot = z.object({
   greeted: z.array(z.string()).optional(),
   /** Outside events that wait for the next turn (their messages get its turn number when it starts). */
   waitingEvents: z.array(z.string()).optional(),
+  /** Escalations so far: each gets the next number as its ID. */
+  escalations: z.number().int().nonnegative().optional(),
+  /** An operator's take-over not yet done (it waits for the running turn to end). */
+  operatorEscalation: z.object({ by: z.string(), reason: z.string() }).optional(),
 });
 export type SessionSnapshot = z.infer<typeof SessionSnapshot>;
 

@@ -72,6 +72,8 @@ export const StreamReplyInput = z.object({
   continues: z.boolean().optional(),
   /** In a router session, the member answering (stored on the message, named in turn.done). */
   member: z.boolean().optional(),
+  /** In a router session, the router's version: turn.done carries it (release health counts turns by the session's agent). */
+  sessionAgentVersion: z.number().int().nonnegative().optional(),
 });
 export type StreamReplyInput = z.infer<typeof StreamReplyInput>;
 
@@ -226,6 +228,8 @@ export type EscalateResult = z.infer<typeof EscalateResult>;
 
 /** Where the escalation message sits in its turn: after every step's messages. */
 export const ESCALATION_POSITION = 900_000;
+/** Escalation messages of one turn take positions from ESCALATION_POSITION on (operator messages start at 950,000). */
+export const ESCALATIONS_PER_TURN = 50_000;
 export const escalationMessageIdOf = (sessionId: string, escalationId: string) => `${sessionId}-esc-${escalationId}`;
 
 

@@ -86,6 +86,9 @@ export async function messageAccepted(db: CommonQueryMethods, id: string): Promi
   return db.exists(sql.unsafe`SELECT 1 FROM messages WHERE id = ${id} AND turn IS NOT NULL`);
 }
 
+/** Where a turn's outside events start: before its user message (position 0). */
+const EVENT_POSITION_BASE = -1000;
+
 const AcceptedRow = z.object({ content: z.string(), client_message_id: z.string().nullable(), role: MessageRow.shape.role });
 
 /**
@@ -98,9 +101,12 @@ export async function acceptMessage(
   id: string,
   turn: number,
 ): Promise<{ outcome: 'accepted'; content: string; clientMessageId: string | null; role: MessageRow['role'] } | { outcome: 'already' | 'missing' }> {
-  // An outside event that waited for this turn sits before the user message that started it.
+  // Outside events that waited for this turn sit before the user message that started it, in the
+  // order they were accepted (-1000, -999, …: a turn holds far fewer than 1000 of them).
   const updated = await db.maybeOne(sql.type(AcceptedRow)`
-    UPDATE messages SET turn = ${turn}, position = CASE WHEN role = 'event' THEN -1 ELSE 0 END
+    UPDATE messages SET turn = ${turn}, position = CASE WHEN role = 'event' THEN
+        ${EVENT_POSITION_BASE} + (SELECT count(*) FROM messages e WHERE e.session_id = ${sessionId} AND e.turn = ${turn} AND e.position < 0)::int
+      ELSE 0 END
     WHERE id = ${id} AND session_id = ${sessionId} AND turn IS NULL
     RETURNING content, client_message_id, role`);
   if (updated) return { outcome: 'accepted', content: updated.content, clientMessageId: updated.client_message_id, role: updated.role };

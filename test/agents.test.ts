@@ -120,6 +120,24 @@ describe('agent definitions file', () => {
     expect(tooShort.error.message).toBe(`${tooShort.file}: agent "second": agents[1].toolPolicy.create_note.approvalTtlMs (line 12): must be at least 1000`);
   });
 
+  test('the built-in tools (handoff, escalate) cannot be listed', async () => {
+    const { error } = await loadError('agents:\n  - id: a\n    name: A\n    systemPrompt: x\n    tools: [calculator, escalate]\n');
+    expect(error).toMatchObject({ field: 'agents[0].tools[1]' });
+    expect(error.message).toContain('"escalate" is a built-in tool');
+  });
+
+  test('routers: members must be agents of the file, ids are shared with agents, errors name the router', async () => {
+    const router = (body: string) => `agents:\n  - id: a\n    name: A\n    systemPrompt: x\nrouters:\n  - id: desk\n    name: Desk\n${body}`;
+    const unknown = await loadError(router('    agents: [a, b]\n    classifier: { prompt: route }\n'));
+    expect(unknown.error).toMatchObject({ field: 'routers[0].agents[1]' });
+    expect(unknown.error.message).toContain('agent "desk"');
+    expect(unknown.error.message).toContain('"b" is not an agent in this file');
+    const clash = await loadError(router('    agents: [a]\n    classifier: { prompt: route }\n').replace('id: desk', 'id: a'));
+    expect(clash.error.message).toContain('"a" is already an agent\'s id');
+    const threshold = await loadError(router('    agents: [a]\n    classifier: { prompt: route, threshold: 2 }\n'));
+    expect(threshold.error).toMatchObject({ field: 'routers[0].classifier.threshold' });
+  });
+
   test('agent ids must be unique', async () => {
     const { error } = await loadError(twoAgents('  - id: first\n    name: Again\n    systemPrompt: Hello.\n'));
     expect(error).toMatchObject({ field: 'agents[2].id', line: 10 });

@@ -378,7 +378,7 @@ test('bad input: malformed ID 400, unknown 404, bad filters and cursors 422', as
     expect([query, res.status, res.body.error.code]).toEqual([query, 422, 'VALIDATION_ERROR']);
   }
   const id = await syntheticSession();
-  for (const query of ['cursor=-1', 'cursor=abc', 'limit=0']) {
+  for (const query of ['cursor=-1', 'cursor=abc', 'limit=0', 'cursor=2147483648', 'cursor=9999999999']) {
     const res = await stack.request('GET', `/api/v1/conversations/${id}/replay?${query}`);
     expect([query, res.status, res.body.error.code]).toEqual([query, 422, 'VALIDATION_ERROR']);
   }

@@ -156,8 +156,9 @@ describe('agent.status', () => {
     // the end of a turn now still shows the session waiting for its operator.
     const late = await stack.ws(sessionId);
     expect((await stack.request('POST', `/api/v1/sessions/${sessionId}/messages`, { content: 'anyone there?' })).status).toBe(202);
-    await late.waitFor(of('turn.done'));
-    expect(late.frames.filter(of('agent.status')).at(-1)!.data).toMatchObject({ status: 'escalated' });
+    expect((await late.waitFor(of('turn.done'))).data).toMatchObject({ awaitingOperator: true });
+    // The turn was held for the operator: the status never left escalated (it is sent on changes only).
+    expect(late.frames.filter(of('agent.status')).map((f) => f.data.status)).not.toContain('thinking');
 
     const back = await stack.request('POST', `/api/v1/sessions/${sessionId}/hand-back`, {}, admin());
     expect(back.status).toBe(200);
@@ -364,6 +365,19 @@ describe('operator API', () => {
     expect(already.status).toBe(200);
     expect(already.body).toEqual({ escalated: true, alreadyEscalated: true });
   });
+
+  test('a second take-over after a hand-back, with no message between, is its own escalation', async () => {
+    const sessionId = await stack.createSession();
+    const ws = await stack.ws(sessionId);
+    await escalate(sessionId);
+    expect((await stack.request('POST', `/api/v1/sessions/${sessionId}/hand-back`, {}, admin())).status).toBe(200);
+    await ws.waitFor(of('session.handed_back'));
+    expect((await stack.request('POST', `/api/v1/sessions/${sessionId}/escalate`, { reason: 'again' }, admin())).status).toBe(202);
+    const escalations = await ws.waitForCount(of('session.escalated'), 2);
+    expect(escalations[1]!.data.messageId).not.toBe(escalations[0]!.data.messageId);
+    // The log says escalated again, so the operator can write.
+    expect((await stack.request('POST', `/api/v1/sessions/${sessionId}/operator-messages`, { content: 'back again' }, admin())).status).toBe(201);
+  });
 });
 
 describe('external events', () => {
@@ -451,7 +465,25 @@ describe('external events', () => {
     expect(at).toBeGreaterThan(0);
     expect(messages[at + 1]).toMatchObject({ role: 'user', content: 'anything new?' });
     const { rows } = await stack.db.query('SELECT turn, position FROM messages WHERE id = $1', [res.body.messageId]);
-    expect(rows[0]).toEqual({ turn: 1, position: -1 });
+    expect(rows[0]).toEqual({ turn: 1, position: -1000 });
+  });
+
+  test('several events waiting for one turn all join it, in the order they came, before the message', async () => {
+    const sessionId = await stack.createSession();
+    const ws = await stack.ws(sessionId);
+    for (const type of ['order.shipped', 'payment.failed', 'order.delayed']) {
+      expect((await stack.request('POST', `/api/v1/sessions/${sessionId}/external-events`, { type, data: { orderId: '1002' } }, admin())).status).toBe(201);
+    }
+    await ws.waitForCount(of('external.event'), 3);
+    ws.send({ type: 'message', content: 'what happened?' });
+    expect((await ws.waitFor(of('turn.done'))).data.status).toBe('completed');
+    const messages = stack.model.requests(sessionId).at(-1)!.body.messages as { role: string; content: string }[];
+    expect(messages.slice(1).map((m) => (m.role === 'system' ? m.content.split(':')[0] : m.role))).toEqual([
+      'External event order.shipped',
+      'External event payment.failed',
+      'External event order.delayed',
+      'user',
+    ]);
   });
 
   // The workflow side (the signal wakes a turn, the event message joins the model's conversation) is the session workflow's.

@@ -173,6 +173,25 @@ test('ordered actions (the default with a tool that needs approval): a call wait
   wellFormed(sessionId);
 });
 
+test('a cancel while an ordered step waits keeps the decision already taken on a later call', async () => {
+  const { sessionId, ws } = await session();
+  stack.model.script(sessionId, { toolCalls: [note('first'), note('second')] });
+  ws.send({ type: 'message', content: 'two notes' });
+  const required = await ws.waitForCount(of('approval.required'), 2);
+  ws.send({ type: 'approval', toolCallId: required[1]!.data.toolCallId, approved: true });
+  await ws.waitFor((f) => f.type === 'approval.accepted' && f.data.toolCallId === required[1]!.data.toolCallId);
+  ws.send({ type: 'cancel' });
+  expect((await ws.waitFor(of('turn.done'))).data.status).toBe('cancelled');
+  const resolved = Object.fromEntries(ws.frames.filter(of('approval.resolved')).map((f) => [f.data.toolCallId, [f.data.outcome, f.data.decidedBy]]));
+  expect(resolved).toEqual({ [required[0]!.data.toolCallId]: ['cancelled', null], [required[1]!.data.toolCallId]: ['approved', 'dev'] });
+  // Neither ran: the approved one was behind the first.
+  expect(ws.frames.filter(of('tool.result')).map((r) => [r.data.name, r.data.status, r.data.ran])).toEqual([
+    ['create_note', 'cancelled', false],
+    ['create_note', 'cancelled', false],
+  ]);
+  wellFormed(sessionId);
+});
+
 test('ordered actions run one after another in the model\'s order once approved', async () => {
   const { sessionId, ws } = await session();
   stack.model.script(sessionId, { toolCalls: [note('one'), call('calculator', { expression: '3 + 4' })] });

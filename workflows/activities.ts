@@ -45,7 +45,9 @@ export function sessionActivities(config: SessionConfig) {
     // The activity posts the webhook itself, every attempt and back-off within one start-to-close.
     startToCloseTimeout: config.escalationTimeoutMs ?? LEGACY_ESCALATION_TIMEOUT_MS,
     heartbeatTimeout: ESCALATION_HEARTBEAT_TIMEOUT_MS,
-    retry: { maximumAttempts: 3, initialInterval: '1 second', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
+    // Retried like persistence (a database outage must not lose the escalation): the webhook's
+    // attempts are counted in its row, so a retried activity never posts more than it may.
+    retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
   });
   // proxyActivities returns a Proxy, which object spread cannot copy.
   return {

@@ -20,8 +20,8 @@ export interface TurnStop {
 }
 export type TurnOutcome = 'completed' | 'failed' | 'cancelled';
 const OUTCOME_MEMORY = 16;
-/** Outside events kept waiting for the next turn; older ones are dropped from the wait (they stay stored and announced). */
-const MAX_WAITING_EVENTS = 100;
+/** Sessions started before the waiting-events limit was carried in their config. */
+const LEGACY_MAX_WAITING_EVENTS = 100;
 type PendingApproval = PendingApprovalView & { expiresAtMs: number; decision?: ApprovalDecision };
 
 /** Recently settled approvals remembered, so a second decision is told it came too late rather than "unknown". */
@@ -44,8 +44,6 @@ export class SessionState {
   private nextAgent: SessionAgent | null = null;
   /** Outside events the current turn attaches (they waited for it). */
   private turnEvents: MessageRef[] = [];
-  /** An operator asked to take the conversation over; done between turns. */
-  private operatorEscalation: { by: string; reason: string } | null = null;
 
   constructor(private readonly s: SessionSnapshot) {}
 
@@ -204,7 +202,7 @@ export class SessionState {
     }
     const waiting = (this.s.waitingEvents ??= []);
     waiting.push(e.messageId);
-    if (waiting.length > MAX_WAITING_EVENTS) waiting.shift();
+    if (waiting.length > (this.s.config.maxWaitingEvents ?? LEGACY_MAX_WAITING_EVENTS)) waiting.shift();
   }
 
   get escalated(): boolean {
@@ -212,28 +210,32 @@ export class SessionState {
   }
 
   /** The conversation is with a person from now on: turns are held until it is handed back. */
-  escalate(): void {
+  /** Returns the new escalation's ID: numbered per session, so a second one (after a hand-back) is its own. */
+  escalate(): string {
     this.s.escalated = true;
-    this.operatorEscalation = null;
+    delete this.s.operatorEscalation;
+    this.s.escalations = (this.s.escalations ?? 0) + 1;
+    return `e${this.s.escalations}`;
   }
 
   handBack(): void {
     this.s.escalated = false;
-    this.operatorEscalation = null;
+    delete this.s.operatorEscalation;
   }
 
+  /** Carried across continue-as-new: a take-over asked for during a turn is done once it ends. */
   requestOperatorEscalation(e: { by: string; reason: string }): void {
-    if (this.s.status === 'active' && !this.escalated) this.operatorEscalation ??= e;
+    if (this.s.status === 'active' && !this.escalated) this.s.operatorEscalation ??= { by: e.by, reason: e.reason };
   }
 
   takeOperatorEscalation(): { by: string; reason: string } | null {
-    const e = this.operatorEscalation;
-    this.operatorEscalation = null;
+    const e = this.s.operatorEscalation ?? null;
+    delete this.s.operatorEscalation;
     return e;
   }
 
   hasOperatorEscalation(): boolean {
-    return this.operatorEscalation !== null;
+    return this.s.operatorEscalation !== undefined;
   }
 
   /** The last turn number given out (0 before the first message). */

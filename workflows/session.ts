@@ -153,10 +153,10 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
 async function escalateForOperator(state: SessionState, acts: ReturnType<typeof sessionActivities>, e: { by: string; reason: string }): Promise<void> {
   const turn = Math.max(1, state.lastTurn);
   // Decided before it is recorded: a hand-back that lands while the activity runs wins.
-  state.escalate();
+  const escalationId = state.escalate();
   await acts.escalate({
     sessionId: state.sessionId,
-    escalationId: `op-t${turn}`,
+    escalationId,
     turn,
     replyTo: '',
     reason: `${e.reason} (taken over by ${e.by})`.slice(0, 2_000),

@@ -172,11 +172,11 @@ export async function escalateConversation(
 ): Promise<void> {
   const { state, message } = ctx;
   // Decided here, before it is recorded: a hand-back that lands while the activity runs wins.
-  state.escalate();
+  const escalationId = state.escalate();
   await CancellationScope.nonCancellable(() =>
     ctx.acts.escalate({
       sessionId: state.sessionId,
-      escalationId: `t${message.turn}`,
+      escalationId,
       turn: message.turn,
       replyTo: message.messageId,
       reason: e.reason.slice(0, 2_000),
@@ -224,7 +224,7 @@ export async function agentSteps(ctx: TurnContext, agent: SessionAgent, accept: 
       agent: { id: agent.id, version: agent.version },
       model: agent.model,
       ...(agent.temperature === undefined ? {} : { temperature: agent.temperature }),
-      ...(options?.member ? { member: true } : {}),
+      ...(options?.member ? { member: true, sessionAgentVersion: state.config.agent.version } : {}),
       ...(options?.continues ? { continues: true } : {}),
       ...(options?.greet && own === 1 ? { greet: true } : {}),
       ...(options?.handoffTo.length ? { handoffTo: options.handoffTo.map((m) => ({ id: m.id, version: m.version })) } : {}),
@@ -378,7 +378,8 @@ async function runToolCall(ctx: TurnContext, agent: SessionAgent, call: PlannedT
     await CancellationScope.nonCancellable(() => ctx.acts.settleToolCall({ ...settleBase(ctx, call), approval: outcome }));
   }
   const authFailure = await execute(ctx, call, policy);
-  if (authFailure && options && agent.escalate) ctx.ending ??= { kind: 'escalate', source: 'tool_auth', reason: `The service behind '${call.name}' refused our credentials: ${authFailure}` };
+  // The reason reaches the customer's stream: the service's own answer stays in the call's record.
+  if (authFailure && options && agent.escalate) ctx.ending ??= { kind: 'escalate', source: 'tool_auth', reason: `The service behind '${call.name}' refused our credentials.` };
   return 'ran';
 }
 
@@ -506,13 +507,19 @@ async function settle(ctx: TurnContext, call: PlannedToolCall, outcome: Settleme
  */
 async function closeOpenCalls(ctx: TurnContext, why: 'cancelled' | 'failed'): Promise<void> {
   for (const call of [...ctx.open.values()]) {
+    // An ordered step's later call may have been decided while an earlier one waited: that decision stands.
+    const taken = ctx.decided.has(call.toolCallId) ? undefined : ctx.state.decisionFor(call.toolCallId);
     const pending = !ctx.decided.has(call.toolCallId) && (ctx.state.isAwaitingApproval(call.toolCallId) || (call.policy?.requiresApproval === true && why === 'cancelled'));
-    ctx.state.settleApproval(call.toolCallId, 'cancelled');
+    ctx.state.settleApproval(call.toolCallId, taken ? 'decided' : 'cancelled');
     // A scheduled tool whose activity did not record its own outcome was stopped between attempts.
     await contained(`close tool call ${call.toolCallId}`, () => settle(ctx, call, {
       status: why === 'cancelled' ? 'cancelled' : 'failed',
       ...(ctx.scheduled.has(call.toolCallId) ? {} : { ran: false }),
-      ...(pending ? { approval: { outcome: 'cancelled' as const, decidedBy: null, feedback: null } } : {}),
+      ...(taken
+        ? { approval: { outcome: taken.approved ? ('approved' as const) : ('rejected' as const), decidedBy: taken.decidedBy, feedback: taken.feedback ?? null } }
+        : pending
+          ? { approval: { outcome: 'cancelled' as const, decidedBy: null, feedback: null } }
+          : {}),
       ...(why === 'failed' ? { error: { code: 'TOOL_EXECUTION_ERROR', message: 'The turn failed before this tool ran.' } } : {}),
     }));
   }

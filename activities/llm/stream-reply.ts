@@ -232,7 +232,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
             sessionId: input.sessionId,
             key: `turn:${input.turn}:done`,
             type: 'turn.done',
-            data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage, agentVersion: input.agent.version, ...(input.member ? { agent: input.agent.id } : {}) },
+            data: { turn: input.turn, replyTo: input.replyTo, status: 'completed', messageId, content, usage, agentVersion: input.sessionAgentVersion ?? input.agent.version, ...(input.member ? { agent: input.agent.id } : {}) },
           });
         }
         return true;

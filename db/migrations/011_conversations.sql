@@ -34,7 +34,7 @@ CREATE TABLE conversations (
   escalated_at          timestamptz,
   -- What the resolution reads: the highest turn accepted and ended, how the last one ended, and the
   -- last turn that asked a clarification or saw an approval expire. current_turn is the highest turn
-  -- any event named (approval.resolved names none: it belongs to the turn running).
+  -- any event named (approval.resolved events from before it carried its turn belong to the turn running).
   current_turn          integer NOT NULL DEFAULT 0,
   last_accepted_turn    integer NOT NULL DEFAULT 0,
   last_done_turn        integer NOT NULL DEFAULT 0,
@@ -117,10 +117,10 @@ BEGIN
     UPDATE conversations SET approvals = approvals + 1, current_turn = GREATEST(current_turn, v_turn), last_activity_at = p_at
     WHERE session_id = p_session;
   WHEN 'approval.resolved' THEN
-    -- It names no turn: it belongs to the turn running, the highest one seen (turns run one at a time).
+    -- It names its turn; events written before it did belong to the highest turn seen.
     UPDATE conversations SET
       expired_approvals = expired_approvals + CASE WHEN p_data->>'outcome' = 'expired' THEN 1 ELSE 0 END,
-      expired_approval_turn = CASE WHEN p_data->>'outcome' = 'expired' THEN current_turn ELSE expired_approval_turn END,
+      expired_approval_turn = CASE WHEN p_data->>'outcome' = 'expired' THEN COALESCE((p_data->>'turn')::int, current_turn) ELSE expired_approval_turn END,
       last_activity_at = p_at
     WHERE session_id = p_session;
   WHEN 'session.expired' THEN
