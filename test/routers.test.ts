@@ -247,3 +247,32 @@ test('worker killed between routing and the specialist\'s answer: one route.deci
   expect(classifierRequests(sessionId)).toHaveLength(1);
   wellFormed(sessionId);
 }, 90_000);
+
+test('the replay of a routed conversation with a handoff, an approval and a retried model call lists every step once, in order', async () => {
+  const { sessionId, ws } = await session();
+  ws.send({ type: 'message', content: 'Where is order 1002? Please hand me over to discount' });
+  await ws.waitFor(of('turn.done'));
+  // The next reply's stream breaks once: the model call is retried, and its reply is one step.
+  stack.model.script(sessionId, { failMidStreamNext: 1 });
+  ws.send({ type: 'message', content: 'Cancel order 1005 please' });
+  await approve(ws, 'cancel_order', true);
+  await ws.waitForCount(of('turn.done'), 2);
+  const starts = (await events(sessionId)).filter((e) => e.type === 'stream.start');
+  expect(starts.some((e) => e.data.attempt === 2)).toBe(true);
+
+  const page = await stack.request('GET', `/api/v1/conversations/${sessionId}/replay?limit=100`);
+  expect(page.status).toBe(200);
+  const steps = page.body.steps as { seq: number; type: string; turn: number | null; attempts?: number; data: any }[];
+  const log = (await events(sessionId)).filter((e) => e.type !== 'stream.start' && e.type !== 'run.progress');
+  // One step per stored event that stands for something, in the log's order, none twice.
+  expect(steps.map((s) => s.seq)).toEqual([...steps.map((s) => s.seq)].sort((a, b) => a - b));
+  expect(new Set(steps.map((s) => s.seq)).size).toBe(steps.length);
+  expect(steps).toHaveLength(log.length);
+  expect(steps.map((s) => s.type)).toEqual([
+    'user_message', 'route_decision', 'agent_start', 'agent_reply', 'tool_call', 'tool_result', 'agent_handoff', 'agent_start', 'agent_reply', 'turn_end',
+    'user_message', 'route_decision', 'agent_start', 'agent_reply', 'tool_call', 'approval_request', 'approval_decision', 'tool_result', 'agent_reply', 'turn_end',
+  ]);
+  expect(steps.filter((s) => s.type === 'agent_reply').map((s) => s.attempts)).toContain(2);
+  expect(steps.find((s) => s.type === 'agent_handoff')!.data).toMatchObject({ from: 'order_lookup', to: 'discount' });
+  expect(steps.find((s) => s.type === 'approval_decision')!.data).toMatchObject({ outcome: 'approved', decidedBy: 'dev' });
+});
