@@ -209,8 +209,10 @@ export class SessionState {
     return this.s.escalated === true;
   }
 
-  /** The conversation is with a person from now on: turns are held until it is handed back. */
-  /** Returns the new escalation's ID: numbered per session, so a second one (after a hand-back) is its own. */
+  /**
+   * The conversation is with a person from now on: turns are held until it is handed back. Returns
+   * the new escalation's ID, numbered per session, so a second one (after a hand-back) is its own.
+   */
   escalate(): string {
     this.s.escalated = true;
     delete this.s.operatorEscalation;
