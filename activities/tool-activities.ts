@@ -15,6 +15,7 @@ import {
   type ToolOutcome,
 } from '../contracts/turn';
 import type { Metrics } from '../config/metrics';
+import type { ToolCatalog } from '../tools/catalog';
 import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { findToolCall, insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
@@ -56,7 +57,14 @@ function modelContent(input: SettleInput): string {
 /** How often a running tool reports life (the workflow's heartbeat time-out is a few of these). */
 const TOOL_HEARTBEAT_MS = 1_000;
 
-export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly<Record<string, Tool>>; toolSettings: ToolSettings; metrics: Metrics }) {
+export function createToolActivities(deps: {
+  pool: DatabasePool;
+  tools: Readonly<Record<string, Tool>>;
+  /** Loads catalog tools (MCP, OpenAPI) this process has not seen yet into `tools`. */
+  catalog?: Pick<ToolCatalog, 'ensure'>;
+  toolSettings: ToolSettings;
+  metrics: Metrics;
+}) {
   const { pool } = deps;
 
   /** Stores the model's calls with the policy the session resolved for each; nothing is re-derived here. */
@@ -181,6 +189,7 @@ export function createToolActivities(deps: { pool: DatabasePool; tools: Readonly
    */
   async function executeTool(raw: ExecuteToolInput): Promise<ToolOutcome> {
     const input = parseActivityInput(ExecuteToolInput, raw);
+    await deps.catalog?.ensure([input.name]);
     const tool = deps.tools[input.name];
     const ctx = Context.current();
     if (!tool) throw ApplicationFailure.nonRetryable(`No tool named ${input.name}`, 'TOOL_NOT_FOUND');

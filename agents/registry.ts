@@ -2,6 +2,7 @@ import type { DatabasePool } from 'slonik';
 import { DEFAULT_AGENT_ID, resolveAgent, type ResolvedAgent } from '../contracts/agents';
 import { digestOf } from '../contracts/canonical';
 import type { ToolDefinition } from '../contracts/tools';
+import { definitionSource, type ToolDefinitionSource } from '../tools/catalog';
 import { syncAgents } from '../db/agents';
 import { releaseFileVersions } from '../db/releases';
 import { AgentConfigError, loadAgentFile } from './load';
@@ -25,8 +26,11 @@ export class AgentRegistry {
    * Loads and validates the file, checks every tool exists, then stores new versions: an agent's
    * first version becomes its active release, and so does a definition the file changed.
    */
-  static async load(db: DatabasePool, file: string, tools: Record<string, ToolDefinition>): Promise<AgentRegistry> {
+  static async load(db: DatabasePool, file: string, toolSource: ToolDefinitionSource | Record<string, ToolDefinition>): Promise<AgentRegistry> {
+    const catalog = definitionSource(toolSource);
     const defs = await loadAgentFile(file);
+    await catalog.ensure(defs.flatMap((d) => d.tools));
+    const tools = catalog.definitions;
     const defaultId = defs.some((d) => d.id === DEFAULT_AGENT_ID) ? DEFAULT_AGENT_ID : defs.find((d) => d.router)?.id;
     if (defaultId === undefined) {
       throw new AgentConfigError(file, [{ field: 'agents', message: `no agent has the id "${DEFAULT_AGENT_ID}" and there is no router: sessions that name no agent would have none` }]);

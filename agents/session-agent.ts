@@ -29,6 +29,7 @@ export function sessionAgentOf(agent: ResolvedAgent, defaultModel: string): Sess
       approvalTtlMs: t.approvalTtlMs,
       timeoutMs: t.timeoutMs,
       maxAttempts: t.retry.maxAttempts,
+      ...(t.idempotent === undefined ? {} : { idempotent: t.idempotent }),
     })),
   };
 }

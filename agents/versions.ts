@@ -1,6 +1,7 @@
 import type { CommonQueryMethods } from 'slonik';
 import { resolveAgent, type ResolvedAgent } from '../contracts/agents';
 import type { ToolDefinition } from '../contracts/tools';
+import { definitionSource, type ToolDefinitionSource } from '../tools/catalog';
 import { agentVersion } from '../db/agents';
 
 /**
@@ -13,8 +14,12 @@ export class AgentVersions {
 
   constructor(
     private readonly db: CommonQueryMethods,
-    private readonly tools: Record<string, ToolDefinition>,
-  ) {}
+    tools: ToolDefinitionSource | Record<string, ToolDefinition>,
+  ) {
+    this.catalog = definitionSource(tools);
+  }
+
+  private readonly catalog: ToolDefinitionSource;
 
   /** The version, or null when it is not stored. */
   get(id: string, version: number): Promise<ResolvedAgent | null> {
@@ -31,6 +36,8 @@ export class AgentVersions {
 
   private async load(id: string, version: number): Promise<ResolvedAgent | null> {
     const stored = await agentVersion(this.db, id, version);
-    return stored ? resolveAgent(stored.definition, stored.version, stored.digest, this.tools) : null;
+    if (!stored) return null;
+    await this.catalog.ensure(stored.definition.tools);
+    return resolveAgent(stored.definition, stored.version, stored.digest, this.catalog.definitions);
   }
 }

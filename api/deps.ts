@@ -1,3 +1,4 @@
+import type { ToolCatalog } from '../tools/catalog';
 import type { DatabasePool } from 'slonik';
 import type { AgentRegistry } from '../agents/registry';
 import type { Authenticator } from './auth';
@@ -24,6 +25,8 @@ export interface ApiDeps {
   connections: Connections;
   sessions: SessionService;
   agents: AgentRegistry;
+  /** The tools agents are resolved against: built-in, and the catalog's (MCP, OpenAPI imports). */
+  tools: ToolCatalog;
   auth: Authenticator;
   limiter: RateLimiter;
   log: Logger;

@@ -18,7 +18,7 @@ import { SessionService } from './session-service';
 import { RateLimiter } from './rate-limiter';
 import { attachWebSocket } from './ws';
 import { AgentRegistry } from '../agents/registry';
-import { toolDefinitions } from '../tools';
+import { createToolCatalog } from '../tools';
 
 
 async function main() {
@@ -36,14 +36,15 @@ async function main() {
   await hub.start();
   const feed = new SessionFeed(hub, pool, settings.api, log);
   const userFeed = new UserFeed(hub, pool, log, settings.presence.userFeedCacheSessions);
-  const agents = await AgentRegistry.load(pool, settings.agentsFile, toolDefinitions(settings.tools));
+  const tools = createToolCatalog(pool, settings.tools);
+  const agents = await AgentRegistry.load(pool, settings.agentsFile, tools);
   const limiter = new RateLimiter(pool, settings.rateLimits);
-  const sessions = await SessionService.connect(settings, pool, agents, metrics, limiter, log);
+  const sessions = await SessionService.connect(settings, pool, agents, metrics, limiter, log, tools);
   const auth = new Authenticator(pool, settings.auth, log);
   await auth.ensureDevToken();
   const connections = new Connections();
   connections.checkRevocations(auth, Math.max(100, Math.floor(settings.auth.tokenCacheMs / 2)), log);
-  const deps = { settings, pool, hub, feed, userFeed, connections, sessions, agents, auth, limiter, log, metrics };
+  const deps = { settings, pool, hub, feed, userFeed, connections, sessions, agents, tools, auth, limiter, log, metrics };
   const app = createApp(deps).callback();
   const server = http.createServer((req, res) => {
     // A request on a kept-alive connection while the process stops.

@@ -27,6 +27,7 @@ import { pickVersion } from '../agents/release-picker';
 import { getRelease } from '../db/releases';
 import type { Budget } from '../contracts/agents';
 import { toolDefinitions } from '../tools';
+import type { ToolDefinitionSource } from '../tools/catalog';
 import type { sessionWorkflow } from '../workflows';
 
 /** How long a send under the `reject` policy waits for a turn whose turn.done is written to end in the workflow too. */
@@ -54,10 +55,10 @@ export class SessionService {
     return this.client;
   }
 
-  static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry, metrics: Metrics, limiter: RateLimiter, log: Logger): Promise<SessionService> {
+  static async connect(settings: Settings, pool: DatabasePool, agents: AgentRegistry, metrics: Metrics, limiter: RateLimiter, log: Logger, tools?: ToolDefinitionSource): Promise<SessionService> {
     const connection = await Connection.connect({ address: temporalAddressOf(settings) });
     const client = new Client({ connection, namespace: settings.temporal.namespace, interceptors: tracingClientInterceptors(settings) });
-    return new SessionService(client, connection, pool, settings, agents, metrics, limiter, log, new AgentVersions(pool, toolDefinitions(settings.tools)));
+    return new SessionService(client, connection, pool, settings, agents, metrics, limiter, log, new AgentVersions(pool, tools ?? toolDefinitions(settings.tools)));
   }
 
   async create(caller: Caller, input: { title?: string; agentId?: string }): Promise<SessionRow> {

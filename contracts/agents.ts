@@ -27,6 +27,8 @@ export const ToolPolicy = z
     requiresApproval: z.boolean().optional(),
     approvalTtlMs: approvalTtlMs.optional(),
     timeoutMs: z.number().int().positive().optional(),
+    /** The tool's calls may be sent twice with one idempotency key and take effect once (docs/tools.md, "Effects"). */
+    idempotent: z.boolean().optional(),
   })
   .strict();
 export type ToolPolicy = z.infer<typeof ToolPolicy>;
@@ -205,6 +207,7 @@ function applyPolicy(def: AgentDefinition, name: string, tool: ToolDefinition): 
     requiresApproval: policy.requiresApproval ?? (def.permission === 'write' ? true : tool.requiresApproval),
     timeoutMs: policy.timeoutMs ?? tool.timeoutMs,
     approvalTtlMs: policy.approvalTtlMs ?? def.approvalTtlMs,
+    ...((policy.idempotent ?? tool.idempotent) === undefined ? {} : { idempotent: policy.idempotent ?? tool.idempotent }),
   };
 }
 

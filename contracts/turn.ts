@@ -18,6 +18,8 @@ export const ToolPolicy = z.object({
   /** One execution's time limit: the tool's abort signal and its activity's start-to-close. */
   timeoutMs: z.number().int().positive(),
   maxAttempts: z.number().int().positive(),
+  /** A write whose outcome is unknown may be sent again with its idempotency key (absent: it may not). */
+  idempotent: z.boolean().optional(),
 });
 export type ToolPolicy = z.infer<typeof ToolPolicy>;
 

@@ -5,6 +5,8 @@ import { currentTime } from './current-time';
 import { demoTools } from './demo';
 import { HTTP_TIMEOUT_MARGIN_MS, httpRequest } from './http-request';
 import type { Tool, ToolSettings } from './tool';
+import { ToolCatalog } from './catalog';
+import type { CommonQueryMethods } from 'slonik';
 
 export type { Tool, ToolContext, ToolSettings } from './tool';
 export { DEFAULT_TOOL_SETTINGS, ToolAuthError, ToolInputError, ToolRefusedError, ToolTimeoutError, ToolTransientError, ToolValidationError } from './tool';
@@ -37,3 +39,9 @@ export function toolDefinitions(settings: ToolSettings): Record<string, ToolDefi
   defs[http.name] = { ...http, timeoutMs: Math.max(http.timeoutMs, settings.httpTimeoutMs + HTTP_TIMEOUT_MARGIN_MS) };
   return defs;
 }
+
+/** This process's tools: the built-in ones and, loaded on demand, the catalog's (MCP, OpenAPI). */
+export function createToolCatalog(db: CommonQueryMethods, settings: ToolSettings): ToolCatalog {
+  return new ToolCatalog(db, builtinTools, toolDefinitions(settings));
+}
+export { ToolCatalog, upsertCatalogTool } from './catalog';

@@ -4,7 +4,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
 import { createEscalationActivities, createPersistenceActivities, createReleaseActivities, createStreamReplyActivities, createToolActivities } from '../activities';
-import { builtinTools, toolDefinitions } from '../tools';
+import { createToolCatalog } from '../tools';
 import { AgentVersions } from '../agents/versions';
 import type { Metrics } from '../config/metrics';
 import type { Logger } from '../config/logger';
@@ -26,7 +26,8 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     maxRetries: 0,
     timeout: settings.llm.timeoutMs,
   });
-  const agents = new AgentVersions(pool, toolDefinitions(settings.tools));
+  const catalog = createToolCatalog(pool, settings.tools);
+  const agents = new AgentVersions(pool, catalog);
   // A client for what activities start or signal themselves (moving sessions off a rolled-back version).
   const clientConnection = await Connection.connect({ address: temporalAddressOf(settings) });
   const client = new Client({ connection: clientConnection, namespace: settings.temporal.namespace });
@@ -34,9 +35,9 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     ...createStreamReplyActivities({ pool, openai, agents, streamCoalesceMs: settings.llm.streamCoalesceMs, prices: settings.prices, metrics, log }),
     ...createPersistenceActivities({ pool, metrics, log }),
     ...createRoutingActivities({ pool, openai, agents, prices: settings.prices, log }),
-    ...createToolActivities({ pool, tools: builtinTools, toolSettings: settings.tools, metrics }),
+    ...createToolActivities({ pool, tools: catalog.tools, catalog, toolSettings: settings.tools, metrics }),
     ...createAlertActivities({ pool, metrics, log, thresholds: settings.operations }),
-    ...createReleaseActivities({ pool, openai, client, versions: agents, tools: builtinTools, settings, metrics, log }),
+    ...createReleaseActivities({ pool, openai, client, versions: agents, tools: catalog.tools, settings, metrics, log }),
     ...createNotifyActivities({ pool, secret: settings.webhooks.secret, allowHosts: settings.webhooks.allowHosts, metrics, log }),
     ...createEscalationActivities({ pool, agents, settings: settings.escalation, allowHosts: settings.webhooks.allowHosts, metrics, log }),
   };

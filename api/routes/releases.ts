@@ -8,7 +8,6 @@ import { syncAgents } from '../../db/agents';
 import { incidentView, listIncidents } from '../../db/incidents';
 import { activateVersion, getRelease, listAudit, listReleases, listVersions, recordPublished, rollbackRelease, type AuditRow, type ReleaseRow, type VersionRow } from '../../db/releases';
 import { moveSessionsOff } from '../../releases/move-sessions';
-import { toolDefinitions } from '../../tools';
 import type { releaseWatchWorkflow } from '../../workflows';
 import { adminCallerOf } from '../auth';
 import type { ApiDeps } from '../deps';
@@ -37,7 +36,6 @@ function agentIdOf(raw: string | undefined): string {
 /** Agent versions as releases: publish, activate (or canary), roll back, and the incidents the health check raises. */
 export function releaseRoutes(deps: ApiDeps): Router {
   const router = new Router({ prefix: '/api/v1' });
-  const tools = toolDefinitions(deps.settings.tools);
 
   router.get('/agents', async (ctx) => {
     const releases = await listReleases(deps.pool);
@@ -70,8 +68,9 @@ export function releaseRoutes(deps: ApiDeps): Router {
     if (typeof body !== 'object' || Array.isArray(body)) throw new KeelError('VALIDATION_ERROR', 'The body must be an agent definition object');
     if (body.id !== undefined && body.id !== agentId) throw new KeelError('VALIDATION_ERROR', 'The request is invalid', [{ field: 'id', problem: `must be "${agentId}" (the agent in the path) or left out` }]);
     const def = parseInput(AgentDefinition, { ...body, id: agentId });
+    await deps.tools.ensure(def.tools);
     try {
-      resolveAgent(def, 0, '', tools);
+      resolveAgent(def, 0, '', deps.tools.definitions);
     } catch (error) {
       throw new KeelError('VALIDATION_ERROR', 'The request is invalid', [{ field: 'tools', problem: (error as Error).message }]);
     }
