@@ -10,6 +10,7 @@ import { costOf, type PriceTable } from '../config/pricing';
 import type { ResolvedAgent } from '../contracts/agents';
 import { RouteDecidedData, type RouteIntent, type Usage } from '../contracts/events';
 import { FailureType } from '../contracts/failure-types';
+import { parseJsonText } from '../contracts/json-text';
 import { chooseRoute, ClassifierOutput, HUMAN_AGENT, REPHRASE_REQUEST, type RouteChoice } from '../contracts/routing';
 import { assistantPosition, CloseTurnInput, RouteMessageInput, StartAgentInput, type RouteDecision } from '../contracts/turn';
 import { appendEvent } from '../db/events';
@@ -218,15 +219,7 @@ function decisionOf(data: z.infer<typeof RouteDecidedData>): RouteDecision {
 
 /** The model's JSON answer, checked against the schema; null when it is not one. */
 export function parseClassifierAnswer(content: string | null): ClassifierOutput | null {
-  if (!content) return null;
-  let value: unknown;
-  try {
-    value = JSON.parse(content);
-  } catch {
-    return null;
-  }
-  const parsed = ClassifierOutput.safeParse(value);
-  return parsed.success ? parsed.data : null;
+  return parseJsonText(ClassifierOutput, content);
 }
 
 /** What the user reads when the rest of a request was not done because an earlier action was refused. */

@@ -6,7 +6,10 @@ import { canonicalJson } from '../contracts/canonical';
 import {
   assistantPosition,
   BUDGET_APPROVAL_NAME,
+  CloseUnknownEffectInput,
   ExecuteToolInput,
+  OUTCOME_UNKNOWN_APPROVAL_NAME,
+  RequestEffectDecisionInput,
   RecordToolCallsInput,
   RequestBudgetApprovalInput,
   SettleInput,
@@ -19,7 +22,8 @@ import type { ToolCatalog } from '../tools/catalog';
 import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { findToolCall, insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
-import { ToolAuthError, ToolInputError, ToolRefusedError, ToolTimeoutError, ToolValidationError, type Tool, type ToolSettings } from '../tools';
+import { claimEffect, recordEffect, type EffectRow } from '../db/effects';
+import { ToolAuthError, ToolInputError, ToolRefusedError, ToolTimeoutError, ToolTransientError, ToolValidationError, type Tool, type ToolSettings } from '../tools';
 import { classifyingPersistenceErrors, parseActivityInput, storableJson } from './persistence-errors';
 
 export function toolCallIdOf(sessionId: string, turn: number, step: number, modelCallId: string): string {
@@ -53,6 +57,9 @@ function modelContent(input: SettleInput): string {
   if (status === 'failed') return JSON.stringify({ error: input.error ?? { code: 'TOOL_EXECUTION_ERROR', message: 'failed' } });
   return JSON.stringify(input.result ?? null);
 }
+
+/** How a run of the tool ended (an unknown outcome is decided before anything runs). */
+type RanOutcome = ToolOutcome & { status: 'succeeded' | 'failed' | 'cancelled' };
 
 /** How often a running tool reports life (the workflow's heartbeat time-out is a few of these). */
 const TOOL_HEARTBEAT_MS = 1_000;
@@ -142,27 +149,31 @@ export function createToolActivities(deps: {
   async function requestBudgetApproval(raw: RequestBudgetApprovalInput): Promise<BudgetApprovalRequest> {
     const input = parseActivityInput(RequestBudgetApprovalInput, raw);
     const approvalId = `bud_${createHash('sha256').update(`${input.sessionId}\0${input.turn}\0${input.pause}`).digest('hex').slice(0, 32)}`;
-    const args = { overruns: input.overruns };
-    const digest = approvalDigest(BUDGET_APPROVAL_NAME, JSON.stringify(args), input.agent);
+    return requestApproval(input, approvalId, BUDGET_APPROVAL_NAME, { overruns: input.overruns }, (tx, expiresAt) =>
+      appendEvent(tx, { sessionId: input.sessionId, key: `budget:${approvalId}`, type: 'budget.exceeded', data: { turn: input.turn, approvalId, overruns: input.overruns, expiresAt } }),
+    );
+  }
+
+  /**
+   * An approval that is not a tool call's own (a budget's, an unknown outcome's): a row in the
+   * approvals table, so the approvals API, its list and the WebSocket decide it as any other, and
+   * its approval.required (after `announce`, when given). Keyed by `approvalId`: a retry writes
+   * nothing twice and returns the stored request (a retry on another day must not move its expiry).
+   */
+  async function requestApproval(
+    input: { sessionId: string; turn: number; step: number; agent: { id: string; version: number }; ttlMs: number; nowMs: number },
+    approvalId: string,
+    name: string,
+    args: Record<string, unknown>,
+    announce?: (tx: DatabaseTransactionConnection, expiresAt: string) => Promise<unknown>,
+  ): Promise<BudgetApprovalRequest> {
+    const digest = approvalDigest(name, JSON.stringify(args), input.agent);
     const expiresAt = new Date(input.nowMs + input.ttlMs).toISOString();
     await pool.transaction(async (tx) => {
-      await insertToolCall(tx, {
-        id: approvalId,
-        modelCallId: approvalId,
-        sessionId: input.sessionId,
-        turn: input.turn,
-        step: input.step,
-        name: BUDGET_APPROVAL_NAME,
-        arguments: args,
-        status: 'pending_approval',
-        digest,
-        requiresApproval: true,
-        expiresAt,
-      });
-      await appendEvent(tx, { sessionId: input.sessionId, key: `budget:${approvalId}`, type: 'budget.exceeded', data: { turn: input.turn, approvalId, overruns: input.overruns, expiresAt } });
-      await appendEvent(tx, { sessionId: input.sessionId, key: `approval:${approvalId}`, type: 'approval.required', data: { toolCallId: approvalId, name: BUDGET_APPROVAL_NAME, arguments: args, digest, expiresAt, turn: input.turn } });
+      await insertToolCall(tx, { id: approvalId, modelCallId: approvalId, sessionId: input.sessionId, turn: input.turn, step: input.step, name, arguments: args, status: 'pending_approval', digest, requiresApproval: true, expiresAt });
+      await announce?.(tx, expiresAt);
+      await appendEvent(tx, { sessionId: input.sessionId, key: `approval:${approvalId}`, type: 'approval.required', data: { toolCallId: approvalId, name, arguments: args, digest, expiresAt, turn: input.turn } });
     });
-    // The stored request is the one that stands (a retry on another day must not move its expiry).
     const stored = await findToolCall(pool, approvalId);
     return { approvalId, digest: stored?.digest ?? digest, expiresAt: stored?.expires_at ? new Date(stored.expires_at).toISOString() : expiresAt };
   }
@@ -193,21 +204,39 @@ export function createToolActivities(deps: {
     const tool = deps.tools[input.name];
     const ctx = Context.current();
     if (!tool) throw ApplicationFailure.nonRetryable(`No tool named ${input.name}`, 'TOOL_NOT_FOUND');
+    // Writes go through the effect ledger: an intent before, a receipt after (db/effects.ts).
+    const write = tool.definition.permission === 'write';
+    if (write) {
+      const claim = await pool.transaction((tx) =>
+        claimEffect(tx, { toolCallId: input.toolCallId, sessionId: input.sessionId, name: input.name, idempotencyKey: input.idempotencyKey, idempotent: input.idempotent ?? tool.definition.idempotent === true, force: input.force === true }),
+      );
+      if (claim.kind === 'unknown') return { status: 'outcome_unknown' };
+      if (claim.kind === 'receipt') return settleFromReceipt(input, claim.row);
+    }
     await recordToolStatus(pool, input.toolCallId, { status: 'running' });
     const beat = setInterval(() => ctx.heartbeat(), TOOL_HEARTBEAT_MS);
     const timeout = AbortSignal.timeout(input.timeoutMs);
     // A write that has started runs to completion whatever the turn does: only its time-out stops it.
     const cancellation = tool.definition.permission === 'write' ? undefined : ctx.cancellationSignal;
-    let outcome: ToolOutcome;
+    let outcome: RanOutcome;
     try {
       const args = tool.parse(parsedArguments(input.arguments));
       const signal = cancellation ? AbortSignal.any([timeout, cancellation]) : timeout;
       const result = await tool.execute(args, { sessionId: input.sessionId, toolCallId: input.toolCallId, idempotencyKey: input.idempotencyKey, pool, signal, settings: deps.toolSettings });
       outcome = { status: 'succeeded', result: storableJson(result) };
     } catch (error) {
-      outcome = outcomeOfFailure(error, input.name, timeout, cancellation);
+      try {
+        outcome = outcomeOfFailure(error, input.name, timeout, cancellation);
+      } catch (thrown) {
+        // Retried by Temporal: the next attempt may run again only if this one cannot have acted.
+        if (write) await recordEffect(pool, input.toolCallId, { status: mayHaveActed(error) ? 'unknown' : 'retryable', errorCode: (thrown as ApplicationFailure).type ?? 'TOOL_EXECUTION_ERROR' });
+        throw thrown;
+      }
     } finally {
       clearInterval(beat);
+    }
+    if (write && outcome.status !== 'cancelled') {
+      await recordEffect(pool, input.toolCallId, { status: outcome.status === 'succeeded' ? 'done' : 'failed', ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { errorCode: outcome.error.code } : {}) });
     }
     await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
     if (outcome.status === 'cancelled') throw new CancelledFailure(`${input.name} was cancelled while running`);
@@ -215,7 +244,49 @@ export function createToolActivities(deps: {
     return outcome;
   }
 
-  return classifyingPersistenceErrors({ recordToolCalls, settleToolCall, executeTool, requestBudgetApproval });
+  /** An earlier attempt's receipt: its result (settled again, in case it died before that) is the call's. */
+  async function settleFromReceipt(input: ExecuteToolInput, row: EffectRow): Promise<ToolOutcome> {
+    const outcome: RanOutcome =
+      row.status === 'failed'
+        ? { status: 'failed', error: { code: row.error_code ?? 'TOOL_EXECUTION_ERROR', message: `The tool '${input.name}' failed.` } }
+        : { status: 'succeeded', result: row.result };
+    await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
+    return outcome;
+  }
+
+  /**
+   * A write whose outcome is unknown waits for a person (docs/tools.md, "Effects"): an approval
+   * request — approve sends it again with the same key, reject marks it done — in the approvals
+   * API like any other, keyed by the call so a retry asks once.
+   */
+  async function requestEffectDecision(raw: RequestEffectDecisionInput): Promise<BudgetApprovalRequest> {
+    const input = parseActivityInput(RequestEffectDecisionInput, raw);
+    const approvalId = `eff_${createHash('sha256').update(`${input.sessionId}\0${input.toolCallId}`).digest('hex').slice(0, 32)}`;
+    const question = 'The outcome of this call is unknown (its worker stopped after sending it). Approve to send it again, reject to mark it done.';
+    return requestApproval(input, approvalId, OUTCOME_UNKNOWN_APPROVAL_NAME, { toolCallId: input.toolCallId, tool: input.name, question });
+  }
+
+  /** A person said the call happened (or no one decided): the ledger and the call's result say so. */
+  async function closeUnknownEffect(raw: CloseUnknownEffectInput): Promise<void> {
+    const input = parseActivityInput(CloseUnknownEffectInput, raw);
+    const done = input.decision === 'marked_done';
+    await pool.transaction(async (tx) => {
+      await recordEffect(tx, input.toolCallId, done ? { status: 'marked_done', decidedBy: input.decidedBy ?? 'unknown' } : { status: 'failed', errorCode: 'OUTCOME_UNKNOWN' });
+      await settleIn(tx, {
+        sessionId: input.sessionId,
+        toolCallId: input.toolCallId,
+        modelCallId: input.modelCallId,
+        name: input.name,
+        turn: input.turn,
+        position: input.position,
+        ...(done
+          ? { status: 'succeeded' as const, result: { markedDoneBy: input.decidedBy } }
+          : { status: 'failed' as const, error: { code: 'OUTCOME_UNKNOWN', message: `Whether '${input.name}' took effect is unknown, and no one decided in time. It was not sent again.` } }),
+      });
+    });
+  }
+
+  return classifyingPersistenceErrors({ recordToolCalls, settleToolCall, executeTool, requestBudgetApproval, requestEffectDecision, closeUnknownEffect });
 }
 
 /**
@@ -223,7 +294,7 @@ export function createToolActivities(deps: {
  * asked for, or an error to retry (a ToolTransientError among them: 408, 429, 5xx). An abort by
  * a worker shutdown is not the workflow's cancel: it is retried.
  */
-function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, cancellation: AbortSignal | undefined): ToolOutcome {
+function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, cancellation: AbortSignal | undefined): RanOutcome {
   if (error instanceof ToolInputError) return { status: 'failed', error: { code: 'TOOL_EXECUTION_ERROR', message: error.message } };
   if (error instanceof ToolRefusedError) return { status: 'failed', error: { code: 'TOOL_PERMISSION_DENIED', message: error.message } };
   if (error instanceof ToolValidationError) return { status: 'failed', error: { code: 'TOOL_VALIDATION_ERROR', message: error.message } };
@@ -233,6 +304,14 @@ function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, ca
   if (timeout.aborted || error instanceof ToolTimeoutError) throw ApplicationFailure.retryable(`${name} timed out`, 'TOOL_TIMEOUT');
   if (cancellation?.aborted) throw ApplicationFailure.retryable(`${name} was interrupted (${String((cancellation.reason as Error | undefined)?.message ?? 'worker stopping')})`, 'TOOL_INTERRUPTED');
   throw ApplicationFailure.retryable(`${name} failed: ${(error as Error).message}`, 'TOOL_EXECUTION_ERROR');
+}
+
+/** A failure after which the tool may have acted: it timed out or the worker stopped it mid-way. A service's 408/429/5xx answer says it did not. */
+function mayHaveActed(error: unknown): boolean {
+  if (error instanceof ToolTransientError) return false;
+  // Nothing was sent: the connection was never made.
+  const code = (error as { code?: unknown; cause?: { code?: unknown } }).code ?? (error as { cause?: { code?: unknown } }).cause?.code;
+  return !(code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN');
 }
 
 function isWorkflowCancel(reason: unknown): boolean {

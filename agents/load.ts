@@ -3,14 +3,30 @@ import path from 'node:path';
 import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { z, type ZodIssue } from 'zod';
 import { AgentDefinition, RouterDefinition, routerAsAgent } from '../contracts/agents';
+import { mcpToolAllowed, McpServers, splitMcpToolName, type McpServerConfig } from '../contracts/mcp';
 
 /** The repository's agent definitions. */
 export const DEFAULT_AGENTS_FILE = path.join(__dirname, 'agents.yaml');
 
 const AgentFile = z
-  .object({ agents: z.array(AgentDefinition).min(1, 'must list at least one agent'), routers: z.array(RouterDefinition).optional() })
+  .object({
+    agents: z.array(AgentDefinition).min(1, 'must list at least one agent'),
+    routers: z.array(RouterDefinition).optional(),
+    /** Where `<server>.<tool>` tools come from (docs/tools.md, "MCP servers"). */
+    mcpServers: McpServers.optional(),
+  })
   .strict()
   .superRefine((file, ctx) => {
+    const servers = new Map((file.mcpServers ?? []).map((s) => [s.name, s]));
+    file.agents.forEach((agent, i) =>
+      agent.tools.forEach((name, j) => {
+        const split = splitMcpToolName(name);
+        const server = split && servers.get(split.server);
+        if (split && server && !mcpToolAllowed(server, split.tool)) {
+          ctx.addIssue({ code: 'custom', path: ['agents', i, 'tools', j], message: `"${split.tool}" is not in the allow list of MCP server "${server.name}"` });
+        }
+      }),
+    );
     const ids = file.agents.map((a) => a.id);
     ids.forEach((id, i) => {
       const first = ids.indexOf(id);
@@ -65,14 +81,29 @@ export async function loadAgentFile(file: string): Promise<AgentDefinition[]> {
 
 /** Parses and validates the text of a definitions file; `file` only names it in errors. */
 export function parseAgentFile(text: string, file: string): AgentDefinition[] {
+  const parsed = parseWith(AgentFile, text, file);
+  return [...parsed.agents, ...(parsed.routers ?? []).map(routerAsAgent)];
+}
+
+/**
+ * Only the file's `mcpServers:` (what a worker needs to discover and call MCP tools, without
+ * holding the agents: the API validates those). None when the file has no such section.
+ */
+export async function loadMcpServers(file: string): Promise<McpServerConfig[]> {
+  return parseWith(McpSection, await readFile(file, 'utf8'), file).mcpServers ?? [];
+}
+
+const McpSection = z.object({ mcpServers: McpServers.optional() }).passthrough();
+
+function parseWith<S extends z.ZodTypeAny>(schema: S, text: string, file: string): z.output<S> {
   const counter = new LineCounter();
   const doc = parseDocument(text, { lineCounter: counter, prettyErrors: false });
   const syntaxErrors = doc.errors.map((e) => ({ field: '(syntax)', line: counter.linePos(e.pos[0]).line, message: e.message }));
   if (isNonEmpty(syntaxErrors)) throw new AgentConfigError(file, syntaxErrors);
 
   const raw = doc.toJS() as unknown;
-  const parsed = AgentFile.safeParse(raw);
-  if (parsed.success) return [...parsed.data.agents, ...(parsed.data.routers ?? []).map(routerAsAgent)];
+  const parsed = schema.safeParse(raw);
+  if (parsed.success) return parsed.data as z.output<S>;
   const problems = parsed.error.issues.flatMap(splitIssue).map(({ path: at, message }) => {
     const line = lineOf(doc, counter, at);
     const agent = agentIdAt(raw, at);

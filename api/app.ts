@@ -1,3 +1,4 @@
+import { effectRoutes } from './routes/effects';
 import { bodyParser } from '@koa/bodyparser';
 import Koa from 'koa';
 import type { ApiDeps } from './deps';
@@ -16,6 +17,7 @@ import { sloRoutes } from './routes/slo';
 import { presenceRoutes } from './routes/presence';
 import { conversationRoutes } from './routes/conversations';
 import { analyticsRoutes } from './routes/analytics';
+import { openapiRoutes } from './routes/openapi';
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
@@ -37,7 +39,7 @@ export function createApp(deps: ApiDeps): Koa {
       },
     }),
   );
-  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), releaseRoutes(deps), metricsRoutes(deps), adminRoutes(deps), workerRoutes(deps), runRoutes(deps), sloRoutes(deps), presenceRoutes(deps), conversationRoutes(deps), analyticsRoutes(deps)]) {
+  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), releaseRoutes(deps), metricsRoutes(deps), adminRoutes(deps), workerRoutes(deps), runRoutes(deps), sloRoutes(deps), presenceRoutes(deps), conversationRoutes(deps), analyticsRoutes(deps), openapiRoutes(deps), effectRoutes(deps)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

@@ -19,6 +19,8 @@ import { RateLimiter } from './rate-limiter';
 import { attachWebSocket } from './ws';
 import { AgentRegistry } from '../agents/registry';
 import { createToolCatalog } from '../tools';
+import { checkMcpTools, startMcp } from '../tools/mcp';
+import { loadMcpServers } from '../agents/load';
 
 
 async function main() {
@@ -37,6 +39,10 @@ async function main() {
   const feed = new SessionFeed(hub, pool, settings.api, log);
   const userFeed = new UserFeed(hub, pool, log, settings.presence.userFeedCacheSessions);
   const tools = createToolCatalog(pool, settings.tools);
+  // The API lists MCP tools too (it resolves agents that name them) but never calls them; its first listing is awaited (bounded by KEEL_MCP_CONNECT_TIMEOUT_MS).
+  const mcp = startMcp({ servers: await loadMcpServers(settings.agentsFile), db: pool, catalog: tools, settings, log, execute: false });
+  await mcp.firstRound;
+  await checkMcpTools(settings.agentsFile, mcp, pool, log);
   const agents = await AgentRegistry.load(pool, settings.agentsFile, tools);
   const limiter = new RateLimiter(pool, settings.rateLimits);
   const sessions = await SessionService.connect(settings, pool, agents, metrics, limiter, log, tools);
@@ -73,6 +79,7 @@ async function main() {
     await hub.close();
     await sessions.close();
     limiter.close();
+    await mcp.close();
     await pool.end();
     await tracing?.shutdown();
     log.info('api stopped');

@@ -115,6 +115,20 @@ const Env = z.object({
   KEEL_HTTP_TIMEOUT_MS: int(10_000),
   KEEL_HTTP_MAX_BYTES: int(64 * 1024),
 
+  // OpenAPI import (docs/tools.md, "OpenAPI import").
+  KEEL_OPENAPI_ALLOW_HOSTS: z.string().default(''),
+  KEEL_OPENAPI_FETCH_TIMEOUT_MS: int(30_000),
+  KEEL_OPENAPI_MAX_BYTES: int(10 * 1024 * 1024),
+  KEEL_OPENAPI_MAX_OPERATIONS: int(200),
+  KEEL_OPENAPI_CLASSIFY_CONCURRENCY: int(4),
+
+  // MCP servers (docs/tools.md, "MCP servers").
+  KEEL_MCP_REFRESH_MS: int(5 * 60_000),
+  KEEL_MCP_CONNECT_TIMEOUT_MS: int(10_000),
+  KEEL_MCP_TOOL_TIMEOUT_MS: int(30_000),
+  KEEL_MCP_MAX_ATTEMPTS: int(3),
+  KEEL_MCP_RETRY_MAX_MS: int(30_000),
+
   // Background runs, webhooks and SLOs (docs/runs.md).
   KEEL_RUN_DEDUPE_WINDOW_MS: int(60 * 60_000),
   KEEL_RUN_SEND_LEASE_MS: int(10_000),
@@ -286,6 +300,30 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       moveSessions: e.KEEL_ROLLBACK_MOVE_SESSIONS === 'true',
     },
     prices: { ...DEFAULT_PRICES, ...e.KEEL_PRICE_TABLE },
+    /** Every KEEL_SECRET_<NAME> by NAME: credentials tools name (an OpenAPI import's auth header), never stored elsewhere. */
+    secrets: secretsOf(env),
+    openapi: {
+      /** Hosts (host or host:port) a spec URL may name although they are private or loopback addresses. */
+      allowHosts: e.KEEL_OPENAPI_ALLOW_HOSTS.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean),
+      fetchTimeoutMs: Math.max(100, e.KEEL_OPENAPI_FETCH_TIMEOUT_MS),
+      maxBytes: Math.max(1, e.KEEL_OPENAPI_MAX_BYTES),
+      /** A spec with more operations is refused (SPEC_TOO_LARGE). */
+      maxOperations: Math.max(1, e.KEEL_OPENAPI_MAX_OPERATIONS),
+      /** Operations classified by the model at once. */
+      classifyConcurrency: Math.max(1, e.KEEL_OPENAPI_CLASSIFY_CONCURRENCY),
+    },
+    mcp: {
+      /** How often each process lists a server's tools again (a server's `refreshMs` wins). */
+      refreshMs: Math.max(1_000, e.KEEL_MCP_REFRESH_MS),
+      /** Bounds connecting (spawning a stdio server, the initialize handshake) and each request listing its tools. */
+      connectTimeoutMs: Math.max(100, e.KEEL_MCP_CONNECT_TIMEOUT_MS),
+      /** A discovered tool's time-out unless its server's `timeoutMs` or an agent's toolPolicy sets one. */
+      toolTimeoutMs: Math.max(100, e.KEEL_MCP_TOOL_TIMEOUT_MS),
+      /** Attempts of one call when the server is unreachable or drops it, unless its server's `maxAttempts` says. */
+      maxAttempts: Math.max(1, e.KEEL_MCP_MAX_ATTEMPTS),
+      /** The longest wait between two discovery attempts of a server that is down (1 s, then doubling up to this). */
+      retryMaxMs: Math.max(1_000, e.KEEL_MCP_RETRY_MAX_MS),
+    },
     tools: {
       httpAllowHosts: e.KEEL_HTTP_ALLOW_HOSTS.split(',').map((h) => h.trim()).filter(Boolean),
       httpTimeoutMs: e.KEEL_HTTP_TIMEOUT_MS,
@@ -364,6 +402,19 @@ function agentsFileOf(agentsFile: string | undefined, template: string | undefin
   } catch (error) {
     throw new Error(`Invalid configuration: KEEL_TEMPLATE: ${(error as Error).message}`);
   }
+}
+
+const SECRET_PREFIX = 'KEEL_SECRET_';
+const SECRET_NAME = /^[A-Z0-9_]{1,64}$/;
+
+/** KEEL_SECRET_<NAME>=value for every NAME of capitals, digits and `_` (at most 64); an empty value is no secret. */
+function secretsOf(env: NodeJS.ProcessEnv): Readonly<Record<string, string>> {
+  const secrets: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (const [key, value] of Object.entries(env)) {
+    const name = key.startsWith(SECRET_PREFIX) ? key.slice(SECRET_PREFIX.length) : '';
+    if (SECRET_NAME.test(name) && value) secrets[name] = value;
+  }
+  return Object.freeze(secrets);
 }
 
 /** Where `npm start` puts its embedded services; `npm run worker` / `npm run api` fall back to them. */

@@ -51,6 +51,20 @@ export const ErrorCode = z.enum([
   'SESSION_NOT_ESCALATED',
   'HANDOFF_REFUSED',
   'INVALID_ID',
+  'OUTCOME_UNKNOWN',
+  // OpenAPI import (docs/tools.md, "OpenAPI import").
+  'SPEC_FETCH_REFUSED',
+  'SPEC_FETCH_FAILED',
+  'SPEC_TOO_LARGE',
+  'SPEC_TOO_MANY_REDIRECTS',
+  'SPEC_UNSUPPORTED_VERSION',
+  'SPEC_INVALID',
+  'SPEC_REMOTE_REF',
+  'IMPORT_NOT_FOUND',
+  'IMPORT_NOT_READY',
+  'IMPORT_ALREADY_DECIDED',
+  'OPERATION_NOT_FOUND',
+  'TOOL_NAME_TAKEN',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
@@ -104,6 +118,19 @@ const httpStatusByCode: Record<ErrorCode, number> = {
   SESSION_NOT_ESCALATED: 409,
   HANDOFF_REFUSED: 422,
   INVALID_ID: 400,
+  OUTCOME_UNKNOWN: 409,
+  SPEC_FETCH_REFUSED: 422,
+  SPEC_FETCH_FAILED: 502,
+  SPEC_TOO_LARGE: 413,
+  SPEC_TOO_MANY_REDIRECTS: 422,
+  SPEC_UNSUPPORTED_VERSION: 422,
+  SPEC_INVALID: 422,
+  SPEC_REMOTE_REF: 422,
+  IMPORT_NOT_FOUND: 404,
+  IMPORT_NOT_READY: 409,
+  IMPORT_ALREADY_DECIDED: 409,
+  OPERATION_NOT_FOUND: 404,
+  TOOL_NAME_TAKEN: 409,
 };
 
 export const SESSION_EXPIRED_MESSAGE = 'Session expired. Please start a new conversation.';
@@ -172,6 +199,28 @@ const recoverableByCode: Record<ErrorCode, boolean> = {
   HANDOFF_REFUSED: false,
   // A path ID that is not an ID at all (^[a-zA-Z0-9_-]{1,128}$): no such thing can exist.
   INVALID_ID: false,
+  // A write whose worker died after sending, not idempotent, and no one decided whether to send it again.
+  OUTCOME_UNKNOWN: false,
+  // A spec URL the SSRF rules refuse (private, loopback, link-local… address, scheme, credentials).
+  SPEC_FETCH_REFUSED: false,
+  // The spec's host did not answer, answered an error or too slowly: it may answer later.
+  SPEC_FETCH_FAILED: true,
+  // Over KEEL_OPENAPI_MAX_BYTES or KEEL_OPENAPI_MAX_OPERATIONS.
+  SPEC_TOO_LARGE: false,
+  SPEC_TOO_MANY_REDIRECTS: false,
+  // Swagger 2.0 or another version than OpenAPI 3.0/3.1.
+  SPEC_UNSUPPORTED_VERSION: false,
+  SPEC_INVALID: false,
+  // A $ref to another document: only refs inside the spec (#/…) are followed.
+  SPEC_REMOTE_REF: false,
+  IMPORT_NOT_FOUND: false,
+  // The import is still being fetched, parsed or classified (or failed): approve or edit once it is ready.
+  IMPORT_NOT_READY: true,
+  // The import was approved or discarded already.
+  IMPORT_ALREADY_DECIDED: false,
+  OPERATION_NOT_FOUND: false,
+  // A generated tool's name is taken by another tool (built-in, MCP or another import): approve with another toolPrefix.
+  TOOL_NAME_TAKEN: false,
 };
 
 export function httpStatusOf(code: ErrorCode): number {

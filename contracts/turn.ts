@@ -121,7 +121,8 @@ export type PlannedToolCall = z.infer<typeof PlannedToolCall>;
 export const ToolError = z.object({ code: z.string(), message: z.string() });
 
 export const ToolOutcome = z.object({
-  status: z.enum(['succeeded', 'failed', 'cancelled']),
+  /** outcome_unknown: an earlier attempt of this write may have acted, and the tool is not idempotent: nothing ran. */
+  status: z.enum(['succeeded', 'failed', 'cancelled', 'outcome_unknown']),
   result: z.unknown().optional(),
   error: ToolError.optional(),
 });
@@ -151,6 +152,10 @@ export const ExecuteToolInput = ToolCallIds.extend({
   /** From the workflow and tool call IDs: the same on every retry of one call. */
   idempotencyKey: z.string(),
   timeoutMs: z.number().int().positive(),
+  /** The call's resolved policy says a repeat with the same key is harmless (absent: the tool's own definition). */
+  idempotent: z.boolean().optional(),
+  /** A person asked to send it again although its outcome is unknown. */
+  force: z.boolean().optional(),
 });
 export type ExecuteToolInput = z.infer<typeof ExecuteToolInput>;
 
@@ -289,3 +294,25 @@ export const CloseTurnInput = z.object({
   ]),
 });
 export type CloseTurnInput = z.infer<typeof CloseTurnInput>;
+
+export { OUTCOME_UNKNOWN_APPROVAL_NAME } from './builtin-tools';
+
+/** Asks a person about a write whose outcome is unknown: approve sends it again, reject marks it done. */
+export const RequestEffectDecisionInput = z.object({
+  sessionId: z.string(),
+  toolCallId: z.string(),
+  name: z.string(),
+  turn: z.number().int().positive(),
+  step: z.number().int().positive(),
+  agent: z.object({ id: z.string(), version: z.number().int().nonnegative() }),
+  ttlMs: z.number().int().positive(),
+  nowMs: z.number(),
+});
+export type RequestEffectDecisionInput = z.infer<typeof RequestEffectDecisionInput>;
+
+/** Closes an unknown-outcome call without sending it again: marked done by a person, or undecided. */
+export const CloseUnknownEffectInput = ToolCallIds.extend({
+  decision: z.enum(['marked_done', 'undecided']),
+  decidedBy: z.string().nullable(),
+});
+export type CloseUnknownEffectInput = z.infer<typeof CloseUnknownEffectInput>;

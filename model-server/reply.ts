@@ -1,5 +1,7 @@
 import { demoToolCall } from './demo-tools';
+import { mcpDemoCall } from './mcp-demo';
 import { escalationAsked, handoffAsked, isRouteRequest, onlyHandoffResults, routeReply } from './route-brain';
+import { isOpenapiClassifyRequest, openapiClassifyReply } from './openapi-brain';
 import { z } from 'zod';
 
 export interface ToolCallSpec {
@@ -171,6 +173,7 @@ function trailingToolMessages(messages: ChatMessage[]): ChatMessage[] {
 export function brainReply(request: ChatRequest): Reply {
   const { messages } = request;
   if (isRouteRequest(request)) return routeReply(request);
+  if (isOpenapiClassifyRequest(request)) return openapiClassifyReply(request);
   const toolResults = trailingToolMessages(messages);
   const results = toolResults.map((m) => textOf(m.content));
   if (toolResults.length && !onlyHandoffResults(results)) return { kind: 'text', text: toolResultsReply(results) };
@@ -184,7 +187,7 @@ export function brainReply(request: ChatRequest): Reply {
   if (handoff) return { kind: 'tool_calls', calls: [{ name: 'handoff', arguments: JSON.stringify(handoff) }] };
   const escalation = lastText && offers(request, 'escalate') ? escalationAsked(lastText) : undefined;
   if (escalation) return { kind: 'tool_calls', calls: [{ name: 'escalate', arguments: JSON.stringify({ reason: escalation }) }] };
-  const demo = lastText ? demoToolCall(request, lastText) : undefined;
+  const demo = lastText ? (demoToolCall(request, lastText) ?? mcpDemoCall(request, lastText)) : undefined;
   if (demo) return demo;
   const expression = lastText && offers(request, 'calculator') ? arithmeticIn(lastText) : undefined;
   if (expression) return { kind: 'tool_calls', calls: [{ name: 'calculator', arguments: JSON.stringify({ expression }) }] };

@@ -1,3 +1,4 @@
+import { modelToolName, toolNameReader } from '../activities/llm/tool-names';
 import type OpenAI from 'openai';
 import type { DatabasePool } from 'slonik';
 import { systemPromptOf, type HealthCheckProbe, type ResolvedAgent } from '../contracts/agents';
@@ -38,7 +39,8 @@ export async function runProbe(deps: ProbeDeps, agent: ResolvedAgent, probe: Hea
     ...(agent.systemPrompt ? [{ role: 'system' as const, content: systemPromptOf(agent) }] : []),
     { role: 'user', content: probe.prompt },
   ];
-  const toolSpecs = agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name, description, parameters } }));
+  const toolSpecs = agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name: modelToolName(name), description, parameters } }));
+  const keelName = toolNameReader(agent.tools.map((t) => t.name));
   try {
     for (let step = 1; step <= agent.maxStepsPerTurn; step++) {
       const completion = await deps.openai.chat.completions.create(
@@ -59,8 +61,9 @@ export async function runProbe(deps: ProbeDeps, agent: ResolvedAgent, probe: Hea
       }
       messages.push({ role: 'assistant', content: message?.content ?? null, tool_calls: calls });
       for (const call of calls) {
-        toolsCalled.push(call.function.name);
-        messages.push({ role: 'tool', tool_call_id: call.id, content: await answerToolCall(deps, agent, call.function.name, call.function.arguments, abort) });
+        const name = keelName(call.function.name);
+        toolsCalled.push(name);
+        messages.push({ role: 'tool', tool_call_id: call.id, content: await answerToolCall(deps, agent, name, call.function.arguments, abort) });
       }
       if (step === agent.maxStepsPerTurn) failures.push(`no final reply within ${agent.maxStepsPerTurn} steps`);
     }

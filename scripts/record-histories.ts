@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { sessionWorkflowId } from '../contracts/ids';
+import { toolCallIdOf } from '../activities/tool-activities';
 import type { LocalModelServer, ModelScript } from '../model-server/server';
 import { historyToJsonText, type History } from '../test/support/history-json';
 import { DEV_TOKEN, startStack, type Stack } from '../test/support/stack';
@@ -142,6 +143,8 @@ interface Context {
   /** A REST call with an admin token (release changes). */
   admin(method: string, route: string, body?: unknown): Promise<{ status: number; body: any; text: string }>;
   taskQueue: string;
+  /** The deployment's database (the effect ledger scenario stages a crashed attempt in it). */
+  db: Stack['db'];
 }
 
 /** The session took another path than the scenario is for (a timing race): worth another try. */
@@ -836,6 +839,73 @@ const scenarios: Scenario[] = [
       return histories;
     },
   },
+  {
+    name: 'openapi-import',
+    files: {
+      'openapi-import-ready': 'openapiImportWorkflow for a spec given inline (POST /openapi/imports {spec}): fetching (nothing to fetch), validating, parsing and classifying (the local model) steps, then ready.',
+      'openapi-import-failed': 'the same for a Swagger 2.0 spec: the validating step refuses it (SPEC_UNSUPPORTED_VERSION, not retried) and the workflow records the import failed.',
+    },
+    uses: 'POST /openapi/imports {spec, agentId} (admin), GET /openapi/imports/:id, the workflow ID openapi-import-<id>',
+    async run(ctx) {
+      const spec = {
+        openapi: '3.1.0',
+        info: { title: 'Recorded', version: '1' },
+        servers: [{ url: 'https://api.example.com' }],
+        paths: { '/orders/{orderId}': { get: { operationId: 'getOrder', parameters: [{ name: 'orderId', in: 'path', required: true, schema: { type: 'string' } }], responses: { '200': { description: 'ok' } } } } },
+      };
+      const swagger = { swagger: '2.0', info: { title: 'Old', version: '1' }, paths: {} };
+      const histories: Record<string, History> = {};
+      for (const [file, body, status] of [['openapi-import-ready', spec, 'ready'], ['openapi-import-failed', swagger, 'failed']] as const) {
+        const res = await ctx.admin('POST', '/openapi/imports', { agentId: 'default', spec: body });
+        if (res.status !== 202) throw new Error(`POST /openapi/imports: ${res.status} ${res.text}`);
+        histories[file] = await closedHistory(ctx, `openapi-import-${res.body.id}`);
+        const stored = (await ctx.admin('GET', `/openapi/imports/${res.body.id}`)).body;
+        if (stored.status !== status) throw new Error(`the import ended ${stored.status} (${JSON.stringify(stored.error)}), not ${status}`);
+      }
+      return {
+        'openapi-import-ready': expectPath(histories['openapi-import-ready']!, {
+          'every step ran': (f) => ['fetchOpenapiSpec', 'validateOpenapiSpec', 'parseOpenapiSpec', 'classifyOpenapiOperations', 'finishOpenapiImport'].every((a) => f.activities.includes(a)),
+          completed: (f) => f.last === 'workflowExecutionCompleted',
+        }),
+        'openapi-import-failed': expectPath(histories['openapi-import-failed']!, {
+          'stopped at validation': (f) => f.activities.includes('validateOpenapiSpec') && !f.activities.includes('parseOpenapiSpec') && f.activities.includes('finishOpenapiImport'),
+          completed: (f) => f.last === 'workflowExecutionCompleted',
+        }),
+      };
+    },
+  },
+  {
+    name: 'effects',
+    files: {
+      'outcome-unknown-resent': 'a write whose earlier attempt left an intent and no receipt (a worker died after sending), not idempotent: executeTool answers outcome_unknown, a person approves (requestEffectDecision), and it is sent again (forced).',
+      'outcome-unknown-marked-done': 'the same, rejected: the call is marked done (closeUnknownEffect) without running.',
+    },
+    uses: 'agent toolPolicy idempotent: false, the model script\'s fixed tool call id, the effects table, POST /sessions/:id/approvals/:id',
+    async run(ctx) {
+      const api = await ctx.api();
+      const histories: Record<string, History> = {};
+      for (const approved of [true, false]) {
+        const { sessionId, ws, workflowId } = await api.session('once');
+        // The crashed attempt's intent, staged: the call's ID comes from the session, turn, step and the model's call ID.
+        const toolCallId = toolCallIdOf(sessionId, 1, 1, 'call_staged');
+        await ctx.db.query(`INSERT INTO effects (tool_call_id, session_id, name, idempotency_key, idempotent, status) VALUES ($1, $2, 'create_note', $3, false, 'intent')`, [toolCallId, sessionId, `${workflowId}:${toolCallId}`]);
+        ctx.model.script(sessionId, { toolCalls: [{ id: 'call_staged', ...call('create_note', { title: 'once', body: 'once' }) }] });
+        ws.send({ type: 'message', content: 'save it once' });
+        const required = await ws.waitFor((f) => f.type === 'approval.required' && f.data.name === 'create_note');
+        ws.send({ type: 'approval', toolCallId: required.data.toolCallId, approved: true });
+        const unknown = await ws.waitFor((f) => f.type === 'approval.required' && f.data.name === 'outcome_unknown');
+        await settledHistory(ctx, workflowId);
+        const res = await api.request('POST', `/sessions/${sessionId}/approvals/${unknown.data.toolCallId}`, { approved });
+        if (res.status !== 200) throw new Error(`decide: ${res.status} ${res.text}`);
+        await turnDone(ws, 'completed');
+        histories[approved ? 'outcome-unknown-resent' : 'outcome-unknown-marked-done'] = expectPath(await settledHistory(ctx, workflowId), {
+          'asked a person': (f) => f.activities.includes('requestEffectDecision'),
+          [approved ? 'sent again' : 'marked done']: (f) => (approved ? f.activities.filter((a) => a === TOOL_RUN).length === 2 : f.activities.includes('closeUnknownEffect')),
+        });
+      }
+      return histories;
+    },
+  },
 ];
 
 async function expectOk(pending: Promise<{ status: number; text: string }>): Promise<void> {
@@ -998,6 +1068,7 @@ async function main(): Promise<number> {
     const extraApis: Spawned[] = [];
     stops.push(async () => void (await Promise.all(extraApis.map((a) => a.kill()))));
     const ctx: Context = {
+      db: stack.db,
       admin: () => Promise.reject(new Error('not ready')),
       taskQueue: stack.env.KEEL_TASK_QUEUE!,
       model: stack.model,

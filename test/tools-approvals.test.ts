@@ -155,7 +155,10 @@ test('the worker dies after the side effect, before the activity completes: the 
   expect(await notes(sessionId)).toEqual(['exactly once']);
   const results = ws.frames.filter(of('tool.result'));
   expect(results).toHaveLength(1);
-  expect(results[0]!.data.result).toMatchObject({ applied: 'already' });
+  // The retry found the first attempt's receipt in the effect ledger and reported it without running again.
+  expect(results[0]!.data.result).toMatchObject({ applied: 'now' });
+  const { rows } = await stack.db.query('SELECT status, attempts FROM effects WHERE session_id = $1', [sessionId]);
+  expect(rows).toEqual([{ status: 'done', attempts: 1 }]);
 }, 60_000);
 
 export async function sendAndWait(ws: WsClient, content: string) {

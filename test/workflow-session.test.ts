@@ -97,6 +97,13 @@ const doubles: SessionActivityDoubles = {
     record('requestBudgetApproval', input);
     return { approvalId: `bud-${input.turn}-${input.pause}`, digest: 'bd', expiresAt: new Date(input.nowMs + input.ttlMs).toISOString() };
   },
+  async requestEffectDecision(input) {
+    record('requestEffectDecision', input);
+    return { approvalId: `eff-${input.toolCallId}`, digest: 'ed', expiresAt: new Date(input.nowMs + input.ttlMs).toISOString() };
+  },
+  async closeUnknownEffect(input) {
+    record('closeUnknownEffect', input);
+  },
 };
 
 let harness: Awaited<ReturnType<typeof startWorkflowHarness>>;
@@ -570,5 +577,33 @@ describe('budgets', () => {
     // The reply's call was recorded and closed, so the conversation stays well formed.
     expect(named(sessionId, 'settleToolCall').find((c) => c.toolCallId === 'tc-2-0')).toMatchObject({ status: 'cancelled', ran: false });
     await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+  });
+});
+
+describe('effects whose outcome is unknown', () => {
+  const decide = (handle: WorkflowHandle, toolCallId: string, approved: boolean) =>
+    handle.executeUpdate(decideApprovalUpdate, { args: [{ toolCallId, approved, decidedBy: 'approver', digest: 'ed' }] });
+
+  /** executeTool answers outcome_unknown until a person forces it. */
+  const unknownUntilForced: Script['executeTool'] = async (input) => (input.force ? { status: 'succeeded', result: 'sent again' } : { status: 'outcome_unknown' });
+
+  test('approved, the call is sent again (forced) and its result stands; rejected, it is marked done; neither runs on a guess', async () => {
+    for (const approved of [true, false]) {
+      const { handle, sessionId } = await startSession(sessionConfig({ agent: { tools: [WRITE_TOOL] } }));
+      scripts.set(sessionId, { streamReply: askTools(WRITE_TOOL.name), executeTool: unknownUntilForced });
+      await handle.signal(userMessageSignal, { messageId: 'm1' });
+      await eventually(async () => (await handle.query(sessionStateQuery)).pendingApprovals.length === 1, 'the decision to ask for');
+      const asked = named(sessionId, 'requestEffectDecision');
+      expect(asked).toEqual([expect.objectContaining({ toolCallId: 'tc-1-0', name: WRITE_TOOL.name, turn: 1, step: 1 })]);
+      expect(named(sessionId, 'executeTool').filter((c) => c.finished)).toHaveLength(1);
+      await decide(handle, 'eff-tc-1-0', approved);
+      await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null, 'the turn to finish');
+      const runs = named(sessionId, 'executeTool').filter((c) => c.finished);
+      expect(runs.map((c) => [c.force ?? false, c.finished])).toEqual(approved ? [[false, 'outcome_unknown'], [true, 'succeeded']] : [[false, 'outcome_unknown']]);
+      expect(named(sessionId, 'closeUnknownEffect')).toEqual(approved ? [] : [expect.objectContaining({ toolCallId: 'tc-1-0', decision: 'marked_done', decidedBy: 'approver' })]);
+      expect(named(sessionId, 'settleToolCall').find((c) => c.toolCallId === 'eff-tc-1-0')).toMatchObject({ approval: { outcome: approved ? 'approved' : 'rejected' } });
+      expect(named(sessionId, 'recordTurnFailure')).toHaveLength(0);
+      await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+    }
   });
 });

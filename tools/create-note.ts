@@ -37,6 +37,8 @@ export const createNote: Tool<Args> = {
     requiresApproval: true,
     timeoutMs: 5_000,
     retry: { maxAttempts: 3 },
+    // Stored once per idempotency key: a repeat returns the note already saved.
+    idempotent: true,
   },
   parse: (args) => parseArgs(Args, args),
   async execute({ title, body }, ctx): Promise<CreateNoteResult> {

@@ -21,7 +21,7 @@ async function main() {
   const pool = await openPool(databaseUrl, settings.dbPoolSize);
   const metrics = createMetrics('worker');
   const temporalMetricsPort = await installTemporalRuntime();
-  const { worker, connection, client, clientConnection, turns } = await createWorker(settings, pool, metrics, log, tracing);
+  const { worker, connection, client, clientConnection, turns, mcp } = await createWorker(settings, pool, metrics, log, tracing);
   await ensureReleaseSchedule(client, settings, log);
   const metricsServer = await startWorkerMetricsServer(metrics, settings.workerMetricsPort, temporalMetricsPort);
   const metricsAddress = metricsServer.address();
@@ -47,6 +47,7 @@ async function main() {
   // After the drain: a clean stop marks the row stopped, so it raises no stale-worker alert.
   await heartbeat.stop();
   await outbox.stop();
+  await mcp.close();
   metricsServer.close();
   await connection.close();
   await clientConnection.close();

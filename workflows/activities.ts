@@ -24,7 +24,7 @@ interface EscalationActivities {
 export function sessionActivities(config: SessionConfig) {
   // Persistence keeps trying while the database is down (an accepted message is never lost),
   // but gives up at once on a failure that retrying cannot fix.
-  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall' | 'requestBudgetApproval'> & Pick<RoutingActivities, 'startAgent' | 'closeTurn'>>({
+  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall' | 'requestBudgetApproval' | 'requestEffectDecision' | 'closeUnknownEffect'> & Pick<RoutingActivities, 'startAgent' | 'closeTurn'>>({
     startToCloseTimeout: config.persistenceTimeoutMs ?? LEGACY_PERSISTENCE_TIMEOUT_MS,
     retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
   });
@@ -58,6 +58,8 @@ export function sessionActivities(config: SessionConfig) {
     recordToolCalls: persistence.recordToolCalls,
     settleToolCall: persistence.settleToolCall,
     requestBudgetApproval: persistence.requestBudgetApproval,
+    requestEffectDecision: persistence.requestEffectDecision,
+    closeUnknownEffect: persistence.closeUnknownEffect,
     streamReply: llm.streamReply,
     routeMessage: llm.routeMessage,
     startAgent: persistence.startAgent,

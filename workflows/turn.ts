@@ -2,7 +2,8 @@ import { ActivityFailure, ApplicationFailure, CancellationScope, CancelledFailur
 import type { ErrorBody } from '../contracts/errors';
 import type { ApprovalOutcome, BudgetOverrun, ToolResultStatus } from '../contracts/events';
 import type { QueuedMessage } from '../contracts/session';
-import type { MessageRef, PlannedToolCall, SettleInput, ToolPolicy } from '../contracts/turn';
+import type { MessageRef, PlannedToolCall, SettleInput, ToolOutcome, ToolPolicy } from '../contracts/turn';
+import { OUTCOME_UNKNOWN_APPROVAL_NAME } from '../contracts/builtin-tools';
 import { ESCALATE_TOOL, HANDOFF_TOOL } from '../contracts/builtin-tools';
 import type { EscalationSource } from '../contracts/events';
 import type { SessionAgent } from '../contracts/session';
@@ -430,16 +431,24 @@ function parseJsonObject(text: string): Record<string, unknown> | null {
 async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy): Promise<string | null> {
   // Before this patch a write tool was started even when the cancel had already landed.
   if (CancellationScope.current().consideredCancelled) throw new CancelledFailure('the turn was cancelled before the tool started');
-  const run = () =>
+  const run = (force = false) =>
     toolActivities(policy).executeTool({
       ...settleBase(ctx, call),
       arguments: call.arguments,
       idempotencyKey: `${workflowInfo().workflowId}:${call.toolCallId}`,
       timeoutMs: policy.timeoutMs,
+      ...(policy.idempotent === undefined ? {} : { idempotent: policy.idempotent }),
+      ...(force ? { force: true } : {}),
     });
   try {
     ctx.scheduled.add(call.toolCallId);
-    const outcome = await run();
+    let outcome = await run();
+    // An earlier attempt may have acted and the tool cannot be repeated safely: a person decides.
+    if (outcome.status === 'outcome_unknown') {
+      const resent = await decideUnknownOutcome(ctx, call, policy, () => run(true));
+      if (!resent) return null;
+      outcome = resent;
+    }
     ctx.open.delete(call.toolCallId);
     return outcome.error?.code === 'TOOL_AUTH_ERROR' ? outcome.error.message : null;
   } catch (error) {
@@ -455,6 +464,43 @@ async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPoli
     await settle(ctx, call, { status: 'failed', error: { code, message: code === 'TOOL_TIMEOUT' ? `The tool '${call.name}' timed out.` : `The tool '${call.name}' failed.` } });
     return null;
   }
+}
+
+/**
+ * A write whose outcome is unknown (docs/tools.md, "Effects"): an approval asks a person. Approved,
+ * it is sent again with the same key (the outcome returned); rejected, it is marked done; expired,
+ * it stays unknown and fails with OUTCOME_UNKNOWN. Either way it never runs twice on a guess.
+ */
+async function decideUnknownOutcome(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy, resend: () => Promise<ToolOutcome>): Promise<ToolOutcome | null> {
+  const { state, acts, message } = ctx;
+  const agent = state.config.agent;
+  const request = await CancellationScope.nonCancellable(() =>
+    acts.requestEffectDecision({
+      sessionId: state.sessionId,
+      toolCallId: call.toolCallId,
+      name: call.name,
+      turn: message.turn,
+      step: Math.max(1, Math.floor(call.position / 1000)),
+      agent: { id: agent.id, version: agent.version },
+      ttlMs: policy.approvalTtlMs,
+      nowMs: workflowNow(),
+    }),
+  );
+  const ids = { sessionId: state.sessionId, toolCallId: request.approvalId, modelCallId: request.approvalId, name: OUTCOME_UNKNOWN_APPROVAL_NAME, turn: message.turn, position: 0 };
+  let decision: Awaited<ReturnType<typeof awaitApproval>>;
+  try {
+    decision = await awaitApproval(ctx, { toolCallId: request.approvalId, name: OUTCOME_UNKNOWN_APPROVAL_NAME, digest: request.digest, expiresAt: request.expiresAt });
+  } catch (error) {
+    if (isCancellation(error)) await CancellationScope.nonCancellable(() => contained('close the unknown-outcome approval', () => acts.settleToolCall({ ...ids, approval: { outcome: 'cancelled', decidedBy: null, feedback: null } })));
+    throw error;
+  }
+  await CancellationScope.nonCancellable(() => acts.settleToolCall({ ...ids, approval: decision }));
+  if (decision.outcome === 'approved') return resend();
+  await CancellationScope.nonCancellable(() =>
+    acts.closeUnknownEffect({ ...settleBase(ctx, call), decision: decision.outcome === 'rejected' ? 'marked_done' : 'undecided', decidedBy: decision.decidedBy }),
+  );
+  ctx.open.delete(call.toolCallId);
+  return null;
 }
 
 function failureType(error: unknown): string | undefined {

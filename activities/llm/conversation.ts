@@ -1,3 +1,4 @@
+import { modelToolName } from './tool-names';
 import type OpenAI from 'openai';
 import type { MessageRow } from '../../db/messages';
 
@@ -12,7 +13,7 @@ function toChatMessage(m: MessageRow): OpenAI.ChatCompletionMessageParam {
   return {
     role: 'assistant',
     content: m.content || null,
-    tool_calls: m.tool_calls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })),
+    tool_calls: m.tool_calls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: modelToolName(c.name), arguments: c.arguments } })),
   };
 }
 

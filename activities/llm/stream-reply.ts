@@ -17,6 +17,7 @@ import type { AgentVersions } from '../../agents/versions';
 import { acceptMessagesIn, turnLogIds } from '../persistence';
 import { classifyingPersistenceErrors, parseActivityInput, storableText } from '../persistence-errors';
 import { toChatMessages } from './conversation';
+import { modelToolName, toolNameReader } from './tool-names';
 import { DeltaCoalescer } from './delta-coalescer';
 import { classifyLlmError, contentFilterFailure } from './llm-errors';
 import { ToolCallAssembler } from './tool-call-assembler';
@@ -137,7 +138,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     let reported: Usage | null = null;
     const handoffTargets = input.handoffTo?.length ? await Promise.all(input.handoffTo.map((m) => deps.agents.get(m.id, m.version))) : [];
     const tools = [
-      ...agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name, description, parameters } })),
+      ...agent.tools.map(({ name, description, parameters }) => ({ type: 'function' as const, function: { name: modelToolName(name), description, parameters } })),
       ...builtinToolsFor(input, handoffTargets),
     ];
     // The greeting opens the reply: streamed first, stored with it, so the model reads it later too.
@@ -200,7 +201,8 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     const usage: Usage = reported ?? { inputTokens: 0, outputTokens: 0, costUsd: 0, usageMissing: true };
 
     content = storableText(content);
-    const calls = toolCalls.result().map((c) => ({ ...c, name: storableText(c.name), arguments: storableText(c.arguments) }));
+    const keelName = toolNameReader([...agent.tools.map((t) => t.name), HANDOFF_TOOL, ESCALATE_TOOL]);
+    const calls = toolCalls.result().map((c) => ({ ...c, name: storableText(keelName(c.name)), arguments: storableText(c.arguments) }));
     const messageId = replyMessageIdOf(input.sessionId, input.turn, input.step);
     // Another attempt of this step may have committed first (one that stalled, then resumed):
     // the stream.end key decides, under the session's row lock, and the loser returns the winner's reply.

@@ -77,7 +77,8 @@ function viewOf(row: OrderRow): OrderView {
 }
 
 const readTool = { permission: 'read', requiresApproval: false, timeoutMs: 5_000, retry: { maxAttempts: 3 } } as const;
-const writeTool = { permission: 'write', requiresApproval: true, timeoutMs: 5_000, retry: { maxAttempts: 3 } } as const;
+// demo_actions keeps one result per idempotency key (write-once.ts): a repeat has no second effect.
+const writeTool = { permission: 'write', requiresApproval: true, timeoutMs: 5_000, retry: { maxAttempts: 3 }, idempotent: true } as const;
 
 const OrderArgs = z.object({ order_id: OrderId }).strict();
 type OrderArgs = z.infer<typeof OrderArgs>;

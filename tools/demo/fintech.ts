@@ -20,7 +20,8 @@ async function findAccount(db: CommonQueryMethods, id: string): Promise<AccountR
 }
 
 const readTool = { permission: 'read', requiresApproval: false, timeoutMs: 5_000, retry: { maxAttempts: 3 } } as const;
-const writeTool = { permission: 'write', requiresApproval: true, timeoutMs: 5_000, retry: { maxAttempts: 3 } } as const;
+// demo_actions keeps one result per idempotency key (write-once.ts): a repeat has no second effect.
+const writeTool = { permission: 'write', requiresApproval: true, timeoutMs: 5_000, retry: { maxAttempts: 3 }, idempotent: true } as const;
 
 const BalanceArgs = z.object({ account_id: AccountId }).strict();
 type BalanceArgs = z.infer<typeof BalanceArgs>;

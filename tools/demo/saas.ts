@@ -111,6 +111,8 @@ export const changePlan: Tool<ChangePlanArgs> = {
     requiresApproval: true,
     timeoutMs: 5_000,
     retry: { maxAttempts: 3 },
+    // demo_actions keeps one result per idempotency key (write-once.ts).
+    idempotent: true,
   },
   parse: (args) => parseArgs(ChangePlanArgs, args),
   execute: ({ account_id, plan, seats }, ctx): Promise<Applied<ChangePlanResult>> =>
