@@ -1,13 +1,15 @@
 import { createHash } from 'node:crypto';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
-import type { DatabasePool, DatabaseTransactionConnection } from 'slonik';
+import { sql, type DatabasePool, type DatabaseTransactionConnection } from 'slonik';
 import { canonicalJson } from '../contracts/canonical';
 import {
   assistantPosition,
   BUDGET_APPROVAL_NAME,
   CloseUnknownEffectInput,
   ExecuteToolInput,
+  ReconcileEffectInput,
+  type ReconcileEffectResult,
   OUTCOME_UNKNOWN_APPROVAL_NAME,
   RequestEffectDecisionInput,
   RecordToolCallsInput,
@@ -22,7 +24,7 @@ import type { ToolCatalog } from '../tools/catalog';
 import { appendEvent } from '../db/events';
 import { insertMessage } from '../db/messages';
 import { findToolCall, insertToolCall, recordApproval, recordToolStatus } from '../db/tool-calls';
-import { claimEffect, recordEffect, type EffectRow } from '../db/effects';
+import { claimEffect, EFFECT_COLUMNS, EffectRow, recordEffect } from '../db/effects';
 import { ToolAuthError, ToolInputError, ToolRefusedError, ToolTimeoutError, ToolTransientError, ToolValidationError, type Tool, type ToolSettings } from '../tools';
 import { classifyingPersistenceErrors, parseActivityInput, storableJson } from './persistence-errors';
 
@@ -206,12 +208,14 @@ export function createToolActivities(deps: {
     if (!tool) throw ApplicationFailure.nonRetryable(`No tool named ${input.name}`, 'TOOL_NOT_FOUND');
     // Writes go through the effect ledger: an intent before, a receipt after (db/effects.ts).
     const write = tool.definition.permission === 'write';
+    let attempt: number | undefined;
     if (write) {
       const claim = await pool.transaction((tx) =>
         claimEffect(tx, { toolCallId: input.toolCallId, sessionId: input.sessionId, name: input.name, idempotencyKey: input.idempotencyKey, idempotent: input.idempotent ?? tool.definition.idempotent === true, force: input.force === true }),
       );
       if (claim.kind === 'unknown') return { status: 'outcome_unknown' };
       if (claim.kind === 'receipt') return settleFromReceipt(input, claim.row);
+      attempt = claim.attempt;
     }
     await recordToolStatus(pool, input.toolCallId, { status: 'running' });
     const beat = setInterval(() => ctx.heartbeat(), TOOL_HEARTBEAT_MS);
@@ -229,14 +233,14 @@ export function createToolActivities(deps: {
         outcome = outcomeOfFailure(error, input.name, timeout, cancellation);
       } catch (thrown) {
         // Retried by Temporal: the next attempt may run again only if this one cannot have acted.
-        if (write) await recordEffect(pool, input.toolCallId, { status: mayHaveActed(error) ? 'unknown' : 'retryable', errorCode: (thrown as ApplicationFailure).type ?? 'TOOL_EXECUTION_ERROR' });
+        if (write) await recordEffect(pool, input.toolCallId, { status: mayHaveActed(error) ? 'unknown' : 'retryable', errorCode: (thrown as ApplicationFailure).type ?? 'TOOL_EXECUTION_ERROR' }, attempt);
         throw thrown;
       }
     } finally {
       clearInterval(beat);
     }
     if (write && outcome.status !== 'cancelled') {
-      await recordEffect(pool, input.toolCallId, { status: outcome.status === 'succeeded' ? 'done' : 'failed', ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { errorCode: outcome.error.code } : {}) });
+      await recordEffect(pool, input.toolCallId, { status: outcome.status === 'succeeded' ? 'done' : 'failed', ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { errorCode: outcome.error.code } : {}) }, attempt);
     }
     await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
     if (outcome.status === 'cancelled') throw new CancelledFailure(`${input.name} was cancelled while running`);
@@ -261,9 +265,30 @@ export function createToolActivities(deps: {
    */
   async function requestEffectDecision(raw: RequestEffectDecisionInput): Promise<BudgetApprovalRequest> {
     const input = parseActivityInput(RequestEffectDecisionInput, raw);
-    const approvalId = `eff_${createHash('sha256').update(`${input.sessionId}\0${input.toolCallId}`).digest('hex').slice(0, 32)}`;
+    const round = input.round === undefined ? '' : `\0${input.round}`;
+    const approvalId = `eff_${createHash('sha256').update(`${input.sessionId}\0${input.toolCallId}${round}`).digest('hex').slice(0, 32)}`;
     const question = 'The outcome of this call is unknown (its worker stopped after sending it). Approve to send it again, reject to mark it done.';
     return requestApproval(input, approvalId, OUTCOME_UNKNOWN_APPROVAL_NAME, { toolCallId: input.toolCallId, tool: input.name, question });
+  }
+
+  /**
+   * A write's last attempt failed: what the ledger holds decides. A receipt (the tool answered,
+   * then its worker died) is settled as the result; an intent or an unknown outcome (it may have
+   * acted) is marked unknown for a person; anything else (it cannot have acted) leaves the
+   * failure as it is.
+   */
+  async function reconcileEffect(raw: ReconcileEffectInput): Promise<ReconcileEffectResult> {
+    const input = parseActivityInput(ReconcileEffectInput, raw);
+    const row = await pool.maybeOne(sql.type(EffectRow)`SELECT ${EFFECT_COLUMNS} FROM effects WHERE tool_call_id = ${input.toolCallId}`);
+    if (!row) return { kind: 'none' };
+    if (row.status === 'done' || row.status === 'failed' || row.status === 'marked_done') {
+      return { kind: 'settled', outcome: await settleFromReceipt({ ...input, arguments: '{}', idempotencyKey: row.idempotency_key, timeoutMs: 1 }, row) };
+    }
+    if (row.status === 'intent' || row.status === 'unknown') {
+      await recordEffect(pool, input.toolCallId, { status: 'unknown' });
+      return { kind: 'unknown' };
+    }
+    return { kind: 'none' };
   }
 
   /** A person said the call happened (or no one decided): the ledger and the call's result say so. */
@@ -286,7 +311,7 @@ export function createToolActivities(deps: {
     });
   }
 
-  return classifyingPersistenceErrors({ recordToolCalls, settleToolCall, executeTool, requestBudgetApproval, requestEffectDecision, closeUnknownEffect });
+  return classifyingPersistenceErrors({ recordToolCalls, settleToolCall, executeTool, requestBudgetApproval, requestEffectDecision, closeUnknownEffect, reconcileEffect });
 }
 
 /**
@@ -308,7 +333,7 @@ function outcomeOfFailure(error: unknown, name: string, timeout: AbortSignal, ca
 
 /** A failure after which the tool may have acted: it timed out or the worker stopped it mid-way. A service's 408/429/5xx answer says it did not. */
 function mayHaveActed(error: unknown): boolean {
-  if (error instanceof ToolTransientError) return false;
+  if (error instanceof ToolTransientError) return !error.notActed;
   // Nothing was sent: the connection was never made.
   const code = (error as { code?: unknown; cause?: { code?: unknown } }).code ?? (error as { cause?: { code?: unknown } }).cause?.code;
   return !(code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN');

@@ -20,9 +20,15 @@ export class AgentVersions {
   }
 
   private readonly catalog: ToolDefinitionSource;
+  private seenRevision: number | undefined;
 
   /** The version, or null when it is not stored. */
   get(id: string, version: number): Promise<ResolvedAgent | null> {
+    // A catalog tool that changed (an MCP server re-listed it) is resolved again from then on.
+    if (this.catalog.revision !== undefined && this.catalog.revision !== this.seenRevision) {
+      this.seenRevision = this.catalog.revision;
+      this.cache.clear();
+    }
     const key = `${id}@${version}`;
     let found = this.cache.get(key);
     if (!found) {

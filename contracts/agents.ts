@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { BUILTIN_TOOL_NAMES } from './builtin-tools';
-import { ToolPermission, type ToolDefinition } from './tools';
+import { MAX_MODEL_TOOL_NAME, modelToolName, ToolPermission, type ToolDefinition } from './tools';
 
 export const AGENT_ID_PATTERN = /^[a-zA-Z0-9_-]{1,64}$/;
 export const DEFAULT_AGENT_ID = 'default';
@@ -223,6 +223,7 @@ export function resolveAgent(def: AgentDefinition, version: number, digest: stri
     }
     return applyPolicy(def, name, tool);
   });
+  checkModelToolNames(def.id, [...resolvedTools.map((t) => t.name), ...BUILTIN_TOOL_NAMES]);
   return {
     id: def.id,
     version,
@@ -244,6 +245,18 @@ export function resolveAgent(def: AgentDefinition, version: number, digest: stri
     ...(def.externalEvents === undefined ? {} : { externalEvents: { ...def.externalEvents } }),
     ...(def.router === undefined ? {} : { router: { ...def.router } }),
   };
+}
+
+/** Every tool name must reach the model as a distinct, valid function name (docs/tools.md, "MCP servers"). */
+function checkModelToolNames(agentId: string, names: readonly string[]): void {
+  const seen = new Map<string, string>();
+  for (const name of names) {
+    const sent = modelToolName(name);
+    if (sent.length > MAX_MODEL_TOOL_NAME) throw new Error(`agent "${agentId}": tools: "${name}" is sent to the model as "${sent}", longer than ${MAX_MODEL_TOOL_NAME} characters`);
+    const other = seen.get(sent);
+    if (other !== undefined) throw new Error(`agent "${agentId}": tools: "${other}" and "${name}" reach the model under the same name "${sent}"`);
+    seen.set(sent, name);
+  }
 }
 
 /** The system message the model gets: the agent's prompt, then its personality's tone when it has one. */

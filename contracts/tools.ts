@@ -69,3 +69,14 @@ export type HttpOperationTarget = z.infer<typeof HttpOperationTarget>;
 /** The target of a catalog tool of kind `mcp`: which configured server, and the tool's name there. */
 export const McpToolTarget = z.object({ server: z.string().min(1), tool: z.string().min(1) });
 export type McpToolTarget = z.infer<typeof McpToolTarget>;
+
+/**
+ * A tool's name as the model provider sees it: OpenAI function names must match
+ * ^[a-zA-Z0-9_-]{1,64}$, and MCP tools are named `<server>.<tool>`, so a dot is sent as `__`.
+ */
+export function modelToolName(name: string): string {
+  return name.replace(/\./g, '__');
+}
+
+/** The longest function name the model providers take. */
+export const MAX_MODEL_TOOL_NAME = 64;

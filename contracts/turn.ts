@@ -307,6 +307,8 @@ export const RequestEffectDecisionInput = z.object({
   agent: z.object({ id: z.string(), version: z.number().int().nonnegative() }),
   ttlMs: z.number().int().positive(),
   nowMs: z.number(),
+  /** The how-many-th time a person is asked about this call (a re-send they approved may again end unknown). */
+  round: z.number().int().min(2).optional(),
 });
 export type RequestEffectDecisionInput = z.infer<typeof RequestEffectDecisionInput>;
 
@@ -316,3 +318,13 @@ export const CloseUnknownEffectInput = ToolCallIds.extend({
   decidedBy: z.string().nullable(),
 });
 export type CloseUnknownEffectInput = z.infer<typeof CloseUnknownEffectInput>;
+
+/** What the effect ledger holds for a write whose last attempt failed: its receipt (now settled), an unknown outcome, or nothing to go on. */
+export const ReconcileEffectResult = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('settled'), outcome: ToolOutcome }),
+  z.object({ kind: z.literal('unknown') }),
+  z.object({ kind: z.literal('none') }),
+]);
+export type ReconcileEffectResult = z.infer<typeof ReconcileEffectResult>;
+export const ReconcileEffectInput = ToolCallIds;
+export type ReconcileEffectInput = z.infer<typeof ReconcileEffectInput>;

@@ -20,7 +20,7 @@ export const EffectRow = z.object({
 });
 export type EffectRow = z.infer<typeof EffectRow>;
 
-const COLUMNS = sql.fragment`tool_call_id, session_id, name, idempotency_key, idempotent, status, attempts, result, error_code, decided_by, intent_at, receipt_at`;
+export const EFFECT_COLUMNS = sql.fragment`tool_call_id, session_id, name, idempotency_key, idempotent, status, attempts, result, error_code, decided_by, intent_at, receipt_at`;
 
 /** What an attempt may do, given what the ledger holds for its call. */
 export type Claim =
@@ -44,9 +44,9 @@ export async function claimEffect(
     INSERT INTO effects (tool_call_id, session_id, name, idempotency_key, idempotent, status)
     VALUES (${e.toolCallId}, ${e.sessionId}, ${e.name}, ${e.idempotencyKey}, ${e.idempotent}, 'intent')
     ON CONFLICT (tool_call_id) DO NOTHING
-    RETURNING ${COLUMNS}`);
+    RETURNING ${EFFECT_COLUMNS}`);
   if (inserted) return { kind: 'run', attempt: 1 };
-  const row = await db.one(sql.type(EffectRow)`SELECT ${COLUMNS} FROM effects WHERE tool_call_id = ${e.toolCallId} FOR UPDATE`);
+  const row = await db.one(sql.type(EffectRow)`SELECT ${EFFECT_COLUMNS} FROM effects WHERE tool_call_id = ${e.toolCallId} FOR UPDATE`);
   if (row.status === 'done' || row.status === 'failed' || row.status === 'marked_done') return { kind: 'receipt', row };
   const mayRun = e.force || row.status === 'retryable' || row.idempotent || e.idempotent;
   if (!mayRun) {
@@ -63,15 +63,18 @@ export async function recordEffect(
   db: CommonQueryMethods,
   toolCallId: string,
   r: { status: Exclude<EffectStatus, 'intent'>; result?: unknown; errorCode?: string; decidedBy?: string },
+  /** The attempt writing it: an older attempt still running (a zombie) does not overwrite a newer one's row. */
+  attempt?: number,
 ): Promise<void> {
   await db.query(sql.unsafe`
     UPDATE effects SET status = ${r.status}, result = ${r.result === undefined ? null : sql.jsonb(r.result as never)},
       error_code = ${r.errorCode ?? null}, decided_by = ${r.decidedBy ?? null},
       receipt_at = CASE WHEN ${r.status} IN ('done', 'failed', 'marked_done') THEN now() ELSE receipt_at END
-    WHERE tool_call_id = ${toolCallId} AND status NOT IN ('done', 'failed', 'marked_done')`);
+    WHERE tool_call_id = ${toolCallId} AND status NOT IN ('done', 'failed', 'marked_done')
+      AND (${attempt ?? null}::int IS NULL OR attempts = ${attempt ?? null}::int)`);
 }
 
 export async function listEffects(db: CommonQueryMethods, sessionId: string, page: { limit: number; offset: number }): Promise<readonly EffectRow[]> {
   return db.any(sql.type(EffectRow)`
-    SELECT ${COLUMNS} FROM effects WHERE session_id = ${sessionId} ORDER BY intent_at, tool_call_id LIMIT ${page.limit} OFFSET ${page.offset}`);
+    SELECT ${EFFECT_COLUMNS} FROM effects WHERE session_id = ${sessionId} ORDER BY intent_at, tool_call_id LIMIT ${page.limit} OFFSET ${page.offset}`);
 }

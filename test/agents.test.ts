@@ -219,6 +219,15 @@ describe('resolveAgent', () => {
     expect(tools.calculator).toMatchObject({ requiresApproval: false, timeoutMs: 10_000 });
   });
 
+  test('tools must reach the model under distinct, valid names (an MCP tool\'s dot is sent as "__")', () => {
+    const tool = (name: string) => ({ name, description: name, parameters: { type: 'object' }, permission: 'read' as const, requiresApproval: false, timeoutMs: 1_000, retry: { maxAttempts: 1 } });
+    const tools = { 'shop.op': tool('shop.op'), shop__op: tool('shop__op'), [`s.${'x'.repeat(62)}`]: tool(`s.${'x'.repeat(62)}`) };
+    const def = (names: string[]) => AgentDefinition.parse({ id: 'a', name: 'A', systemPrompt: 'x', tools: names });
+    expect(() => resolveAgent(def(['shop.op', 'shop__op']), 1, 'd', tools)).toThrow('"shop.op" and "shop__op" reach the model under the same name "shop__op"');
+    expect(() => resolveAgent(def([`s.${'x'.repeat(62)}`]), 1, 'd', tools)).toThrow('longer than 64 characters');
+    expect(resolveAgent(def(['shop.op']), 1, 'd', tools).tools.map((t) => t.name)).toEqual(['shop.op']);
+  });
+
   test('a tool missing from the registry is an error naming the agent and the tool', () => {
     expect(() => resolveAgent(agent({ id: 'helper', tools: ['calculator', 'teleport'] }), 1, 'd', tools)).toThrow(/agent "helper": unknown tool "teleport"/);
   });

@@ -49,7 +49,8 @@ beforeAll(async () => {
       `INSERT INTO tool_catalog (name, kind, source, definition, target) VALUES ($1, 'http', 'test', $2, $3)`,
       [
         name,
-        JSON.stringify({ description: 'Charges the card on file.', parameters: { type: 'object', properties: { body: { type: 'object' } }, additionalProperties: false }, permission: 'write', requiresApproval: false, timeoutMs: 30_000, maxAttempts: 3, idempotent }),
+        JSON.stringify({ description: 'Charges the card on file.', parameters: { type: 'object', properties: { body: { type: 'object' } }, additionalProperties: false }, permission: 'write', requiresApproval: false, timeoutMs: 30_000, // What an import gives them: 3 attempts when idempotent, 1 when not (tools/openapi/generate.ts).
+          maxAttempts: idempotent ? 3 : 1, idempotent }),
         JSON.stringify({ method: 'POST', serverUrl: `http://127.0.0.1:${service.port}`, path: '/charges', parameters: [], body: { required: false }, operationId: name }),
       ],
     );

@@ -120,8 +120,8 @@ test('an intent without a receipt, idempotent (by the tool, or by the call\'s po
   }
 });
 
-test('a failure known not to have acted (the service answered 503) may run again; one that may have (a time-out) may not', async () => {
-  let failNext: Error | undefined = new ToolTransientError('the service answered 503');
+test('a failure known not to have acted (the service answered 503) may run again; one that may have (a 500, a dropped connection) may not', async () => {
+  let failNext: Error | undefined = new ToolTransientError('the service answered 503', true);
   const { tool, effects } = countingTool({ idempotent: false, fail: () => failNext });
   const input = await newCall();
   await expect(run(tool, input)).rejects.toThrow(/503/);
@@ -130,12 +130,14 @@ test('a failure known not to have acted (the service answered 503) may run again
   expect(await run(tool, input)).toMatchObject({ status: 'succeeded' });
   expect(effects).toHaveLength(1);
 
-  const { tool: slow, effects: slowEffects } = countingTool({ idempotent: false, fail: () => new Error('socket hang up') });
-  const second = await newCall();
-  await expect(run(slow, second)).rejects.toThrow(/socket hang up/);
-  expect(await ledgerOf(second.toolCallId)).toMatchObject({ status: 'unknown' });
-  expect(await run(slow, second)).toEqual({ status: 'outcome_unknown' });
-  expect(slowEffects).toEqual([]);
+  for (const failure of [new Error('socket hang up'), new ToolTransientError('the service answered 500')]) {
+    const { tool: slow, effects: slowEffects } = countingTool({ idempotent: false, fail: () => failure });
+    const second = await newCall();
+    await expect(run(slow, second)).rejects.toThrow(failure.message);
+    expect(await ledgerOf(second.toolCallId)).toMatchObject({ status: 'unknown' });
+    expect(await run(slow, second)).toEqual({ status: 'outcome_unknown' });
+    expect(slowEffects).toEqual([]);
+  }
 });
 
 test('read tools are not in the ledger', async () => {

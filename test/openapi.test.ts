@@ -406,8 +406,11 @@ describe('refusals: each with its own code, nothing fetched from a refused addre
     expect(blocked.hits).toEqual([]);
   });
 
-  test('the redirect loop was followed exactly 5 times, then given up on', () => {
-    expect(hitsTo(allowed, '/loop')).toHaveLength(6);
+  test('the redirect loop is followed exactly 5 times, then given up on', async () => {
+    const before = hitsTo(allowed, '/loop').length;
+    const failed = await importSpec({ url: allowed.url('/loop') });
+    expect(failed.error.code).toBe('SPEC_TOO_MANY_REDIRECTS');
+    expect(hitsTo(allowed, '/loop').length - before).toBe(6);
   });
 
   test('a failed import cannot be approved or edited; it can be discarded, once', async () => {

@@ -135,11 +135,12 @@ test('the worker is stopped while an approval is pending: after restart the appr
   expect(await notes(sessionId)).toEqual(['durable note']);
 }, 60_000);
 
-test('the worker dies after the side effect, before the activity completes: the effect is applied exactly once', async () => {
+test('the worker dies after the side effect, before its receipt: the idempotent write is sent again with its key and applied once', async () => {
   const { sessionId, ws } = await session();
-  // Stalls the recording of the result, so the note is committed while the activity is still running.
-  await stack.db.query(`CREATE OR REPLACE FUNCTION stall() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$ LANGUAGE plpgsql`);
-  await stack.db.query(`CREATE TRIGGER stall_result BEFORE UPDATE ON tool_calls FOR EACH ROW WHEN (NEW.status = 'succeeded') EXECUTE FUNCTION stall()`);
+  // Holds the ledger's receipt, then fails it (a statement of a dead client may still commit): the
+  // note is committed, its receipt never is, and the kill lands between them.
+  await stack.db.query(`CREATE OR REPLACE FUNCTION stall() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(3); RAISE EXCEPTION 'receipt held by the test'; END $$ LANGUAGE plpgsql`);
+  await stack.db.query(`CREATE TRIGGER stall_receipt BEFORE UPDATE ON effects FOR EACH ROW WHEN (NEW.status = 'done') EXECUTE FUNCTION stall()`);
   try {
     stack.model.script(sessionId, { toolCalls: [note('exactly once')] });
     ws.send({ type: 'message', content: 'save a note' });
@@ -148,17 +149,20 @@ test('the worker dies after the side effect, before the activity completes: the 
     await eventually(async () => (await notes(sessionId)).length === 1, 20_000, 'the note');
     await stack.killWorker('SIGKILL');
   } finally {
-    await stack.db.query('DROP TRIGGER IF EXISTS stall_result ON tool_calls');
+    await stack.db.query('DROP TRIGGER IF EXISTS stall_receipt ON effects');
   }
+  // The race was hit: the effect happened, its receipt did not.
+  const { rows: atKill } = await stack.db.query('SELECT status FROM effects WHERE session_id = $1', [sessionId]);
+  expect(atKill).toEqual([{ status: 'intent' }]);
   await stack.startWorker();
   await ws.waitFor(of('turn.done'), 40_000);
   expect(await notes(sessionId)).toEqual(['exactly once']);
   const results = ws.frames.filter(of('tool.result'));
   expect(results).toHaveLength(1);
-  // The retry found the first attempt's receipt in the effect ledger and reported it without running again.
-  expect(results[0]!.data.result).toMatchObject({ applied: 'now' });
+  // create_note is idempotent: sent again with the same key, it found the note already saved.
+  expect(results[0]!.data.result).toMatchObject({ applied: 'already' });
   const { rows } = await stack.db.query('SELECT status, attempts FROM effects WHERE session_id = $1', [sessionId]);
-  expect(rows).toEqual([{ status: 'done', attempts: 1 }]);
+  expect(rows).toEqual([{ status: 'done', attempts: 2 }]);
 }, 60_000);
 
 export async function sendAndWait(ws: WsClient, content: string) {

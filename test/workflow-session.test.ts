@@ -1,7 +1,7 @@
 import { Context } from '@temporalio/activity';
 import { WorkflowUpdateStage, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
-import type { ExecuteToolInput, PlannedToolCall, RecordToolCallsInput, StreamReplyInput, StreamReplyResult, ToolOutcome } from '../contracts/turn';
+import type { ExecuteToolInput, PlannedToolCall, RecordToolCallsInput, StreamReplyInput, StreamReplyResult, ToolOutcome, ReconcileEffectResult } from '../contracts/turn';
 import { cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, switchAgentSignal, userMessageSignal } from '../contracts/workflow-messages';
 import { SessionStatusKey } from '../contracts/search-attributes';
 import { eventually, gate, READ_TOOL, sessionConfig, startWorkflowHarness, until, WRITE_TOOL, type Call, type SessionActivityDoubles } from './support/workflow-harness';
@@ -15,6 +15,7 @@ interface Script {
   streamReply?: (input: StreamReplyInput) => Promise<StreamReplyResult>;
   recordToolCalls?: (input: RecordToolCallsInput, planned: PlannedToolCall[]) => Promise<PlannedToolCall[]>;
   executeTool?: (input: ExecuteToolInput) => Promise<ToolOutcome>;
+  reconcileEffect?: (input: { toolCallId: string }) => Promise<ReconcileEffectResult>;
 }
 
 const scripts = new Map<string, Script>();
@@ -99,10 +100,14 @@ const doubles: SessionActivityDoubles = {
   },
   async requestEffectDecision(input) {
     record('requestEffectDecision', input);
-    return { approvalId: `eff-${input.toolCallId}`, digest: 'ed', expiresAt: new Date(input.nowMs + input.ttlMs).toISOString() };
+    return { approvalId: `eff-${input.toolCallId}${input.round ? `-${input.round}` : ''}`, digest: 'ed', expiresAt: new Date(input.nowMs + input.ttlMs).toISOString() };
   },
   async closeUnknownEffect(input) {
     record('closeUnknownEffect', input);
+  },
+  async reconcileEffect(input) {
+    record('reconcileEffect', input);
+    return scripts.get(input.sessionId)?.reconcileEffect?.(input) ?? { kind: 'none' };
   },
 };
 
@@ -586,6 +591,37 @@ describe('effects whose outcome is unknown', () => {
 
   /** executeTool answers outcome_unknown until a person forces it. */
   const unknownUntilForced: Script['executeTool'] = async (input) => (input.force ? { status: 'succeeded', result: 'sent again' } : { status: 'outcome_unknown' });
+
+  test('the last attempt of a write fails and the ledger says it may have acted: a person is asked; an approved re-send that fails the same way asks again', async () => {
+    const { handle, sessionId } = await startSession(sessionConfig({ agent: { tools: [WRITE_TOOL] } }));
+    let forced = 0;
+    scripts.set(sessionId, {
+      streamReply: askTools(WRITE_TOOL.name),
+      // Every attempt times out (refused non-retryably here, as the last attempt's failure reaches the workflow).
+      executeTool: async (input) => {
+        if (input.force) forced += 1;
+        if (input.force && forced === 2) return { status: 'succeeded', result: 'sent at last' };
+        throw refusal('TOOL_TIMEOUT', 'timed out');
+      },
+      reconcileEffect: async () => ({ kind: 'unknown' }),
+    });
+    await handle.signal(userMessageSignal, { messageId: 'm1' });
+    await eventually(async () => (await handle.query(sessionStateQuery)).pendingApprovals.length === 1, 'the first question');
+    expect(named(sessionId, 'reconcileEffect')).toHaveLength(1);
+    await decide(handle, 'eff-tc-1-0', true);
+    await eventually(async () => named(sessionId, 'requestEffectDecision').length === 2, 'the second question');
+    expect(named(sessionId, 'requestEffectDecision')[1]).toMatchObject({ round: 2 });
+    // One approval, one re-send: the failed forced attempt was not retried on its own.
+    expect(forced).toBe(1);
+    await decide(handle, 'eff-tc-1-0-2', true);
+    await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null, 'the turn to finish');
+    expect(forced).toBe(2);
+    // The re-send's result stands: the call is not closed as failed.
+    expect(named(sessionId, 'settleToolCall').filter((c) => c.toolCallId === 'tc-1-0' && c.status === 'failed')).toEqual([]);
+    expect(named(sessionId, 'executeTool').filter((c) => c.finished).map((c) => c.finished)).toEqual(['succeeded']);
+    expect(named(sessionId, 'recordTurnFailure')).toHaveLength(0);
+    await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+  });
 
   test('approved, the call is sent again (forced) and its result stands; rejected, it is marked done; neither runs on a guess', async () => {
     for (const approved of [true, false]) {

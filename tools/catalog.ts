@@ -19,6 +19,8 @@ export class ToolCatalog {
   readonly definitions: Record<string, ToolDefinition> = Object.create(null) as Record<string, ToolDefinition>;
   readonly tools: Record<string, Tool> = Object.create(null) as Record<string, Tool>;
   private readonly executors = new Map<CatalogKind, CatalogExecutor>();
+  /** Counts changes to the catalog's tools: agents resolved before a change are resolved again. */
+  revision = 0;
 
   constructor(
     private readonly db: CommonQueryMethods,
@@ -55,6 +57,7 @@ export class ToolCatalog {
   add(row: CatalogTool): void {
     const definition = definitionOf(row);
     this.definitions[row.name] = definition;
+    this.revision += 1;
     const executor = this.executors.get(row.kind);
     if (executor) this.tools[row.name] = executor(row);
   }
@@ -83,7 +86,7 @@ export async function upsertCatalogTool(db: CommonQueryMethods, row: CatalogTool
 }
 
 /** What agent resolution needs of the tools: their definitions, loading the catalog's on demand. */
-export type ToolDefinitionSource = Pick<ToolCatalog, 'definitions' | 'ensure'>;
+export type ToolDefinitionSource = Pick<ToolCatalog, 'definitions' | 'ensure'> & { readonly revision?: number };
 
 /** A fixed set of definitions (tests, one-off checks) as a source. */
 export function definitionSource(tools: ToolDefinitionSource | Record<string, ToolDefinition>): ToolDefinitionSource {

@@ -31,13 +31,16 @@ function excerpt(body: string): string {
  * (e.g. "GET https://api.example.com/orders/7"); `body` is the service's answer, of which the
  * model reads the start on a validation failure only.
  */
+/** Answers that say the request was not acted on: too early (408), too many (429), not available (503). */
+const NOT_ACTED_STATUSES = new Set([408, 429, 503]);
+
 export function throwForHttpStatus(status: number, request: string, body: string): void {
   const answered = `${request} answered ${status}${STATUS_CODES[status] ? ` ${STATUS_CODES[status]}` : ''}`;
   switch (classifyHttpStatus(status)) {
     case 'ok':
       return;
     case 'transient':
-      throw new ToolTransientError(answered);
+      throw new ToolTransientError(answered, NOT_ACTED_STATUSES.has(status));
     case 'auth':
       throw new ToolAuthError(`${answered}: the service refused the deployment's credentials`);
     case 'validation':

@@ -26,6 +26,9 @@ const HEADER_VALUE = /^[^\u0000-\u0008\u000a-\u001f\u007f]*$/;
  * Header parameters an operation may not have: framing and routing belong to the client, and
  * credentials come from the secret setting only. The import leaves them out of the tool.
  */
+/** The longest a generated tool's socket may stay open; the call's own time-out (its policy) ends it first. */
+const OPERATION_SOCKET_LIMIT_MS = 600_000;
+
 export const RESERVED_HEADERS = new Set([
   'host',
   'connection',
@@ -136,7 +139,10 @@ export function createHttpOperationExecutor(deps: { secrets: Readonly<Record<str
           headers,
           ...(body === undefined ? {} : { body }),
           allowHosts: ctx.settings.httpAllowHosts,
-          timeoutMs: row.definition.timeoutMs,
+          // The call's resolved time-out (an agent's toolPolicy may raise it) is ctx.signal's; this only bounds a stuck socket.
+          timeoutMs: OPERATION_SOCKET_LIMIT_MS,
+          // Never followed: a redirect elsewhere would carry the credentials header, and a write it answers has acted.
+          maxRedirects: 0,
           maxBytes: ctx.settings.httpMaxBytes > 0 ? ctx.settings.httpMaxBytes : DEFAULT_TOOL_SETTINGS.httpMaxBytes,
           signal: ctx.signal,
           userAgent: 'keel-openapi-tool/1',

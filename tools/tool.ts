@@ -68,6 +68,17 @@ export class ToolTimeoutError extends Error {
  */
 export class ToolTransientError extends Error {
   override readonly name = 'ToolTransientError';
+  constructor(
+    message: string,
+    /**
+     * The request surely had no effect (it was never sent, or the service said so: 408, 429,
+     * 503). A write whose attempt failed otherwise (a 500, a gateway's 502/504) may have acted:
+     * the effect ledger does not run it again on a guess (docs/tools.md, "Effects").
+     */
+    readonly notActed = false,
+  ) {
+    super(message);
+  }
 }
 
 /**

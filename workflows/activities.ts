@@ -24,7 +24,7 @@ interface EscalationActivities {
 export function sessionActivities(config: SessionConfig) {
   // Persistence keeps trying while the database is down (an accepted message is never lost),
   // but gives up at once on a failure that retrying cannot fix.
-  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall' | 'requestBudgetApproval' | 'requestEffectDecision' | 'closeUnknownEffect'> & Pick<RoutingActivities, 'startAgent' | 'closeTurn'>>({
+  const persistence = proxyActivities<PersistenceActivities & Pick<ToolActivities, 'recordToolCalls' | 'settleToolCall' | 'requestBudgetApproval' | 'requestEffectDecision' | 'closeUnknownEffect' | 'reconcileEffect'> & Pick<RoutingActivities, 'startAgent' | 'closeTurn'>>({
     startToCloseTimeout: config.persistenceTimeoutMs ?? LEGACY_PERSISTENCE_TIMEOUT_MS,
     retry: { initialInterval: '500 milliseconds', backoffCoefficient: 2, maximumInterval: '30 seconds', nonRetryableErrorTypes: PERSISTENCE_NON_RETRYABLE },
   });
@@ -60,6 +60,7 @@ export function sessionActivities(config: SessionConfig) {
     requestBudgetApproval: persistence.requestBudgetApproval,
     requestEffectDecision: persistence.requestEffectDecision,
     closeUnknownEffect: persistence.closeUnknownEffect,
+    reconcileEffect: persistence.reconcileEffect,
     streamReply: llm.streamReply,
     routeMessage: llm.routeMessage,
     startAgent: persistence.startAgent,
@@ -74,12 +75,13 @@ export type SessionActivityProxies = ReturnType<typeof sessionActivities>;
  * A tool call runs with its resolved policy's timeout and attempts. It heartbeats, and a cancel
  * waits until the activity has stopped and recorded what really happened.
  */
-export function toolActivities(policy: ToolPolicy) {
+export function toolActivities(policy: ToolPolicy, options: { single?: boolean } = {}) {
   return proxyActivities<Pick<ToolActivities, 'executeTool'>>({
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     // The extra second lets the activity record its own time-out before Temporal's fires.
     startToCloseTimeout: policy.timeoutMs + 1_000,
     heartbeatTimeout: TOOL_HEARTBEAT_TIMEOUT_MS,
-    retry: { maximumAttempts: policy.maxAttempts, initialInterval: '200 milliseconds', nonRetryableErrorTypes: ['TOOL_NOT_FOUND', 'TOOL_AUTH_ERROR', 'TOOL_VALIDATION_ERROR', ...PERSISTENCE_NON_RETRYABLE] },
+    // `single`: a re-send a person approved is one attempt (another needs another approval).
+    retry: { maximumAttempts: options.single ? 1 : policy.maxAttempts, initialInterval: '200 milliseconds', nonRetryableErrorTypes: ['TOOL_NOT_FOUND', 'TOOL_AUTH_ERROR', 'TOOL_VALIDATION_ERROR', ...PERSISTENCE_NON_RETRYABLE] },
   });
 }

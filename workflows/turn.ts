@@ -1,8 +1,8 @@
-import { ActivityFailure, ApplicationFailure, CancellationScope, CancelledFailure, condition, isCancellation, log, workflowInfo } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, CancellationScope, CancelledFailure, condition, isCancellation, log, patched, workflowInfo } from '@temporalio/workflow';
 import type { ErrorBody } from '../contracts/errors';
 import type { ApprovalOutcome, BudgetOverrun, ToolResultStatus } from '../contracts/events';
 import type { QueuedMessage } from '../contracts/session';
-import type { MessageRef, PlannedToolCall, SettleInput, ToolOutcome, ToolPolicy } from '../contracts/turn';
+import type { ExecuteToolInput, MessageRef, PlannedToolCall, SettleInput, ToolOutcome, ToolPolicy } from '../contracts/turn';
 import { OUTCOME_UNKNOWN_APPROVAL_NAME } from '../contracts/builtin-tools';
 import { ESCALATE_TOOL, HANDOFF_TOOL } from '../contracts/builtin-tools';
 import type { EscalationSource } from '../contracts/events';
@@ -431,24 +431,19 @@ function parseJsonObject(text: string): Record<string, unknown> | null {
 async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy): Promise<string | null> {
   // Before this patch a write tool was started even when the cancel had already landed.
   if (CancellationScope.current().consideredCancelled) throw new CancelledFailure('the turn was cancelled before the tool started');
-  const run = (force = false) =>
-    toolActivities(policy).executeTool({
-      ...settleBase(ctx, call),
-      arguments: call.arguments,
-      idempotencyKey: `${workflowInfo().workflowId}:${call.toolCallId}`,
-      timeoutMs: policy.timeoutMs,
-      ...(policy.idempotent === undefined ? {} : { idempotent: policy.idempotent }),
-      ...(force ? { force: true } : {}),
-    });
+  const input = {
+    ...settleBase(ctx, call),
+    arguments: call.arguments,
+    idempotencyKey: `${workflowInfo().workflowId}:${call.toolCallId}`,
+    timeoutMs: policy.timeoutMs,
+    ...(policy.idempotent === undefined ? {} : { idempotent: policy.idempotent }),
+  };
   try {
     ctx.scheduled.add(call.toolCallId);
-    let outcome = await run();
+    let outcome: ToolOutcome | null = await toolActivities(policy).executeTool(input);
     // An earlier attempt may have acted and the tool cannot be repeated safely: a person decides.
-    if (outcome.status === 'outcome_unknown') {
-      const resent = await decideUnknownOutcome(ctx, call, policy, () => run(true));
-      if (!resent) return null;
-      outcome = resent;
-    }
+    if (outcome.status === 'outcome_unknown') outcome = await resolveUnknownOutcome(ctx, call, policy, input);
+    if (!outcome) return null;
     ctx.open.delete(call.toolCallId);
     return outcome.error?.code === 'TOOL_AUTH_ERROR' ? outcome.error.message : null;
   } catch (error) {
@@ -460,18 +455,53 @@ async function execute(ctx: TurnContext, call: PlannedToolCall, policy: ToolPoli
       await settle(ctx, call, { status: 'failed', error: { code: 'TOOL_AUTH_ERROR', message: `The service behind '${call.name}' refused the credentials.` } });
       return failureMessage(error);
     }
+    // The last attempt of a write failed: the ledger says whether it may have acted (its worker died, it timed out).
+    if (policy.permission === 'write' && patched(EFFECT_LEDGER_PATCH)) {
+      const found = await CancellationScope.nonCancellable(() => ctx.acts.reconcileEffect(settleBase(ctx, call)));
+      if (found.kind === 'settled') {
+        ctx.open.delete(call.toolCallId);
+        return null;
+      }
+      if (found.kind === 'unknown') {
+        const outcome = await resolveUnknownOutcome(ctx, call, policy, input);
+        if (outcome) ctx.open.delete(call.toolCallId);
+        return null;
+      }
+    }
     const code = timedOut(error) ? 'TOOL_TIMEOUT' : 'TOOL_EXECUTION_ERROR';
     await settle(ctx, call, { status: 'failed', error: { code, message: code === 'TOOL_TIMEOUT' ? `The tool '${call.name}' timed out.` : `The tool '${call.name}' failed.` } });
     return null;
   }
 }
 
+/** Before it, a write whose last attempt failed was closed as failed whatever the effect ledger held. */
+const EFFECT_LEDGER_PATCH = 'effect-ledger-reconcile';
+
 /**
- * A write whose outcome is unknown (docs/tools.md, "Effects"): an approval asks a person. Approved,
- * it is sent again with the same key (the outcome returned); rejected, it is marked done; expired,
- * it stays unknown and fails with OUTCOME_UNKNOWN. Either way it never runs twice on a guess.
+ * A write whose outcome is unknown (docs/tools.md, "Effects"): an approval asks a person.
+ * Approved, it is sent again with the same key, in one attempt (an approval allows one re-send:
+ * if that one fails in a way that may have acted, a person is asked again); rejected, it is
+ * marked done; expired or cancelled, it is closed as OUTCOME_UNKNOWN. It never runs on a guess.
+ * Returns the outcome of a re-send, or null when the call was closed without one.
  */
-async function decideUnknownOutcome(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy, resend: () => Promise<ToolOutcome>): Promise<ToolOutcome | null> {
+async function resolveUnknownOutcome(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy, input: ExecuteToolInput): Promise<ToolOutcome | null> {
+  for (let round = 1; ; round++) {
+    if (!(await askAboutUnknownOutcome(ctx, call, policy, round))) return null;
+    try {
+      // Approved: the re-send is not cancellable (a write that has started finishes).
+      const outcome = await CancellationScope.nonCancellable(() => toolActivities(policy, { single: true }).executeTool({ ...input, force: true }));
+      if (outcome.status !== 'outcome_unknown') return outcome;
+    } catch (error) {
+      if (isCancellation(error)) throw error;
+      const found = await CancellationScope.nonCancellable(() => ctx.acts.reconcileEffect(settleBase(ctx, call)));
+      if (found.kind === 'settled') return found.outcome;
+      if (found.kind === 'none') throw error;
+    }
+  }
+}
+
+/** One round of asking: true when approved; else the call is closed (marked done, or unknown) and false. */
+async function askAboutUnknownOutcome(ctx: TurnContext, call: PlannedToolCall, policy: ToolPolicy, round: number): Promise<boolean> {
   const { state, acts, message } = ctx;
   const agent = state.config.agent;
   const request = await CancellationScope.nonCancellable(() =>
@@ -484,23 +514,30 @@ async function decideUnknownOutcome(ctx: TurnContext, call: PlannedToolCall, pol
       agent: { id: agent.id, version: agent.version },
       ttlMs: policy.approvalTtlMs,
       nowMs: workflowNow(),
+      ...(round > 1 ? { round } : {}),
     }),
   );
   const ids = { sessionId: state.sessionId, toolCallId: request.approvalId, modelCallId: request.approvalId, name: OUTCOME_UNKNOWN_APPROVAL_NAME, turn: message.turn, position: 0 };
+  const close = (decision: 'marked_done' | 'undecided', decidedBy: string | null) =>
+    CancellationScope.nonCancellable(async () => {
+      await acts.closeUnknownEffect({ ...settleBase(ctx, call), decision, decidedBy });
+      ctx.open.delete(call.toolCallId);
+    });
   let decision: Awaited<ReturnType<typeof awaitApproval>>;
   try {
     decision = await awaitApproval(ctx, { toolCallId: request.approvalId, name: OUTCOME_UNKNOWN_APPROVAL_NAME, digest: request.digest, expiresAt: request.expiresAt });
   } catch (error) {
-    if (isCancellation(error)) await CancellationScope.nonCancellable(() => contained('close the unknown-outcome approval', () => acts.settleToolCall({ ...ids, approval: { outcome: 'cancelled', decidedBy: null, feedback: null } })));
+    if (isCancellation(error)) {
+      // The turn stopped while a person was asked: the call's result says its outcome is unknown, truthfully.
+      await CancellationScope.nonCancellable(() => contained('close the unknown-outcome approval', () => acts.settleToolCall({ ...ids, approval: { outcome: 'cancelled', decidedBy: null, feedback: null } })));
+      await contained('close the unknown-outcome call', () => close('undecided', null));
+    }
     throw error;
   }
   await CancellationScope.nonCancellable(() => acts.settleToolCall({ ...ids, approval: decision }));
-  if (decision.outcome === 'approved') return resend();
-  await CancellationScope.nonCancellable(() =>
-    acts.closeUnknownEffect({ ...settleBase(ctx, call), decision: decision.outcome === 'rejected' ? 'marked_done' : 'undecided', decidedBy: decision.decidedBy }),
-  );
-  ctx.open.delete(call.toolCallId);
-  return null;
+  if (decision.outcome === 'approved') return true;
+  await close(decision.outcome === 'rejected' ? 'marked_done' : 'undecided', decision.decidedBy);
+  return false;
 }
 
 function failureType(error: unknown): string | undefined {

@@ -65,7 +65,7 @@ function classify(error: unknown, name: string, server: string): Error {
   const message = clip((error as Error).message ?? String(error));
   if (error instanceof McpConfigurationError) return new ToolInputError(message);
   // Connecting failed: the call was never sent.
-  if (error instanceof McpUnavailableError) return new ToolTransientError(message);
+  if (error instanceof McpUnavailableError) return new ToolTransientError(message, true);
   if (error instanceof StreamableHTTPError) {
     if (error.code === 401 || error.code === 403) return new ToolAuthError(`${name}: the MCP server "${server}" refused the deployment's credentials (${error.code})`);
     // The endpoint answered the request with an error status instead of handling it.
@@ -78,7 +78,7 @@ function classify(error: unknown, name: string, server: string): Error {
     return new ToolInputError(`${name}: the MCP server "${server}" refused the call: ${message}`);
   }
   const code = (error as { cause?: { code?: unknown } }).cause?.code;
-  if (typeof code === 'string' && NOT_SENT_CODES.has(code)) return new ToolTransientError(`MCP server "${server}" is unreachable: ${message} (${code})`);
+  if (typeof code === 'string' && NOT_SENT_CODES.has(code)) return new ToolTransientError(`MCP server "${server}" is unreachable: ${message} (${code})`, true);
   return new McpCallInterruptedError(`MCP server "${server}": ${message}`);
 }
 

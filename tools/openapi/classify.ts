@@ -71,7 +71,9 @@ export function acceptedClassification(content: string | null | undefined, op: P
   if (answer.customerParameters.some((name) => !names.has(name))) return null;
   const agentGroup = snakeCase(answer.agentGroup).slice(0, GROUP_MAX);
   if (!agentGroup) return null;
-  return { ...answer, agentGroup, customerParameters: [...new Set(answer.customerParameters)] };
+  // The spec's text is not trusted to turn a method that changes things into a read: only an operator's edit may.
+  const access = op.method === 'GET' || op.method === 'HEAD' ? answer.access : 'write';
+  return { ...answer, access, agentGroup, customerParameters: [...new Set(answer.customerParameters)] };
 }
 
 /** The tool's default approval: a write always needs one (until an operator edits it), a read when the model says so. */
