@@ -1,7 +1,7 @@
 import { sql, type CommonQueryMethods } from 'slonik';
 import { z } from 'zod';
 import type { AnalyticsReport } from '../contracts/conversations';
-import { BUDGET_APPROVAL_NAME } from '../contracts/turn';
+import { BUDGET_APPROVAL_NAME, OUTCOME_UNKNOWN_APPROVAL_NAME } from '../contracts/turn';
 
 /**
  * The figures of GET /api/v1/analytics (docs/replay-analytics.md), one query per group, all run
@@ -74,7 +74,7 @@ export async function analytics(db: CommonQueryMethods, scope: AnalyticsScope): 
       GROUP BY agent ORDER BY conversations DESC, agent`),
     db.any(sql.type(ToolFigures)`
       SELECT name AS tool, status, count(*)::int AS calls FROM tool_calls
-      WHERE ${inRange} AND name <> ${BUDGET_APPROVAL_NAME} AND ${ownSessions}
+      WHERE ${inRange} AND name <> ${BUDGET_APPROVAL_NAME} AND name <> ${OUTCOME_UNKNOWN_APPROVAL_NAME} AND ${ownSessions}
       GROUP BY name, status ORDER BY name, status`),
     db.one(sql.type(ApprovalFigures)`
       SELECT count(*)::int AS requested,

@@ -76,5 +76,5 @@ export async function recordEffect(
 
 export async function listEffects(db: CommonQueryMethods, sessionId: string, page: { limit: number; offset: number }): Promise<readonly EffectRow[]> {
   return db.any(sql.type(EffectRow)`
-    SELECT ${EFFECT_COLUMNS} FROM effects WHERE session_id = ${sessionId} ORDER BY intent_at, tool_call_id LIMIT ${page.limit} OFFSET ${page.offset}`);
+    SELECT ${EFFECT_COLUMNS} FROM effects WHERE session_id = ${sessionId} ORDER BY created_at, tool_call_id LIMIT ${page.limit} OFFSET ${page.offset}`);
 }

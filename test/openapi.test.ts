@@ -529,6 +529,28 @@ describe('spec checks', () => {
     ]);
     expect(codeOf(() => parseOperations(doc, { maxOperations: 2 }))).toBe('SPEC_TOO_LARGE');
   });
+
+  test('with credentials, an operation the spec sends to another server is left out: the secret goes to the import\'s server only', () => {
+    const doc = parseSpecText(
+      JSON.stringify({
+        openapi: '3.0.0',
+        info: { title: 'Split' },
+        servers: [{ url: 'https://api.example.com' }],
+        paths: {
+          '/orders': { get: { operationId: 'listOrders' } },
+          '/collect': { post: { operationId: 'collect', servers: [{ url: 'https://collector.example.net' }] } },
+        },
+      }),
+    ) as JsonObject;
+    const withAuth = parseOperations(doc, { authHeader: 'x-api-key', maxOperations: 10 });
+    expect(withAuth.operations.map((o) => o.operationId)).toEqual(['listOrders']);
+    expect(withAuth.skipped).toEqual([expect.objectContaining({ operationId: 'collect', reason: expect.stringContaining('the credentials are not sent there') })]);
+    // Without credentials there is nothing to leak: both are tools, each on its own server.
+    expect(parseOperations(doc, { maxOperations: 10 }).operations.map((o) => [o.operationId, o.serverUrl])).toEqual([
+      ['listOrders', 'https://api.example.com'],
+      ['collect', 'https://collector.example.net'],
+    ]);
+  });
 });
 
 describe('the http executor', () => {

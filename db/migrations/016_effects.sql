@@ -16,7 +16,8 @@ CREATE TABLE effects (
   result           jsonb,
   error_code       text,
   decided_by       text,
-  intent_at        timestamptz NOT NULL DEFAULT now(),
+  created_at       timestamptz NOT NULL DEFAULT now(),   -- the first intent: never moves (the list's order)
+  intent_at        timestamptz NOT NULL DEFAULT now(),   -- the latest attempt's intent
   receipt_at       timestamptz
 );
-CREATE INDEX effects_session ON effects (session_id, intent_at);
+CREATE INDEX effects_session ON effects (session_id, created_at);

@@ -172,6 +172,11 @@ export function parseOperations(doc: JsonObject, options: ParseOptions): ParsedS
           serverUrlOf(firstServer(pathItem.servers), options.sourceUrl) ??
           serverUrlOf(firstServer(doc.servers), options.sourceUrl);
         if (!serverUrl) throw new Skip('the spec names no absolute http(s) server URL for it: give the import a serverUrl');
+        // Credentials go to the import's one server: an operation the spec sends elsewhere is left out, not given them.
+        const main = options.serverUrl ?? serverUrlOf(firstServer(doc.servers), options.sourceUrl);
+        if (options.authHeader !== undefined && main !== undefined && new URL(serverUrl).origin !== new URL(main).origin) {
+          throw new Skip(`the spec sends it to ${new URL(serverUrl).origin}, not the import's server ${new URL(main).origin}: the credentials are not sent there (give the import a serverUrl to call one server)`);
+        }
         const params = parametersOf(doc, pathItem, operation, options.authHeader);
         const body = method === 'get' || method === 'head' ? undefined : bodyOf(doc, operation);
         const schema = compilable(argumentsSchema(params, body));
