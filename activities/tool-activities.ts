@@ -240,7 +240,7 @@ export function createToolActivities(deps: {
       clearInterval(beat);
     }
     if (write && outcome.status !== 'cancelled') {
-      await recordEffect(pool, input.toolCallId, { status: outcome.status === 'succeeded' ? 'done' : 'failed', ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { errorCode: outcome.error.code } : {}) }, attempt);
+      await recordEffect(pool, input.toolCallId, { status: outcome.status === 'succeeded' ? 'done' : 'failed', ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { errorCode: outcome.error.code, errorMessage: outcome.error.message } : {}) }, attempt);
     }
     await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
     if (outcome.status === 'cancelled') throw new CancelledFailure(`${input.name} was cancelled while running`);
@@ -252,7 +252,7 @@ export function createToolActivities(deps: {
   async function settleFromReceipt(input: ExecuteToolInput, row: EffectRow): Promise<ToolOutcome> {
     const outcome: RanOutcome =
       row.status === 'failed'
-        ? { status: 'failed', error: { code: row.error_code ?? 'TOOL_EXECUTION_ERROR', message: `The tool '${input.name}' failed.` } }
+        ? { status: 'failed', error: { code: row.error_code ?? 'TOOL_EXECUTION_ERROR', message: row.error_message ?? `The tool '${input.name}' failed.` } }
         : { status: 'succeeded', result: row.result };
     await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
     return outcome;

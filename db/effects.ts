@@ -14,13 +14,14 @@ export const EffectRow = z.object({
   attempts: z.number(),
   result: z.unknown(),
   error_code: z.string().nullable(),
+  error_message: z.string().nullable(),
   decided_by: z.string().nullable(),
   intent_at: z.number(),
   receipt_at: z.number().nullable(),
 });
 export type EffectRow = z.infer<typeof EffectRow>;
 
-export const EFFECT_COLUMNS = sql.fragment`tool_call_id, session_id, name, idempotency_key, idempotent, status, attempts, result, error_code, decided_by, intent_at, receipt_at`;
+export const EFFECT_COLUMNS = sql.fragment`tool_call_id, session_id, name, idempotency_key, idempotent, status, attempts, result, error_code, error_message, decided_by, intent_at, receipt_at`;
 
 /** What an attempt may do, given what the ledger holds for its call. */
 export type Claim =
@@ -62,13 +63,13 @@ export async function claimEffect(
 export async function recordEffect(
   db: CommonQueryMethods,
   toolCallId: string,
-  r: { status: Exclude<EffectStatus, 'intent'>; result?: unknown; errorCode?: string; decidedBy?: string },
+  r: { status: Exclude<EffectStatus, 'intent'>; result?: unknown; errorCode?: string; errorMessage?: string; decidedBy?: string },
   /** The attempt writing it: an older attempt still running (a zombie) does not overwrite a newer one's row. */
   attempt?: number,
 ): Promise<void> {
   await db.query(sql.unsafe`
     UPDATE effects SET status = ${r.status}, result = ${r.result === undefined ? null : sql.jsonb(r.result as never)},
-      error_code = ${r.errorCode ?? null}, decided_by = ${r.decidedBy ?? null},
+      error_code = ${r.errorCode ?? null}, error_message = ${r.errorMessage ?? null}, decided_by = ${r.decidedBy ?? null},
       receipt_at = CASE WHEN ${r.status} IN ('done', 'failed', 'marked_done') THEN now() ELSE receipt_at END
     WHERE tool_call_id = ${toolCallId} AND status NOT IN ('done', 'failed', 'marked_done')
       AND (${attempt ?? null}::int IS NULL OR attempts = ${attempt ?? null}::int)`);

@@ -9,7 +9,7 @@ import { migrate } from '../db/migrate';
 import { openPool, type DatabasePool } from '../db/pool';
 import { insertSession } from '../db/sessions';
 import { insertToolCall } from '../db/tool-calls';
-import { DEFAULT_TOOL_SETTINGS, ToolTransientError, type Tool } from '../tools';
+import { DEFAULT_TOOL_SETTINGS, ToolInputError, ToolTransientError, type Tool } from '../tools';
 import { createTestDatabase, dropTestDatabase } from './support/database';
 
 /**
@@ -138,6 +138,16 @@ test('a failure known not to have acted (the service answered 503) may run again
     expect(await run(slow, second)).toEqual({ status: 'outcome_unknown' });
     expect(slowEffects).toEqual([]);
   }
+});
+
+test('a failed receipt replayed keeps what the service said, so the model can still fix its arguments', async () => {
+  const { tool, effects } = countingTool({ fail: () => new ToolInputError('order 7 does not exist') });
+  const input = await newCall();
+  const first = await run(tool, input);
+  expect(first).toEqual({ status: 'failed', error: { code: 'TOOL_EXECUTION_ERROR', message: 'order 7 does not exist' } });
+  // The worker died after the receipt, before reporting: the retry reports the same failure without running.
+  expect(await run(tool, input)).toEqual(first);
+  expect(effects).toEqual([]);
 });
 
 test('read tools are not in the ledger', async () => {

@@ -19,9 +19,14 @@ const NON_RETRYABLE = [...SPEC_FAILURE_CODES, IMPORT_DISCARDED, FailureType.pers
  */
 export async function openapiImportWorkflow(input: OpenapiImportInput): Promise<OpenapiImportResult> {
   const retry = { initialInterval: '1 second', maximumInterval: '10 seconds', maximumAttempts: 3, nonRetryableErrorTypes: NON_RETRYABLE };
-  const { fetchOpenapiSpec, validateOpenapiSpec, parseOpenapiSpec, finishOpenapiImport } = proxyActivities<OpenapiImportActivities>({
+  const { fetchOpenapiSpec, validateOpenapiSpec, parseOpenapiSpec } = proxyActivities<OpenapiImportActivities>({
     startToCloseTimeout: input.fetchTimeoutMs + STEP_MARGIN_MS,
     retry,
+  });
+  // The import's outcome is written whatever it takes (a database outage must not leave it half way).
+  const { finishOpenapiImport } = proxyActivities<OpenapiImportActivities>({
+    startToCloseTimeout: STEP_MARGIN_MS,
+    retry: { initialInterval: '1 second', backoffCoefficient: 2, maximumInterval: '30 seconds', nonRetryableErrorTypes: [FailureType.persistenceInvalid, FailureType.activityInputInvalid] },
   });
   const { classifyOpenapiOperations } = proxyActivities<OpenapiImportActivities>({
     startToCloseTimeout: CLASSIFY_TIMEOUT_MS,

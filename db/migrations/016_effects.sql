@@ -15,6 +15,7 @@ CREATE TABLE effects (
   attempts         integer NOT NULL DEFAULT 1,
   result           jsonb,
   error_code       text,
+  error_message    text,                                 -- what the model read of a failed receipt
   decided_by       text,
   created_at       timestamptz NOT NULL DEFAULT now(),   -- the first intent: never moves (the list's order)
   intent_at        timestamptz NOT NULL DEFAULT now(),   -- the latest attempt's intent

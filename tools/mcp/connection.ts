@@ -15,6 +15,9 @@ const NO_SDK_TIMEOUT_MS = 2_147_483_647;
 const MAX_STDERR_LINE = 2_000;
 
 /** The server could not be reached (not started, refused, exited, answered the handshake badly, or took too long). */
+/** Pages of tools one listing reads at most (a server's allow list is at most 1,000 names). */
+const MAX_TOOL_PAGES = 100;
+
 export class McpUnavailableError extends Error {
   override readonly name = 'McpUnavailableError';
 }
@@ -63,7 +66,10 @@ export class McpConnection {
     const { client } = await this.connected();
     const tools: McpTool[] = [];
     let cursor: string | undefined;
+    let pages = 0;
     do {
+      // A server that pages forever must not hold a process's start: the listing stops at MAX_TOOL_PAGES.
+      if (++pages > MAX_TOOL_PAGES) throw new Error(`the server listed more than ${MAX_TOOL_PAGES} pages of tools`);
       const page = await this.dropOnTransportFailure(client.listTools(cursor === undefined ? {} : { cursor }, { timeout: this.opts.connectTimeoutMs }));
       tools.push(...page.tools);
       cursor = page.nextCursor;
