@@ -21,6 +21,12 @@ const common = {
   allow: toolNames.optional(),
   /** These tools may be sent twice with one idempotency key and take effect once (the server's own hints are not trusted for this). */
   idempotent: toolNames.optional(),
+  /**
+   * These tools only read: they run without approval and outside the effect ledger. Every other
+   * tool is a write. The server's own `readOnlyHint` is not trusted for this (a server could make
+   * a write skip its approval).
+   */
+  readOnly: toolNames.optional(),
   /** How often the tools are listed again; unset: KEEL_MCP_REFRESH_MS. */
   refreshMs: z.number().int().min(1_000).optional(),
   /** Time-out of one call of any of its tools (an agent's toolPolicy.timeoutMs wins); unset: KEEL_MCP_TOOL_TIMEOUT_MS. */

@@ -112,9 +112,12 @@ mcpServers:
     args: [--import, tsx, mcp-server/main.ts, --stdio, --state, ${JSON.stringify(stdioState)}]
     allow: [lookup_stock, reserve_stock]
     idempotent: [reserve_stock]
+    readOnly: [lookup_stock]
   - name: warehouse
     transport: http
     url: ${http.url}
+    # list_reservations says readOnlyHint too, and is a write here: the hint alone is not trusted.
+    readOnly: [lookup_stock]
     headers: { X-Demo-Key: DEMO_KEY }
     # Only its list-changed notification can make a new tool appear during the test.
     refreshMs: 3600000
@@ -215,7 +218,7 @@ ${agents}`;
 });
 
 describe('a deployment with MCP servers', () => {
-  test('discovery over stdio and streamable HTTP stores each allowed tool as <server>.<tool>: read when the server says readOnlyHint, else write with approval', async () => {
+  test('discovery over stdio and streamable HTTP stores each allowed tool as <server>.<tool>: read when the config lists it readOnly, else write with approval', async () => {
     expect(await catalogRow('shop.lookup_stock')).toMatchObject({
       kind: 'mcp',
       source: 'shop',
@@ -227,7 +230,7 @@ describe('a deployment with MCP servers', () => {
     expect(reserve?.definition.description).toMatch(/^Reserves units of a product/);
     // Not in shop's allow list; warehouse has none, so all of its tools are stored.
     expect(await catalogRow('shop.list_reservations')).toBeUndefined();
-    expect(await catalogRow('warehouse.list_reservations')).toMatchObject({ source: 'warehouse', definition: { permission: 'read', maxAttempts: 2 } });
+    expect(await catalogRow('warehouse.list_reservations')).toMatchObject({ source: 'warehouse', definition: { permission: 'write', requiresApproval: true, maxAttempts: 2 } });
     const warehouseReserve = await catalogRow('warehouse.reserve_stock');
     expect(warehouseReserve?.definition).toMatchObject({ permission: 'write', requiresApproval: true });
     expect(warehouseReserve?.definition).not.toHaveProperty('idempotent');
@@ -337,7 +340,8 @@ describe('a deployment with MCP servers', () => {
     expect(((await res.json()) as { sessions: number }).sessions).toBeGreaterThan(0);
     await stack.worker.waitForLine(/"mcpServer":"warehouse".*"msg":"MCP server says its tools changed/);
     const row = await eventually(() => catalogRow('warehouse.warehouse_status'), 10_000, 'the new tool in the catalog');
-    expect(row).toMatchObject({ kind: 'mcp', source: 'warehouse', definition: { permission: 'read' } });
+    // Not in warehouse's readOnly list: a write, whatever the server's hints say.
+    expect(row).toMatchObject({ kind: 'mcp', source: 'warehouse', definition: { permission: 'write', requiresApproval: true } });
   });
 
   test('an API starts while a server is down when its tools were discovered before', async () => {

@@ -45,7 +45,7 @@ export function catalogRows(server: McpServerConfig, tools: readonly McpTool[], 
 }
 
 function rowOf(server: McpServerConfig, tool: McpTool, name: string, defaults: McpToolDefaults): CatalogTool {
-  const permission = tool.annotations?.readOnlyHint === true ? 'read' : 'write';
+  const permission = server.readOnly?.includes(tool.name) ? 'read' : 'write';
   const target: McpToolTarget = { server: server.name, tool: tool.name };
   return {
     name,
