@@ -3,6 +3,8 @@ import { Id } from './ids';
 import { ToolResultStatus } from './events';
 import { MessageContent } from './frames';
 import { MAX_PAGE_SIZE } from './limits';
+import { AGENT_ID_PATTERN } from './agents';
+import { ConversationCursor } from './conversations';
 
 export const CreateSessionBody = z
   .object({
@@ -59,6 +61,15 @@ export const PageQuery = z.object({
   limit: z.coerce.number().int().min(1).max(MAX_PAGE_SIZE).default(50),
   after: z.coerce.number().int().min(0).default(0),
 });
+
+/** GET /sessions: the caller's sessions (all for an admin), newest first; `cursor` is a `nextCursor` (a conversation is a session, so its cursor). */
+export const SessionListQuery = z.object({
+  status: z.enum(['active', 'expired']).optional(),
+  agent: z.string().regex(AGENT_ID_PATTERN, 'must be an agent ID (1 to 64 letters, digits, "_" or "-")').optional(),
+  limit: PageQuery.shape.limit,
+  cursor: ConversationCursor.optional(),
+});
+export type SessionListQuery = z.infer<typeof SessionListQuery>;
 
 export const AfterSeqQuery = z.object({
   after: z.coerce.number().int().min(0).optional(),

@@ -1,10 +1,11 @@
 import Router from '@koa/router';
 import { sql } from 'slonik';
 import { Id } from '../../contracts/ids';
-import { CreateSessionBody, PageQuery, PostMessageBody } from '../../contracts/rest';
+import { CreateSessionBody, PageQuery, PostMessageBody, SessionListQuery } from '../../contracts/rest';
+import { encodeConversationCursor } from '../../contracts/conversations';
 import { lastSeq } from '../../db/events';
 import { listMessages, usageTotals, type MessageRow } from '../../db/messages';
-import type { SessionRow } from '../../db/sessions';
+import { listSessions, type SessionRow } from '../../db/sessions';
 import type { ApiDeps } from '../deps';
 import { callerOf } from '../auth';
 import { parseInput } from '../errors';
@@ -50,6 +51,17 @@ export function sessionRoutes(deps: ApiDeps): Router {
     const eventsToken = await issueEventsToken(deps, row);
     ctx.status = 201;
     ctx.body = { ...sessionView(row), ...(eventsToken === undefined ? {} : { eventsToken }) };
+  });
+
+  router.get('/sessions', async (ctx) => {
+    const q = parseInput(SessionListQuery, ctx.query);
+    const caller = callerOf(ctx);
+    const rows = await listSessions(deps.pool, { ownerId: caller.isAdmin ? null : caller.userId, status: q.status, agent: q.agent, limit: q.limit, after: q.cursor });
+    const last = rows.length === q.limit ? rows[rows.length - 1] : undefined;
+    ctx.body = {
+      sessions: rows.map((r) => ({ ...sessionView(r), lastActivityAt: new Date(r.last_activity_at).toISOString(), pendingApprovals: r.pending_approvals })),
+      nextCursor: last ? encodeConversationCursor({ at: last.created_at_us, id: last.id }) : null,
+    };
   });
 
   router.get('/sessions/:id', async (ctx) => {
