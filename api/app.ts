@@ -18,6 +18,7 @@ import { presenceRoutes } from './routes/presence';
 import { conversationRoutes } from './routes/conversations';
 import { analyticsRoutes } from './routes/analytics';
 import { openapiRoutes } from './routes/openapi';
+import { openapiDocumentRoutes } from './routes/openapi-document';
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
@@ -27,6 +28,10 @@ export function createApp(deps: ApiDeps): Koa {
   app.use(httpMetrics(deps.metrics));
   app.use(requestLog(deps.log));
   app.use(errorMiddleware(deps.log, deps.metrics));
+  // Public (docs/protocol.md, "The OpenAPI document"), so mounted before authentication and rate limits.
+  const openapiDocument = openapiDocumentRoutes();
+  app.use(openapiDocument.routes());
+  app.use(openapiDocument.allowedMethods());
   app.use(deps.auth.middleware());
   app.use(deps.limiter.middleware());
   app.use(requireJsonBody());

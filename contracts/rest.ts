@@ -96,3 +96,6 @@ export const CancelBody = z
     turn: z.number().int().positive().optional(),
   })
   .strict();
+
+/** POST /api/v1/admin/tokens (X-API-Key): a token for a user, admin or not. */
+export const IssueTokenBody = z.object({ userId: Id, admin: z.boolean().default(false), label: z.string().max(200).optional() }).strict();

@@ -1,12 +1,10 @@
 import Router from '@koa/router';
-import { z } from 'zod';
 import { KeelError } from '../../contracts/errors';
-import { Id } from '../../contracts/ids';
+import { IssueTokenBody } from '../../contracts/rest';
 import { issueToken, revokeToken } from '../../db/tokens';
 import type { ApiDeps } from '../deps';
 import { parseInput } from '../errors';
 
-const IssueTokenBody = z.object({ userId: Id, admin: z.boolean().default(false), label: z.string().max(200).optional() }).strict();
 
 /** Token administration, behind X-API-Key. */
 export function adminRoutes(deps: ApiDeps): Router {
