@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { SPEC_FAILURE_CODES } from './openapi-failures';
 
 /** Stable error codes. Clients branch on these; never rename one. */
 export const ErrorCode = z.enum([
@@ -52,14 +53,8 @@ export const ErrorCode = z.enum([
   'HANDOFF_REFUSED',
   'INVALID_ID',
   'OUTCOME_UNKNOWN',
-  // OpenAPI import (docs/tools.md, "OpenAPI import").
-  'SPEC_FETCH_REFUSED',
-  'SPEC_FETCH_FAILED',
-  'SPEC_TOO_LARGE',
-  'SPEC_TOO_MANY_REDIRECTS',
-  'SPEC_UNSUPPORTED_VERSION',
-  'SPEC_INVALID',
-  'SPEC_REMOTE_REF',
+  // OpenAPI import (docs/tools.md, "OpenAPI import"): the spec's refusals, listed once for the workflow bundle.
+  ...SPEC_FAILURE_CODES,
   'IMPORT_NOT_FOUND',
   'IMPORT_NOT_READY',
   'IMPORT_ALREADY_DECIDED',

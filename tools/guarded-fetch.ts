@@ -14,6 +14,22 @@ import { ToolInputError, ToolRefusedError, ToolTimeoutError } from './tool';
  * MAX_REDIRECTS, each hop checked again; credentials are dropped when a redirect leaves the origin.
  */
 
+/** Headers the guarded client owns: framing, routing and encoding must match what it does with the connection. */
+export const CLIENT_OWNED_HEADERS: ReadonlySet<string> = new Set([
+  'host',
+  'connection',
+  'content-length',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'keep-alive',
+  'expect',
+  'accept-encoding',
+  'proxy-authorization',
+  'proxy-connection',
+]);
+
 export const MAX_REDIRECTS = 5;
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 /** Dropped when a redirect leaves the origin the caller gave them for. */

@@ -1,7 +1,7 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { HttpOperationTarget, type CatalogTool } from '../contracts/tools';
 import { definitionOf, type CatalogExecutor } from './catalog';
-import { guardedFetch, type LookupAll } from './guarded-fetch';
+import { CLIENT_OWNED_HEADERS, guardedFetch, type LookupAll } from './guarded-fetch';
 import { throwForHttpStatus } from './http-failures';
 import { DEFAULT_TOOL_SETTINGS, ToolAuthError, ToolInputError, type Tool } from './tool';
 
@@ -22,32 +22,14 @@ import { DEFAULT_TOOL_SETTINGS, ToolAuthError, ToolInputError, type Tool } from 
 const ajv = new Ajv({ allErrors: true, strict: false, validateFormats: false });
 const MAX_PROBLEMS = 10;
 const HEADER_VALUE = /^[^\u0000-\u0008\u000a-\u001f\u007f]*$/;
+/** The longest a generated tool's socket may stay open; the call's own time-out (its policy) ends it first. */
+const OPERATION_SOCKET_LIMIT_MS = 600_000;
+
 /**
  * Header parameters an operation may not have: framing and routing belong to the client, and
  * credentials come from the secret setting only. The import leaves them out of the tool.
  */
-/** The longest a generated tool's socket may stay open; the call's own time-out (its policy) ends it first. */
-const OPERATION_SOCKET_LIMIT_MS = 600_000;
-
-export const RESERVED_HEADERS = new Set([
-  'host',
-  'connection',
-  'content-length',
-  'content-type',
-  'transfer-encoding',
-  'te',
-  'trailer',
-  'upgrade',
-  'keep-alive',
-  'expect',
-  'accept',
-  'accept-encoding',
-  'proxy-authorization',
-  'proxy-connection',
-  'authorization',
-  'cookie',
-  'idempotency-key',
-]);
+export const RESERVED_HEADERS: ReadonlySet<string> = new Set([...CLIENT_OWNED_HEADERS, 'content-type', 'accept', 'authorization', 'cookie', 'idempotency-key']);
 
 /** Compiles a tool's argument schema; throws (with ajv's reason) when it is not a schema ajv accepts. */
 export function compileArguments(schema: Record<string, unknown>): ValidateFunction {

@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { z } from 'zod';
-import { guardedFetch, parseHttpUrl, type LookupAll } from './guarded-fetch';
+import { CLIENT_OWNED_HEADERS, guardedFetch, parseHttpUrl, type LookupAll } from './guarded-fetch';
 import { throwForHttpStatus } from './http-failures';
 import { DEFAULT_TOOL_SETTINGS, parseArgs, ToolInputError, ToolRefusedError, type Tool } from './tool';
 
@@ -9,21 +9,8 @@ export { blockedAddressRule, resolveAndCheck, type LookupAll, type PinnedTarget 
 
 const MAX_HEADERS = 20;
 const RETURNED_HEADERS = ['content-type', 'content-length', 'content-language', 'last-modified', 'etag', 'cache-control', 'expires', 'date', 'location'];
-/** Headers the runtime owns: framing, routing and encoding must match what the guarded client does with the connection. */
-const FORBIDDEN_HEADERS = new Set([
-  'host',
-  'connection',
-  'content-length',
-  'transfer-encoding',
-  'te',
-  'trailer',
-  'upgrade',
-  'keep-alive',
-  'expect',
-  'accept-encoding',
-  'proxy-authorization',
-  'proxy-connection',
-]);
+/** Headers the runtime owns (the guarded client's). */
+const FORBIDDEN_HEADERS = CLIENT_OWNED_HEADERS;
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const HEADER_VALUE = /^[^\u0000-\u0008\u000a-\u001f\u007f]*$/;
 
