@@ -1,12 +1,11 @@
 import { ActivityFailure, ApplicationFailure, CancellationScope, CancelledFailure, condition, isCancellation, log, patched, workflowInfo } from '@temporalio/workflow';
 import type { ErrorBody } from '../contracts/errors';
 import type { ApprovalOutcome, BudgetOverrun, ToolResultStatus } from '../contracts/events';
-import type { QueuedMessage } from '../contracts/session';
+import type { ApprovalDecision, QueuedMessage, SessionAgent } from '../contracts/session';
 import type { ExecuteToolInput, MessageRef, PlannedToolCall, SettleInput, ToolOutcome, ToolPolicy } from '../contracts/turn';
 import { OUTCOME_UNKNOWN_APPROVAL_NAME } from '../contracts/builtin-tools';
 import { ESCALATE_TOOL, HANDOFF_TOOL } from '../contracts/builtin-tools';
 import type { EscalationSource } from '../contracts/events';
-import type { SessionAgent } from '../contracts/session';
 import { routedSteps } from './routing';
 import { toolActivities, type SessionActivityProxies } from './activities';
 import type { SessionState, TurnOutcome } from './session-state';
@@ -298,14 +297,20 @@ async function runInOrder(ctx: TurnContext, agent: SessionAgent, planned: Planne
   }
 }
 
+type ApprovalRecord = NonNullable<Settlement['approval']>;
+const CANCELLED_APPROVAL: ApprovalRecord = { outcome: 'cancelled', decidedBy: null, feedback: null };
+
+/** A decision taken before its call could use it, as the call's record keeps it. */
+function approvalOf(decision: ApprovalDecision): ApprovalRecord {
+  return { outcome: decision.approved ? 'approved' : 'rejected', decidedBy: decision.decidedBy, feedback: decision.feedback ?? null };
+}
+
 /** A call after a refused one: it never runs; a decision already taken for it is kept on record. */
 async function skip(ctx: TurnContext, call: PlannedToolCall): Promise<void> {
   let approval: Settlement['approval'];
   if (call.policy?.requiresApproval) {
     const decision = ctx.state.decisionFor(call.toolCallId);
-    approval = decision
-      ? { outcome: decision.approved ? 'approved' : 'rejected', decidedBy: decision.decidedBy, feedback: decision.feedback ?? null }
-      : { outcome: 'cancelled', decidedBy: null, feedback: null };
+    approval = decision ? approvalOf(decision) : CANCELLED_APPROVAL;
     ctx.state.settleApproval(call.toolCallId, decision ? 'decided' : 'cancelled');
     ctx.decided.add(call.toolCallId);
   }
@@ -365,7 +370,7 @@ async function runToolCall(ctx: TurnContext, agent: SessionAgent, call: PlannedT
     return 'ran';
   }
   if (options && (call.name === HANDOFF_TOOL || call.name === ESCALATE_TOOL)) {
-    await builtinCall(ctx, agent, call, options);
+    await builtinCall(ctx, call, options);
     return 'ran';
   }
   if (policy.requiresApproval) {
@@ -388,7 +393,7 @@ async function runToolCall(ctx: TurnContext, agent: SessionAgent, call: PlannedT
  * A handoff or an escalation asked for by the model: checked and recorded here (the result the
  * model reads), then carried out once the step's calls are done.
  */
-async function builtinCall(ctx: TurnContext, agent: SessionAgent, call: PlannedToolCall, options: AgentOptions): Promise<void> {
+async function builtinCall(ctx: TurnContext, call: PlannedToolCall, options: AgentOptions): Promise<void> {
   const args = parseJsonObject(call.arguments);
   const reason = typeof args?.reason === 'string' && args.reason.trim() ? args.reason.trim().slice(0, 1_000) : 'no reason given';
   if (call.name === ESCALATE_TOOL) {
@@ -409,7 +414,6 @@ async function builtinCall(ctx: TurnContext, agent: SessionAgent, call: PlannedT
   }
   await settle(ctx, call, { status: 'succeeded', result: { handedOffTo: to } });
   ctx.ending = { kind: 'handoff', to, reason, toolCallId: call.toolCallId };
-  void agent;
 }
 
 function parseJsonObject(text: string): Record<string, unknown> | null {
@@ -598,11 +602,7 @@ async function closeOpenCalls(ctx: TurnContext, why: 'cancelled' | 'failed'): Pr
     await contained(`close tool call ${call.toolCallId}`, () => settle(ctx, call, {
       status: why === 'cancelled' ? 'cancelled' : 'failed',
       ...(ctx.scheduled.has(call.toolCallId) ? {} : { ran: false }),
-      ...(taken
-        ? { approval: { outcome: taken.approved ? ('approved' as const) : ('rejected' as const), decidedBy: taken.decidedBy, feedback: taken.feedback ?? null } }
-        : pending
-          ? { approval: { outcome: 'cancelled' as const, decidedBy: null, feedback: null } }
-          : {}),
+      ...(taken ? { approval: approvalOf(taken) } : pending ? { approval: CANCELLED_APPROVAL } : {}),
       ...(why === 'failed' ? { error: { code: 'TOOL_EXECUTION_ERROR', message: 'The turn failed before this tool ran.' } } : {}),
     }));
   }
