@@ -6,22 +6,61 @@ import type { ApiDeps } from './deps';
 
 export interface TurnCallbacks {
   delta?(text: string): void;
+  /** Every delta of the turn's streams, with its stream, attempt and offset. */
+  streamDelta?(delta: StreamDeltaData): void;
   restart?(attempt: number): void;
   /** The turn's tool.call, approval.required, approval.resolved and tool.result events, as they happen. */
   toolEvent?(event: DurableEvent): void;
+  /**
+   * Every durable event of the turn, in log order: message.accepted, route and agent events,
+   * stream.start/stream.end, the tool and approval events, an error of the turn, turn.done.
+   */
+  event?(event: DurableEvent): void;
+}
+
+export interface PendingApproval {
+  toolCallId: string;
+  name: string;
+  arguments: unknown;
+  digest: string;
+  expiresAt: string;
+  turn: number;
 }
 
 export interface TurnWait {
   sessionId: string;
   /** The message whose turn is awaited. */
   replyTo: string;
-  /** Sends the message; called once the wait is subscribed, and not at all when the turn is already over. */
-  send(): Promise<void>;
+  /**
+   * The turn, when it is already known (following a turn that started earlier). Its tool and
+   * approval events so far are read from the log, so a pause is recognised at once.
+   */
+  turn?: number;
+  /** Replay the session's events after this seq before going live (undefined: live only). */
+  after?: number;
+  /** Characters of the reply in progress the caller already has (with `after`). */
+  streamOffset?: number;
+  /**
+   * Sends the message, or decides approvals (then it returns the tool calls it decided, so the
+   * wait does not take them for pending before their approval.resolved arrives). Called once the
+   * wait is subscribed, and not at all when the turn is already over.
+   */
+  send(): Promise<void | { decided: string[] }>;
   callbacks?: TurnCallbacks;
   timeoutMs: number;
   /** Bytes the caller's client has not taken yet (a streaming response); over KEEL_MAX_BUFFERED_BYTES for too long ends the wait with CONSUMER_TOO_SLOW. */
   backlog?(): number;
+  /**
+   * End the wait as soon as the turn can go no further without a person: an approval is pending
+   * and no tool of the turn is running. `sequential(agentId)` says whether an agent's calls run in
+   * order (a call behind a pending approval then waits too); agentId is the router member that
+   * took the turn, undefined for the session's own agent.
+   */
+  pauseOnApproval?: { sequential(agentId: string | undefined): boolean };
 }
+
+/** How a followed turn ended, or stopped for a person. */
+export type TurnEnd = { kind: 'done'; done: DurableEvent } | { kind: 'paused'; turn: number; approvals: PendingApproval[]; lastSeq: number };
 
 const TOOL_EVENTS = new Set(['tool.call', 'approval.required', 'approval.resolved', 'tool.result']);
 /** Refusals of a message: written by the session for each refused send, with no turn. */
@@ -29,73 +68,164 @@ const REFUSALS = new Set<string>(['SESSION_BUSY', 'SESSION_EXPIRED']);
 const TIMED_OUT = Symbol('timed out');
 
 /**
- * Follows the session's events for the turn that answers one message: its deltas and tool
- * events while it runs, then the reply or the error that ended it. A wait that runs out is
- * APPROVAL_PENDING when the turn waits on a human, CHAT_TIMEOUT otherwise; the turn goes on.
+ * What a turn's tool and approval events say about it. Kept as sets, so events read from the log
+ * and live ones may be applied in any order.
  */
-export async function waitForTurn(deps: ApiDeps, wait: TurnWait): Promise<ChatReply> {
+class TurnToolState {
+  /** Tool calls in the order the model asked for them (tool.call seq), with whether each waits for a person. */
+  private readonly calls = new Map<string, { seq: number; requiresApproval: boolean }>();
+  private readonly results = new Set<string>();
+  private readonly required = new Map<string, PendingApproval>();
+  private readonly resolved = new Set<string>();
+  agent: string | undefined;
+
+  apply(event: DurableEvent): void {
+    const data = event.data as Record<string, unknown>;
+    const id = data.toolCallId as string;
+    if (event.type === 'tool.call') this.calls.set(id, { seq: event.seq, requiresApproval: data.requiresApproval === true });
+    else if (event.type === 'tool.result') this.results.add(id);
+    else if (event.type === 'approval.required') this.required.set(id, data as unknown as PendingApproval);
+    else if (event.type === 'approval.resolved') this.resolved.add(id);
+    else if (event.type === 'agent.started') this.agent = data.agent as string;
+  }
+
+  /** Decided by this caller, before the event that says so. */
+  decided(toolCallIds: string[]): void {
+    for (const id of toolCallIds) this.resolved.add(id);
+  }
+
+  pending(): PendingApproval[] {
+    return [...this.required.values()].filter((a) => !this.resolved.has(a.toolCallId));
+  }
+
+  /** An approval is pending and nothing of the turn runs: in order, the first open call waits for it; else every open call does. */
+  paused(sequential: boolean): PendingApproval[] | null {
+    const pending = this.pending();
+    if (pending.length === 0) return null;
+    const waiting = new Set(pending.map((a) => a.toolCallId));
+    const open = [...this.calls.entries()].filter(([id]) => !this.results.has(id)).sort((a, b) => a[1].seq - b[1].seq);
+    const stalled = sequential ? open.length === 0 || waiting.has(open[0]![0]) : open.every(([id]) => waiting.has(id));
+    return stalled ? pending : null;
+  }
+}
+
+/**
+ * Follows the session's events for the turn that answers one message: its deltas and events
+ * while it runs, then turn.done, or the pause on an approval when asked to stop there. A refusal
+ * of the message, a stopped feed or a wait that runs out is thrown: APPROVAL_PENDING when the
+ * turn waits on a human, CHAT_TIMEOUT otherwise; the turn goes on.
+ */
+export async function followTurn(deps: ApiDeps, wait: TurnWait): Promise<TurnEnd> {
   const { sessionId, replyTo, callbacks = {} } = wait;
-  let settle!: (outcome: DurableEvent | KeelError | typeof TIMED_OUT) => void;
-  const outcome = new Promise<DurableEvent | KeelError | typeof TIMED_OUT>((resolve) => (settle = resolve));
+  let settle!: (outcome: TurnEnd | KeelError | typeof TIMED_OUT) => void;
+  let settled = false;
+  const outcome = new Promise<TurnEnd | KeelError | typeof TIMED_OUT>((resolve) => (settle = (value) => ((settled = true), resolve(value))));
   /** Events up to this seq were delivered before the message was sent: a refusal among them answers an earlier send. */
   let sentAfter = Number.MAX_SAFE_INTEGER;
-  let turn: number | undefined;
+  let turn = wait.turn;
+  let lastSeq = 0;
   const ourStreams = new Set<string>();
   const ourToolCalls = new Set<string>();
+  const tools = new TurnToolState();
+  const checkPause = () => {
+    if (!wait.pauseOnApproval || turn === undefined || settled) return;
+    const approvals = tools.paused(wait.pauseOnApproval.sequential(tools.agent));
+    if (approvals) settle({ kind: 'paused', turn, approvals, lastSeq });
+  };
+
+  const belongs = (event: DurableEvent, data: Record<string, unknown>): boolean => {
+    if (data.replyTo === replyTo && (event.type === 'message.accepted' || event.type === 'stream.start' || event.type === 'turn.done' || (event.type === 'error' && data.turn !== undefined))) return true;
+    if (event.type === 'message.accepted') return data.messageId === replyTo;
+    if (turn === undefined) return false;
+    if (event.type === 'stream.end') return ourStreams.has(`${data.streamId}#${data.attempt}`);
+    if (TOOL_EVENTS.has(event.type)) return data.turn === turn || ourToolCalls.has(data.toolCallId as string);
+    return data.turn === turn && event.type !== 'turn.done';
+  };
 
   const onEvent = (event: DurableEvent) => {
+    if (settled) return;
+    lastSeq = event.seq;
     const data = event.data as Record<string, unknown>;
-    if (event.type === 'stream.start' && data.replyTo === replyTo) {
-      turn = data.turn as number;
+    if (event.type === 'error' && data.replyTo === replyTo && data.turn === undefined && REFUSALS.has(data.code as string)) {
+      if (event.seq > sentAfter) settle(new KeelError(data.code as ErrorCode, data.message as string));
+      return;
+    }
+    if (event.type === 'message.accepted' && data.messageId === replyTo) turn = data.turn as number;
+    if (event.type === 'stream.start' && data.replyTo === replyTo) turn = data.turn as number;
+    if (!belongs(event, data)) return;
+    if (event.type === 'stream.start') {
       ourStreams.add(`${data.streamId}#${data.attempt}`);
       if ((data.attempt as number) > 1) callbacks.restart?.(data.attempt as number);
-    } else if (event.type === 'error' && data.replyTo === replyTo && data.turn === undefined && REFUSALS.has(data.code as string)) {
-      if (event.seq > sentAfter) settle(new KeelError(data.code as ErrorCode, data.message as string));
-    } else if (event.type === 'turn.done' && data.replyTo === replyTo) {
-      settle(event);
-    } else if (TOOL_EVENTS.has(event.type) && turn !== undefined) {
-      const toolCallId = data.toolCallId as string;
-      if (data.turn === turn) ourToolCalls.add(toolCallId);
-      if (ourToolCalls.has(toolCallId)) callbacks.toolEvent?.(event);
     }
+    if (event.type === 'tool.call') ourToolCalls.add(data.toolCallId as string);
+    callbacks.event?.(event);
+    if (TOOL_EVENTS.has(event.type)) callbacks.toolEvent?.(event);
+    if (event.type === 'turn.done') return settle({ kind: 'done', done: event });
+    tools.apply(event);
+    checkPause();
   };
   const onDelta = (delta: StreamDeltaData) => {
-    if (ourStreams.has(`${delta.streamId}#${delta.attempt}`)) callbacks.delta?.(delta.text);
+    if (settled || !ourStreams.has(`${delta.streamId}#${delta.attempt}`)) return;
+    callbacks.streamDelta?.(delta);
+    callbacks.delta?.(delta.text);
   };
 
-  const subscription = deps.feed.open({ sessionId }, { event: onEvent, delta: onDelta, backlog: wait.backlog ?? (() => 0), stopped: (error) => settle(error) });
+  const subscription = deps.feed.open(
+    { sessionId, ...(wait.after === undefined ? {} : { after: wait.after }), ...(wait.streamOffset === undefined ? {} : { streamOffset: wait.streamOffset }) },
+    { event: onEvent, delta: onDelta, backlog: wait.backlog ?? (() => 0), stopped: (error) => settle(error) },
+  );
   const timer = setTimeout(() => settle(TIMED_OUT), wait.timeoutMs);
   try {
     await subscription.ready;
     const after = subscription.lastSeq();
+    if (lastSeq === 0) lastSeq = after;
     // A repeated request for a turn that already ended is answered from the log, with nothing sent (and no message budget spent).
-    const done = (await turnOutcome(deps.pool, sessionId, replyTo)).find((e) => e.type === 'turn.done');
-    if (done) settle(done);
-    else {
+    const done = settled ? undefined : (await turnOutcome(deps.pool, sessionId, replyTo)).find((e) => e.type === 'turn.done');
+    if (done) settle({ kind: 'done', done });
+    else if (!settled) {
+      if (turn !== undefined && wait.pauseOnApproval) {
+        // What the turn did before this wait: its calls and approvals (applying one twice changes nothing).
+        for (const event of await toolEventsOfTurn(deps.pool, sessionId, turn)) {
+          if (event.type === 'tool.call') ourToolCalls.add((event.data as { toolCallId: string }).toolCallId);
+          tools.apply(event);
+        }
+      }
       sentAfter = subscription.lastSeq();
-      await wait.send();
+      const sent = await wait.send();
+      if (sent) tools.decided(sent.decided);
+      checkPause();
     }
     const result = await outcome;
     if (result === TIMED_OUT) throw await timedOut(deps, sessionId, replyTo, after);
     if (result instanceof KeelError) throw result;
-    return await replyOf(deps, result);
+    return result;
   } finally {
     clearTimeout(timer);
     subscription.close();
   }
 }
 
-async function replyOf(deps: ApiDeps, done: DurableEvent): Promise<ChatReply> {
-  const data = done.data as { turn: number; replyTo: string; status: string; messageId: string | null; content: string | null };
-  if (data.status !== 'completed') {
-    const failure = (await turnOutcome(deps.pool, done.sessionId, data.replyTo)).find((e) => e.type === 'error' && (e.data as { turn?: number }).turn === data.turn);
-    const body = failure?.data as ErrorBody | undefined;
-    if (body) throw new KeelError(body.code, body.message, body.details);
-    throw data.status === 'cancelled' ? new KeelError('TURN_CANCELLED', 'The turn was cancelled') : new KeelError('INTERNAL_ERROR', 'The turn failed');
-  }
-  return { messageId: data.messageId ?? '', content: data.content ?? '', toolCalls: toolCallsOf(await toolEventsOfTurn(deps.pool, done.sessionId, data.turn)) };
+/** The reply to one message, once its turn is over (POST /chat). */
+export async function waitForTurn(deps: ApiDeps, wait: TurnWait): Promise<ChatReply> {
+  const end = await followTurn(deps, wait);
+  if (end.kind !== 'done') throw new KeelError('APPROVAL_PENDING', 'The turn is waiting for an approval', { turn: end.turn, toolCallIds: end.approvals.map((a) => a.toolCallId) });
+  return replyOf(deps, end.done);
 }
 
+/** The error that ended a turn that did not complete (its `error` event), as a KeelError. */
+export async function turnFailure(deps: ApiDeps, done: DurableEvent): Promise<KeelError> {
+  const data = done.data as { turn: number; replyTo: string; status: string };
+  const failure = (await turnOutcome(deps.pool, done.sessionId, data.replyTo)).find((e) => e.type === 'error' && (e.data as { turn?: number }).turn === data.turn);
+  const body = failure?.data as ErrorBody | undefined;
+  if (body) return new KeelError(body.code, body.message, body.details);
+  return data.status === 'cancelled' ? new KeelError('TURN_CANCELLED', 'The turn was cancelled') : new KeelError('INTERNAL_ERROR', 'The turn failed');
+}
+
+async function replyOf(deps: ApiDeps, done: DurableEvent): Promise<ChatReply> {
+  const data = done.data as { turn: number; replyTo: string; status: string; messageId: string | null; content: string | null };
+  if (data.status !== 'completed') throw await turnFailure(deps, done);
+  return { messageId: data.messageId ?? '', content: data.content ?? '', toolCalls: toolCallsOf(await toolEventsOfTurn(deps.pool, done.sessionId, data.turn)) };
+}
 /** Each tool call of a turn with its outcome, in the order the model asked for them. */
 export function toolCallsOf(events: DurableEvent[]): ChatToolCall[] {
   const calls = new Map<string, ChatToolCall>();
