@@ -25,12 +25,17 @@ const Env = z.object({
   KEEL_TASK_QUEUE: z.string().default('keel-sessions'),
   KEEL_WORKFLOW_BUNDLE: optionalString,
   KEEL_STICKY_QUEUE_TIMEOUT_MS: int(10_000),
+  // Worker Versioning (docs/operations.md, "Worker Versioning"): both set, or neither.
+  KEEL_DEPLOYMENT_NAME: optionalString,
+  KEEL_BUILD_ID: optionalString,
 
   DATABASE_URL: optionalString,
   KEEL_DB_POOL_SIZE: int(10),
 
   KEEL_API_HOST: z.string().default('0.0.0.0'),
   KEEL_API_PORT: int(3000),
+  // The web console's built files (docs/console.md); default <repo>/web/dist.
+  KEEL_CONSOLE_DIR: optionalString,
   KEEL_WS_PING_INTERVAL_MS: int(30_000),
   KEEL_MAX_FRAME_BYTES: int(MAX_FRAME_BYTES),
   KEEL_MAX_CONTENT_CHARS: int(MAX_CONTENT_CHARS),
@@ -167,6 +172,16 @@ const Env = z.object({
 
 export type Settings = ReturnType<typeof loadSettings>;
 
+function workerDeploymentOf(deploymentName: string | undefined, buildId: string | undefined): { deploymentName: string; buildId: string } | undefined {
+  if (deploymentName === undefined && buildId === undefined) return undefined;
+  if (deploymentName === undefined || buildId === undefined) {
+    throw new Error('Invalid configuration: KEEL_DEPLOYMENT_NAME and KEEL_BUILD_ID turn on Worker Versioning together: set both or neither');
+  }
+  // The server refuses it: `.` delimited the older `<deploymentName>.<buildId>` version strings.
+  if (deploymentName.includes('.')) throw new Error('Invalid configuration: KEEL_DEPLOYMENT_NAME must not contain "."');
+  return { deploymentName, buildId };
+}
+
 export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
   const parsed = Env.safeParse(env);
   if (!parsed.success) {
@@ -186,12 +201,16 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       taskQueue: e.KEEL_TASK_QUEUE,
       workflowBundlePath: e.KEEL_WORKFLOW_BUNDLE,
       stickyQueueTimeoutMs: e.KEEL_STICKY_QUEUE_TIMEOUT_MS,
+      /** Set: the worker is this Worker Deployment Version and the runs it starts are pinned to it; unset: unversioned, as before. */
+      deployment: workerDeploymentOf(e.KEEL_DEPLOYMENT_NAME, e.KEEL_BUILD_ID),
     },
     databaseUrl: e.DATABASE_URL,
     dbPoolSize: e.KEEL_DB_POOL_SIZE,
     api: {
       host: e.KEEL_API_HOST,
       port: e.KEEL_API_PORT,
+      /** The web console's built directory; undefined: web/dist of this checkout. */
+      consoleDir: e.KEEL_CONSOLE_DIR,
       wsPingIntervalMs: e.KEEL_WS_PING_INTERVAL_MS,
       maxFrameBytes: Math.min(e.KEEL_MAX_FRAME_BYTES, MAX_FRAME_BYTES),
       maxContentChars: Math.min(e.KEEL_MAX_CONTENT_CHARS, MAX_CONTENT_CHARS),

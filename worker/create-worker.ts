@@ -72,6 +72,13 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     maxHeartbeatThrottleInterval: settings.worker.heartbeatThrottleMs,
     defaultHeartbeatThrottleInterval: settings.worker.heartbeatThrottleMs,
     ...workflowSource,
+    // Worker Versioning (docs/operations.md): every workflow run stays on the build that started it; sessions
+    // move to the current build at their next continue-as-new (workflows/session.ts). Pinned here, not with
+    // setWorkflowOptions in the workflow code: the server refuses a versioning behavior from an unversioned
+    // worker, and one bundle serves both.
+    ...(settings.temporal.deployment
+      ? { workerDeploymentOptions: { useWorkerVersioning: true as const, version: settings.temporal.deployment, defaultVersioningBehavior: 'PINNED' as const } }
+      : {}),
     // A prebuilt bundle holds its workflow interceptors (bundle-workflows.ts --tracing); one built here gets them when tracing is on.
     interceptors: turns.with(bundle || !tracing ? interceptors : { ...interceptors, workflowModules: WORKFLOW_INTERCEPTOR_MODULES }),
     sinks,

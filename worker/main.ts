@@ -42,7 +42,7 @@ async function main() {
   // Webhooks, run metrics and incident notifications (docs/runs.md).
   const outbox = new Outbox({ pool, client, settings, metrics, log });
   outbox.start();
-  log.info({ taskQueue: settings.temporal.taskQueue, model: settings.llm.model, baseUrl: settings.llm.baseUrl ?? 'api.openai.com' }, 'worker started');
+  log.info({ taskQueue: settings.temporal.taskQueue, deployment: settings.temporal.deployment ?? null, model: settings.llm.model, baseUrl: settings.llm.baseUrl ?? 'api.openai.com' }, 'worker started');
   await worker.run();
   // After the drain: a clean stop marks the row stopped, so it raises no stale-worker alert.
   await heartbeat.stop();

@@ -1,4 +1,4 @@
-import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, continueAsNew, setHandler, workflowInfo } from '@temporalio/workflow';
+import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, makeContinueAsNewFunc, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { SessionWorkflowInput, SessionWorkflowResult } from '../contracts/session';
 import {
   cancelTurnSignal,
@@ -132,7 +132,7 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
       await condition(allHandlersFinished);
       // A deletion may have landed while the handlers finished: end here instead of continuing.
       if (state.status !== 'active') break;
-      await continueAsNew<typeof sessionWorkflow>({ sessionId: state.sessionId, config: state.config, resume: state.snapshot() });
+      await continueAsNewOntoTarget({ sessionId: state.sessionId, config: state.config, resume: state.snapshot() });
     }
   }
 
@@ -169,7 +169,26 @@ async function escalateForOperator(state: SessionState, acts: ReturnType<typeof 
   });
 }
 
+/**
+ * Between turns: when the history is long, and when a new build became current while this run is
+ * pinned to an older one. With Worker Versioning on (KEEL_DEPLOYMENT_NAME), every run is pinned to
+ * the build that started it (the worker's default behavior, worker/create-worker.ts), so a turn
+ * waiting on an approval resumes on the code that asked for it, and the session moves to the
+ * current build here, at the end of its next turn (docs/operations.md, "Worker Versioning"). The
+ * flag is only ever set for versioned workers: histories from unversioned ones replay unchanged.
+ */
 function shouldContinueAsNew(state: SessionState): boolean {
   const info = workflowInfo();
-  return info.continueAsNewSuggested || info.historyLength >= state.config.continueAsNewAfterEvents;
+  return info.continueAsNewSuggested || info.historyLength >= state.config.continueAsNewAfterEvents || info.targetWorkerDeploymentVersionChanged;
+}
+
+/**
+ * On a versioned worker the next run starts on the current build (and is pinned there), whatever
+ * made this run continue; a pinned run continuing without AUTO_UPGRADE would stay on its build.
+ * An unversioned worker runs its tasks with no deployment name, and sends no versioning option
+ * (the server refuses them from unversioned workers).
+ */
+function continueAsNewOntoTarget(input: SessionWorkflowInput): Promise<never> {
+  const versioned = Boolean(workflowInfo().currentDeploymentVersion?.deploymentName);
+  return makeContinueAsNewFunc<typeof sessionWorkflow>(versioned ? { initialVersioningBehavior: 'AUTO_UPGRADE' } : {})(input);
 }
