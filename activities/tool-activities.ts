@@ -63,6 +63,15 @@ function modelContent(input: SettleInput): string {
 /** How a run of the tool ended (an unknown outcome is decided before anything runs). */
 type RanOutcome = ToolOutcome & { status: 'succeeded' | 'failed' | 'cancelled' };
 
+/**
+ * What the workflow is told of a call it ran: the status and error, never the result. The result
+ * is stored (the tool message, the tool.result event) before this returns, so however large it is
+ * it stays out of the workflow history (Temporal refuses payloads over a few MB).
+ */
+function forWorkflow(outcome: RanOutcome): ToolOutcome {
+  return { status: outcome.status, ...(outcome.error ? { error: outcome.error } : {}) };
+}
+
 /** How often a running tool reports life (the workflow's heartbeat time-out is a few of these). */
 const TOOL_HEARTBEAT_MS = 1_000;
 
@@ -245,7 +254,7 @@ export function createToolActivities(deps: {
     await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
     if (outcome.status === 'cancelled') throw new CancelledFailure(`${input.name} was cancelled while running`);
     if (outcome.error?.code === 'TOOL_AUTH_ERROR') throw ApplicationFailure.nonRetryable(outcome.error.message, 'TOOL_AUTH_ERROR');
-    return outcome;
+    return forWorkflow(outcome);
   }
 
   /** An earlier attempt's receipt: its result (settled again, in case it died before that) is the call's. */
@@ -255,7 +264,7 @@ export function createToolActivities(deps: {
         ? { status: 'failed', error: { code: row.error_code ?? 'TOOL_EXECUTION_ERROR', message: row.error_message ?? `The tool '${input.name}' failed.` } }
         : { status: 'succeeded', result: row.result };
     await settleToolCall({ ...input, status: outcome.status, ran: true, ...(outcome.result === undefined ? {} : { result: outcome.result }), ...(outcome.error ? { error: outcome.error } : {}) });
-    return outcome;
+    return forWorkflow(outcome);
   }
 
   /**

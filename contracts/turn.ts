@@ -123,6 +123,7 @@ export const ToolError = z.object({ code: z.string(), message: z.string() });
 export const ToolOutcome = z.object({
   /** outcome_unknown: an earlier attempt of this write may have acted, and the tool is not idempotent: nothing ran. */
   status: z.enum(['succeeded', 'failed', 'cancelled', 'outcome_unknown']),
+  /** No longer sent: the result is stored, and stays out of the workflow history. Histories from before still carry it. */
   result: z.unknown().optional(),
   error: ToolError.optional(),
 });
