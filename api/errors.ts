@@ -4,6 +4,7 @@ import { describeIssues, KeelError, type ErrorEnvelope } from '../contracts/erro
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
 import { requestIdOf } from './request-log';
+import { isDependencyUnavailable } from '../db/unavailable';
 
 /** Parses input with a schema, turning failures into VALIDATION_ERROR naming the fields. */
 export function parseInput<T extends z.ZodTypeAny>(schema: T, value: unknown): z.infer<T> {
@@ -22,6 +23,8 @@ export function toKeelError(error: unknown): KeelError {
   if (status === 415 || type === 'encoding.unsupported' || type === 'charset.unsupported') {
     return new KeelError('UNSUPPORTED_MEDIA_TYPE', 'Unsupported request encoding');
   }
+  // Postgres or Temporal down or cut off (docs/operations.md, "Outages"): try again later, not a bug.
+  if (isDependencyUnavailable(error)) return new KeelError('SERVICE_UNAVAILABLE', 'A service Keel depends on is unavailable; try again shortly', undefined, { cause: error });
   return new KeelError('INTERNAL_ERROR', 'Internal error', undefined, { cause: error });
 }
 

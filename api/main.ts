@@ -32,7 +32,7 @@ async function main() {
   limitMessageContent(settings.api.maxContentChars);
   const databaseUrl = databaseUrlOf(settings);
   await migrate(databaseUrl);
-  const pool = await openPool(databaseUrl, settings.dbPoolSize);
+  const pool = await openPool(databaseUrl, settings.dbPoolSize, { connectTimeoutMs: settings.dbConnectTimeoutMs });
   const metrics = createMetrics('api', { activeSessions: activeSessionCount(pool) });
   const hub = new EventHub(databaseUrl, log, metrics, { checkMs: settings.api.listenerCheckMs, reconnectMs: settings.api.listenerReconnectMs });
   await hub.start();

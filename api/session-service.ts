@@ -50,6 +50,14 @@ export class SessionService {
     readonly versions: AgentVersions,
   ) {}
 
+  /**
+   * Runs Temporal calls under KEEL_TEMPORAL_RPC_TIMEOUT_MS (retries included): an unreachable
+   * Temporal is SERVICE_UNAVAILABLE in that time, not a request that hangs (docs/operations.md, "Outages").
+   */
+  private bounded<T>(fn: () => Promise<T>): Promise<T> {
+    return this.connection.withDeadline(Date.now() + this.settings.temporalRpcTimeoutMs, fn);
+  }
+
   /** For the release routes, which start watch workflows and move sessions. */
   get temporal(): Client {
     return this.client;
@@ -70,7 +78,7 @@ export class SessionService {
     const router = await sessionRouterOf(agent, (member) => this.memberVersion(member, id), this.settings.llm.model);
     const row = await insertSession(this.pool, { id, title: input.title ?? null, agentId, agentVersion: agent.version, ownerId: caller.userId });
     try {
-      await this.client.workflow.start<typeof sessionWorkflow>('sessionWorkflow', {
+      await this.bounded(() => this.client.workflow.start<typeof sessionWorkflow>('sessionWorkflow', {
         taskQueue: this.settings.temporal.taskQueue,
         workflowId: sessionWorkflowId(id),
         args: [{ sessionId: id, config: { ...this.settings.session, agent: sessionAgentOf(agent, this.settings.llm.model), ...(router ? { router } : {}) } }],
@@ -82,7 +90,7 @@ export class SessionService {
           { key: LastActivityKey, value: new Date() },
         ],
         memo: { title: input.title ?? '', agentVersion: agent.version },
-      });
+      }));
     } catch (error) {
       // A start can fail after the server took it (a timeout on the answer): keep the row then.
       if (await this.workflowExists(id)) return row;
@@ -100,7 +108,7 @@ export class SessionService {
 
   private async workflowExists(sessionId: string): Promise<boolean> {
     try {
-      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).describe();
+      await this.bounded(() => this.client.workflow.getHandle(sessionWorkflowId(sessionId)).describe());
       return true;
     } catch {
       return false;
@@ -147,7 +155,7 @@ export class SessionService {
     const release = resend ? undefined : await this.limiter.messageToSession(sessionId);
     const checkedAt = performance.now();
     try {
-      await deliverUserMessage(this.pool, this.client, { sessionId, messageId, content, requestId, ...(clientMessageId ? { clientMessageId } : {}), ...(budget ? { budget } : {}) });
+      await this.bounded(() => deliverUserMessage(this.pool, this.client, { sessionId, messageId, content, requestId, ...(clientMessageId ? { clientMessageId } : {}), ...(budget ? { budget } : {}) }));
     } catch (error) {
       await release?.();
       throw error instanceof KeelError ? error : await this.mapTemporalError(sessionId, error);
@@ -227,7 +235,7 @@ export class SessionService {
     await this.require(sessionId, caller);
     if (!(await softDeleteSession(this.pool, sessionId, caller.userId))) throw new KeelError('SESSION_NOT_FOUND', 'No such session');
     try {
-      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(endSessionSignal, { reason: 'deleted', requestedBy: caller.userId });
+      await this.bounded(() => this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(endSessionSignal, { reason: 'deleted', requestedBy: caller.userId }));
     } catch (error) {
       // Already ended (expired): nothing left to stop. Otherwise the deletion stands (the row is
       // gone for every reader) and the workflow ends at its idle time-out at the latest.
@@ -238,7 +246,7 @@ export class SessionService {
   /** Signals the session's workflow (hand-back, escalate, external events), Temporal's failures mapped to the session codes. */
   async signal<Args extends unknown[]>(sessionId: string, def: SignalDefinition<Args>, ...args: Args): Promise<void> {
     try {
-      await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(def, ...args);
+      await this.bounded(() => this.client.workflow.getHandle(sessionWorkflowId(sessionId)).signal(def, ...args));
     } catch (error) {
       throw await this.mapTemporalError(sessionId, error);
     }
@@ -246,7 +254,7 @@ export class SessionService {
 
   async state(sessionId: string): Promise<SessionStateView | null> {
     try {
-      return await this.client.workflow.getHandle(sessionWorkflowId(sessionId)).query(sessionStateQuery);
+      return await this.bounded(() => this.client.workflow.getHandle(sessionWorkflowId(sessionId)).query(sessionStateQuery));
     } catch {
       return null;
     }
@@ -264,10 +272,12 @@ export class SessionService {
   /** Whether a worker polled the session task queue within the last minute. */
   async checkWorkerPolling(): Promise<boolean> {
     try {
-      const { pollers } = await this.connection.workflowService.describeTaskQueue({
-        namespace: this.settings.temporal.namespace,
-        taskQueue: { name: this.settings.temporal.taskQueue },
-      });
+      const { pollers } = await this.bounded(() =>
+        this.connection.workflowService.describeTaskQueue({
+          namespace: this.settings.temporal.namespace,
+          taskQueue: { name: this.settings.temporal.taskQueue },
+        }),
+      );
       const cutoff = Date.now() - 60_000;
       return (pollers ?? []).some((p) => Number(p.lastAccessTime?.seconds ?? 0) * 1000 >= cutoff);
     } catch {
@@ -277,7 +287,7 @@ export class SessionService {
 
   async checkTemporal(): Promise<boolean> {
     try {
-      await this.connection.workflowService.getSystemInfo({});
+      await this.bounded(() => this.connection.workflowService.getSystemInfo({}));
       return true;
     } catch {
       return false;

@@ -18,7 +18,7 @@ async function main() {
   const databaseUrl = databaseUrlOf(settings);
   const applied = await migrate(databaseUrl);
   if (applied.length) log.info({ applied }, 'migrations applied');
-  const pool = await openPool(databaseUrl, settings.dbPoolSize);
+  const pool = await openPool(databaseUrl, settings.dbPoolSize, { connectTimeoutMs: settings.dbConnectTimeoutMs });
   const metrics = createMetrics('worker');
   const temporalMetricsPort = await installTemporalRuntime();
   const { worker, connection, client, clientConnection, turns, mcp } = await createWorker(settings, pool, metrics, log, tracing);

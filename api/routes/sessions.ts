@@ -41,6 +41,12 @@ function messageView(m: MessageRow) {
   };
 }
 
+function withinMs<T>(ms: number, promise: Promise<T>, otherwise: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<T>((resolve) => (timer = setTimeout(() => resolve(otherwise), ms)));
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
 export function sessionRoutes(deps: ApiDeps): Router {
   const router = new Router({ prefix: '/api/v1' });
 
@@ -105,7 +111,8 @@ export function sessionRoutes(deps: ApiDeps): Router {
   const checks = async () => {
     const [temporal, postgres, worker] = await Promise.all([
       deps.sessions.checkTemporal(),
-      deps.pool.query(sql.unsafe`SELECT 1`).then(() => true, () => false),
+      // Bounded like a connect: a Postgres that does not answer is down for a load balancer, not a hung probe.
+      withinMs(deps.settings.dbConnectTimeoutMs, deps.pool.query(sql.unsafe`SELECT 1`).then(() => true, () => false), false),
       deps.sessions.checkWorkerPolling(),
     ]);
     return { temporal, postgres, worker };
