@@ -19,6 +19,12 @@ import { conversationRoutes } from './routes/conversations';
 import { analyticsRoutes } from './routes/analytics';
 import { openapiRoutes } from './routes/openapi';
 import { openapiDocumentRoutes } from './routes/openapi-document';
+import { aiSdkRoutes } from './routes/ai-sdk';
+import { aguiRoutes } from './routes/agui';
+import { consoleMiddleware } from './console';
+
+/** Routes whose bodies carry a client's whole conversation: KEEL_CLIENT_HISTORY_BODY_LIMIT, not KEEL_REST_BODY_LIMIT. */
+const CLIENT_HISTORY_ROUTES = /^\/api\/v1\/(agui|ai-sdk)\//;
 
 export function createApp(deps: ApiDeps): Koa {
   const app = new Koa();
@@ -32,19 +38,24 @@ export function createApp(deps: ApiDeps): Koa {
   const openapiDocument = openapiDocumentRoutes();
   app.use(openapiDocument.routes());
   app.use(openapiDocument.allowedMethods());
+  // The web console's files (docs/console.md): public like the document; the API calls they make are authenticated.
+  app.use(consoleMiddleware({ dir: deps.settings.api.consoleDir }));
   app.use(deps.auth.middleware());
   app.use(deps.limiter.middleware());
   app.use(requireJsonBody());
-  app.use(
+  const parseJson = (jsonLimit: string) =>
     bodyParser({
       enableTypes: ['json'],
-      jsonLimit: deps.settings.api.restBodyLimit,
+      jsonLimit,
       onError: (error) => {
         throw error;
       },
-    }),
-  );
-  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), releaseRoutes(deps), metricsRoutes(deps), adminRoutes(deps), workerRoutes(deps), runRoutes(deps), sloRoutes(deps), presenceRoutes(deps), conversationRoutes(deps), analyticsRoutes(deps), openapiRoutes(deps), effectRoutes(deps)]) {
+    });
+  // AG-UI and AI SDK clients send the whole conversation on every run (docs/agui.md, docs/ai-sdk.md).
+  const clientHistory = parseJson(deps.settings.api.clientHistoryBodyLimit);
+  app.use((ctx, next) => (CLIENT_HISTORY_ROUTES.test(ctx.path) ? clientHistory(ctx, next) : next()));
+  app.use(parseJson(deps.settings.api.restBodyLimit));
+  for (const router of [sessionRoutes(deps), streamRoutes(deps), agentRoutes(deps), releaseRoutes(deps), metricsRoutes(deps), adminRoutes(deps), workerRoutes(deps), runRoutes(deps), sloRoutes(deps), presenceRoutes(deps), conversationRoutes(deps), analyticsRoutes(deps), openapiRoutes(deps), effectRoutes(deps), aiSdkRoutes(deps), aguiRoutes(deps)]) {
     app.use(router.routes());
     app.use(router.allowedMethods());
   }

@@ -1,6 +1,7 @@
 import { extendZodWithOpenApi, OpenApiGeneratorV31, OpenAPIRegistry, type ResponseConfig, type RouteConfig } from '@asteasolutions/zod-to-openapi';
 import { z } from 'zod';
 import { AGENT_ID_PATTERN, AgentDefinition } from '../contracts/agents';
+import { AiSdkChatBody, AiSdkChatParams } from '../contracts/ai-sdk';
 import { AnalyticsQuery, AnalyticsReport, ConversationList, ConversationListQuery, ReplayPage, ReplayQuery } from '../contracts/conversations';
 import { ErrorBody, ErrorCode, ErrorEnvelope, httpStatusOf, isRecoverable } from '../contracts/errors';
 import { Id } from '../contracts/ids';
@@ -10,6 +11,9 @@ import { ActivateBody, IncidentListQuery, RollbackBody } from '../contracts/rele
 import { AfterSeqQuery, ApprovalBody, ApprovalListQuery, CancelBody, ChatBody, ChatReply, CreateSessionBody, PageQuery, PostMessageBody, SessionListQuery, IssueTokenBody } from '../contracts/rest';
 import { RunId, RunListQuery, SloQuery, SubmitRunBody } from '../contracts/runs';
 import { USER_WS_PATH } from './user-socket';
+import { AguiAgentParam } from './routes/agui';
+import { RunAgentInputSchema } from '@ag-ui/core/schemas';
+import { z as z4 } from 'zod/v4';
 
 // Adds `.openapi()` to zod's prototypes (what the registry uses to name components). It does not change parsing.
 extendZodWithOpenApi(z);
@@ -38,6 +42,12 @@ interface Route {
   body?: Body;
   responses: Record<number, Answer>;
   description?: string;
+}
+
+/** AG-UI's RunAgentInput as JSON Schema (without its dialect: OpenAPI 3.1's is the same, 2020-12). */
+function aguiRunAgentInput(): PlainObject {
+  const { $schema: _dialect, ...schema } = z4.toJSONSchema(RunAgentInputSchema, { unrepresentable: 'any', io: 'input' });
+  return { ...schema, description: "AG-UI 1.0 RunAgentInput (@ag-ui/core's RunAgentInputSchema)" } as PlainObject;
 }
 
 const anObject = (description: string): Answer => ({ description, json: 'object' });
@@ -108,6 +118,11 @@ const ROUTES: Route[] = [
   { method: 'post', path: '/api/v1/openapi/imports/{id}/discard', tag: 'openapi-imports', summary: 'Discard an import (admin)', auth: 'bearer', params: importId, responses: { 200: anObject('The import') } },
   // api/routes/effects.ts
   { method: 'get', path: '/api/v1/sessions/{id}/effects', tag: 'sessions', summary: "A session's effect ledger", auth: 'bearer', params: sessionId, query: PageQuery, responses: { 200: anObject('`{ effects, nextAfter }`') } },
+  // api/routes/ai-sdk.ts (docs/ai-sdk.md)
+  { method: 'post', path: '/api/v1/ai-sdk/chat', tag: 'ai-sdk', summary: "The AI SDK's chat endpoint (useChat's DefaultChatTransport): a chat's new message or its approval answers", auth: 'bearer', body: { schema: AiSdkChatBody }, responses: { 200: { description: 'The UI message stream (SSE, `x-vercel-ai-ui-message-stream: v1`)', sse: true } } },
+  { method: 'get', path: '/api/v1/ai-sdk/chat/{id}/stream', tag: 'ai-sdk', summary: "Resume a chat's reply in progress, replayed from its start", auth: 'bearer', params: AiSdkChatParams, responses: { 200: { description: 'The UI message stream (SSE)', sse: true }, 204: { description: 'No reply is running' } } },
+  // api/routes/agui.ts (docs/agui.md): the body is AG-UI's RunAgentInput, as JSON Schema from @ag-ui/core's own (zod 4) schema.
+  { method: 'post', path: '/api/v1/agui/{agentId}', tag: 'agui', summary: 'An AG-UI 1.0 run on the thread\'s session: a new user message or resume entries answering interrupts', auth: 'bearer', params: z.object({ agentId: AguiAgentParam }), body: { schema: aguiRunAgentInput() }, responses: { 200: { description: 'AG-UI events (SSE): RUN_STARTED … RUN_FINISHED or RUN_ERROR', sse: true } } },
   // api/routes/openapi-document.ts
   { method: 'get', path: OPENAPI_DOCUMENT_PATH, tag: 'operations', summary: 'This document', auth: 'public', responses: { 200: anObject('An OpenAPI 3.1 document') } },
 ];

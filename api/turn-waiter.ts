@@ -57,6 +57,8 @@ export interface TurnWait {
    * took the turn, undefined for the session's own agent.
    */
   pauseOnApproval?: { sequential(agentId: string | undefined): boolean };
+  /** Aborted when the caller stops listening (its client went away): the wait ends at once with SERVICE_UNAVAILABLE; the turn goes on. */
+  signal?: AbortSignal;
 }
 
 /** How a followed turn ended, or stopped for a person. */
@@ -127,10 +129,25 @@ export async function followTurn(deps: ApiDeps, wait: TurnWait): Promise<TurnEnd
   const ourStreams = new Set<string>();
   const ourToolCalls = new Set<string>();
   const tools = new TurnToolState();
+  /**
+   * False while the log is replayed and until the message is sent: a replayed approval.required
+   * is not pending when its approval.resolved is further on (or was decided by send()).
+   */
+  let live = false;
   const checkPause = () => {
-    if (!wait.pauseOnApproval || turn === undefined || settled) return;
+    if (!live || !wait.pauseOnApproval || turn === undefined || settled) return;
     const approvals = tools.paused(wait.pauseOnApproval.sequential(tools.agent));
     if (approvals) settle({ kind: 'paused', turn, approvals, lastSeq });
+  };
+  // A model step's calls and approvals are written in one transaction but handed on one by one:
+  // the pause is judged once the events at hand are applied (a parallel call's approval.required
+  // may follow the first one's), not after each.
+  let pauseCheck: NodeJS.Immediate | undefined;
+  const checkPauseSoon = () => {
+    pauseCheck ??= setImmediate(() => {
+      pauseCheck = undefined;
+      checkPause();
+    });
   };
 
   const belongs = (event: DurableEvent, data: Record<string, unknown>): boolean => {
@@ -162,7 +179,7 @@ export async function followTurn(deps: ApiDeps, wait: TurnWait): Promise<TurnEnd
     if (TOOL_EVENTS.has(event.type)) callbacks.toolEvent?.(event);
     if (event.type === 'turn.done') return settle({ kind: 'done', done: event });
     tools.apply(event);
-    checkPause();
+    checkPauseSoon();
   };
   const onDelta = (delta: StreamDeltaData) => {
     if (settled || !ourStreams.has(`${delta.streamId}#${delta.attempt}`)) return;
@@ -170,29 +187,40 @@ export async function followTurn(deps: ApiDeps, wait: TurnWait): Promise<TurnEnd
     callbacks.delta?.(delta.text);
   };
 
+  // A known turn's calls so far: a replayed tool.result (it names no turn) must be known as the turn's.
+  const seed = async () => {
+    if (turn === undefined) return;
+    for (const event of await toolEventsOfTurn(deps.pool, sessionId, turn)) {
+      if (event.type === 'tool.call') ourToolCalls.add((event.data as { toolCallId: string }).toolCallId);
+      tools.apply(event);
+    }
+  };
+  if (wait.turn !== undefined) await seed();
   const subscription = deps.feed.open(
     { sessionId, ...(wait.after === undefined ? {} : { after: wait.after }), ...(wait.streamOffset === undefined ? {} : { streamOffset: wait.streamOffset }) },
     { event: onEvent, delta: onDelta, backlog: wait.backlog ?? (() => 0), stopped: (error) => settle(error) },
   );
   const timer = setTimeout(() => settle(TIMED_OUT), wait.timeoutMs);
+  const onAbort = () => settle(new KeelError('SERVICE_UNAVAILABLE', 'The wait was stopped: its client went away'));
+  if (wait.signal?.aborted) onAbort();
+  wait.signal?.addEventListener('abort', onAbort, { once: true });
   try {
-    await subscription.ready;
+    // A replayed turn.done (or a stop) may settle the wait before the replay is over: no need to read the rest.
+    await Promise.race([subscription.ready, outcome]);
     const after = subscription.lastSeq();
     if (lastSeq === 0) lastSeq = after;
     // A repeated request for a turn that already ended is answered from the log, with nothing sent (and no message budget spent).
     const done = settled ? undefined : (await turnOutcome(deps.pool, sessionId, replyTo)).find((e) => e.type === 'turn.done');
-    if (done) settle({ kind: 'done', done });
-    else if (!settled) {
-      if (turn !== undefined && wait.pauseOnApproval) {
-        // What the turn did before this wait: its calls and approvals (applying one twice changes nothing).
-        for (const event of await toolEventsOfTurn(deps.pool, sessionId, turn)) {
-          if (event.type === 'tool.call') ourToolCalls.add((event.data as { toolCallId: string }).toolCallId);
-          tools.apply(event);
-        }
-      }
+    if (done) {
+      // Ended before this wait's cursor: answered from the log. Ended after it: the feed hands it on, with the turn's events before it.
+      if (done.seq <= subscription.lastSeq()) settle({ kind: 'done', done });
+    } else if (!settled) {
+      // What the turn did up to the live cursor: its calls and approvals (applying one twice changes nothing).
+      if (wait.pauseOnApproval) await seed();
       sentAfter = subscription.lastSeq();
       const sent = await wait.send();
       if (sent) tools.decided(sent.decided);
+      live = true;
       checkPause();
     }
     const result = await outcome;
@@ -201,6 +229,8 @@ export async function followTurn(deps: ApiDeps, wait: TurnWait): Promise<TurnEnd
     return result;
   } finally {
     clearTimeout(timer);
+    if (pauseCheck) clearImmediate(pauseCheck);
+    wait.signal?.removeEventListener('abort', onAbort);
     subscription.close();
   }
 }

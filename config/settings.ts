@@ -31,6 +31,9 @@ const Env = z.object({
 
   DATABASE_URL: optionalString,
   KEEL_DB_POOL_SIZE: int(10),
+  // Outages (docs/operations.md, "Outages"): how long the API waits on an unreachable Postgres or Temporal.
+  KEEL_DB_CONNECT_TIMEOUT_MS: int(5_000),
+  KEEL_TEMPORAL_RPC_TIMEOUT_MS: int(5_000),
 
   KEEL_API_HOST: z.string().default('0.0.0.0'),
   KEEL_API_PORT: int(3000),
@@ -40,6 +43,8 @@ const Env = z.object({
   KEEL_MAX_FRAME_BYTES: int(MAX_FRAME_BYTES),
   KEEL_MAX_CONTENT_CHARS: int(MAX_CONTENT_CHARS),
   KEEL_REST_BODY_LIMIT: z.string().default('64kb'),
+  KEEL_CLIENT_HISTORY_BODY_LIMIT: z.string().default('8mb'),
+  KEEL_AGUI_MAX_RESUME_ENTRIES: int(32),
   KEEL_CHAT_TIMEOUT_MS: int(120_000),
   KEEL_MAX_BUFFERED_BYTES: int(8 * 1024 * 1024),
   KEEL_SLOW_CONSUMER_MS: int(10_000),
@@ -206,6 +211,10 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
     },
     databaseUrl: e.DATABASE_URL,
     dbPoolSize: e.KEEL_DB_POOL_SIZE,
+    /** One attempt to open a Postgres connection; a refused or timed-out one is not retried (the caller gets SERVICE_UNAVAILABLE). */
+    dbConnectTimeoutMs: Math.max(100, e.KEEL_DB_CONNECT_TIMEOUT_MS),
+    /** The deadline of the API's calls to Temporal (signals, queries, health checks), retries included. */
+    temporalRpcTimeoutMs: Math.max(100, e.KEEL_TEMPORAL_RPC_TIMEOUT_MS),
     api: {
       host: e.KEEL_API_HOST,
       port: e.KEEL_API_PORT,
@@ -215,6 +224,10 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       maxFrameBytes: Math.min(e.KEEL_MAX_FRAME_BYTES, MAX_FRAME_BYTES),
       maxContentChars: Math.min(e.KEEL_MAX_CONTENT_CHARS, MAX_CONTENT_CHARS),
       restBodyLimit: e.KEEL_REST_BODY_LIMIT,
+      /** AG-UI and AI SDK requests, which carry the client's whole conversation. */
+      clientHistoryBodyLimit: e.KEEL_CLIENT_HISTORY_BODY_LIMIT,
+      /** Resume entries one AG-UI run may carry (docs/agui.md); more is VALIDATION_ERROR. */
+      aguiMaxResumeEntries: Math.max(1, e.KEEL_AGUI_MAX_RESUME_ENTRIES),
       chatTimeoutMs: e.KEEL_CHAT_TIMEOUT_MS,
       /** Unsent bytes a WebSocket or SSE connection may hold before it waits, and is cut off after slowConsumerMs. */
       maxBufferedBytes: Math.max(1, e.KEEL_MAX_BUFFERED_BYTES),

@@ -1,0 +1,41 @@
+import { KeelError } from '../../contracts/errors';
+import { lastSeq } from '../../db/events';
+import { findToolCall } from '../../db/tool-calls';
+import type { Caller } from '../auth';
+import type { ApiDeps } from '../deps';
+import type { TurnWait } from '../turn-waiter';
+import { parseApprovalId } from './approval-id';
+import type { ApprovalResponse } from './chat-request';
+import { replyToOfTurn } from './turn-log';
+
+/** Which turn a stream follows, from where, and what it does once it follows it. */
+export type TurnToFollow = Pick<TurnWait, 'replyTo' | 'turn' | 'after' | 'send'>;
+
+const notFound = () => new KeelError('APPROVAL_NOT_FOUND', 'No such approval request');
+
+/**
+ * Decides the approvals a client answered, each against the approval the server holds: the ID
+ * must be one Keel issued for that very tool call of this session, and the decision names its
+ * digest, so the session service refuses another call's or other arguments' approval
+ * (APPROVAL_DIGEST_MISMATCH), a late one (APPROVAL_EXPIRED) and a second one
+ * (APPROVAL_ALREADY_DECIDED), and only the session's owner gets this far. They are decided in
+ * order; the first refusal is thrown (the ones before it stand). Then the turn is followed from
+ * just before the decisions, so their outcome, the tool's result and the reply are streamed.
+ */
+export async function decideApprovals(deps: ApiDeps, caller: Caller, sessionId: string, responses: ApprovalResponse[]): Promise<TurnToFollow> {
+  const named = responses.map((response) => {
+    const issued = parseApprovalId(response.approvalId);
+    if (!issued || issued.toolCallId !== response.toolCallId) throw notFound();
+    return { ...response, digest: issued.digest };
+  });
+  const call = await findToolCall(deps.pool, named[0]!.toolCallId);
+  if (!call || call.session_id !== sessionId || !call.requires_approval) throw notFound();
+  const replyTo = await replyToOfTurn(deps.pool, sessionId, call.turn);
+  if (replyTo === null) throw notFound();
+  const after = await lastSeq(deps.pool, sessionId);
+  for (const r of named) {
+    await deps.sessions.decideApproval(caller, sessionId, { toolCallId: r.toolCallId, approved: r.approved, digest: r.digest, decidedBy: caller.userId, ...(r.reason === undefined ? {} : { feedback: r.reason }) });
+  }
+  const decided = named.map((r) => r.toolCallId);
+  return { replyTo, turn: call.turn, after, send: async () => ({ decided }) };
+}
