@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { Pool } from 'pg';
 import { createTestDatabase } from './database';
 import { bundleWorkflows } from '../../scripts/bundle-workflows';
@@ -27,7 +28,11 @@ export const DEV_TOKEN = 'test-dev-token';
  * API as real child processes.
  */
 export async function startStack(opts: StackOptions = {}) {
-  const name = `keel_t${process.pid}_${++stackCounter}`;
+  // Unique across test files: a jest worker runs several files, each with its own module state
+  // (stackCounter starts again), and a task queue keeps what a file did to it on the shared server
+  // (test/worker-versioning.test.ts routes its queue to a Worker Deployment: an unversioned worker
+  // polling the same name afterwards would get no task).
+  const name = `keel_t${process.pid}_${randomBytes(4).toString('hex')}_${++stackCounter}`;
   const databaseUrl = await createTestDatabase(name);
   const model = new LocalModelServer();
   const { url: modelUrl } = await model.start();
