@@ -56,6 +56,16 @@ export function envelopeOf(error: KeelError, requestId?: string): ErrorEnvelope 
   return { error: error.toBody(requestId) };
 }
 
+/**
+ * Counts a failure answered to a client (by code), and logs the ones that are ours or a
+ * dependency's (INTERNAL_ERROR, SERVICE_UNAVAILABLE) with their cause: REST answers, /chat
+ * streams, AG-UI runs and AI SDK streams alike.
+ */
+export function recordFailure(deps: { log: Logger; metrics: Metrics }, error: KeelError, raw: unknown, context: Record<string, unknown>, message: string): void {
+  deps.metrics.errors.inc({ code: error.code });
+  if (error.code === 'INTERNAL_ERROR' || error.code === 'SERVICE_UNAVAILABLE') deps.log.error({ err: error.cause ?? raw, ...context }, message);
+}
+
 /** Turns every failure below it into the one error envelope (the per-request log line is api/request-log.ts). */
 export function errorMiddleware(log: Logger, metrics: Metrics) {
   return async (ctx: Context, next: Next) => {
@@ -69,10 +79,7 @@ export function errorMiddleware(log: Logger, metrics: Metrics) {
       }
     } catch (raw) {
       const error = toKeelError(raw);
-      metrics.errors.inc({ code: error.code });
-      if (error.code === 'INTERNAL_ERROR' || error.code === 'SERVICE_UNAVAILABLE') {
-        log.error({ err: error.cause ?? raw, requestId, path: ctx.path }, 'request failed');
-      }
+      recordFailure({ log, metrics }, error, raw, { requestId, path: ctx.path }, 'request failed');
       ctx.status = error.status;
       if (error.retryAfter !== undefined) ctx.set('retry-after', String(error.retryAfter));
       ctx.body = envelopeOf(error, requestId);

@@ -4,6 +4,7 @@ import type { DurableEvent, StreamDeltaData } from '../contracts/events';
 import type { TypingData } from '../contracts/presence';
 import type { Logger } from '../config/logger';
 import type { Metrics } from '../config/metrics';
+import { withTimeout } from './timeout';
 
 export interface HubListener {
   onEvent(event: DurableEvent): void;
@@ -266,14 +267,6 @@ export class EventHub {
     this.client = null;
     await client?.end().catch(() => undefined);
   }
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** Closes a connection without waiting for the server, which may be gone. */

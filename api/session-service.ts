@@ -306,7 +306,8 @@ const approvalMessages: Partial<Record<ErrorCode, string>> = {
   APPROVAL_DIGEST_MISMATCH: 'The decision does not match the tool call awaiting approval',
 };
 
-function refuseSettled(call: ToolCallRow, decision: ApprovalDecision): void {
+/** Why a decision on this call would be refused now (expired, decided, another digest), in the order every channel reports it; nothing when it would count. */
+export function refuseSettled(call: ToolCallRow, decision: { digest?: string | undefined }): void {
   const fail = (code: ErrorCode) => {
     throw new KeelError(code, approvalMessages[code]!);
   };

@@ -2,6 +2,7 @@ import type { DurableEvent, StreamDeltaData } from '../contracts/events';
 import { ErrorCode, KeelError, type ErrorBody } from '../contracts/errors';
 import type { ChatReply, ChatToolCall } from '../contracts/rest';
 import { toolEventsOfTurn, turnOf, turnOutcome } from '../db/events';
+import type { PendingApproval } from '../db/tool-calls';
 import type { ApiDeps } from './deps';
 
 export interface TurnCallbacks {
@@ -18,14 +19,7 @@ export interface TurnCallbacks {
   event?(event: DurableEvent): void;
 }
 
-export interface PendingApproval {
-  toolCallId: string;
-  name: string;
-  arguments: unknown;
-  digest: string;
-  expiresAt: string;
-  turn: number;
-}
+export type { PendingApproval } from '../db/tool-calls';
 
 export interface TurnWait {
   sessionId: string;

@@ -136,3 +136,48 @@ export async function toolEventsOfTurn(db: CommonQueryMethods, sessionId: string
     ORDER BY seq`);
   return rows.map(toEvent);
 }
+
+// The turn queries below repeat the expression ((data->>'turn')::int) and the type predicates of
+// migration 009's partial indexes (session_events_turn_starts, session_events_turns_done), so
+// the planner can use them.
+
+/**
+ * Where turn `turn` starts in the log: the seq before its first event (the message accepted into
+ * it, or its first model call) and the message it answers (its first stream.start's replyTo,
+ * else the message accepted); null before the turn has started.
+ */
+export async function turnStart(db: CommonQueryMethods, sessionId: string, turn: number): Promise<{ before: number; replyTo: string } | null> {
+  const row = await db.one(sql.type(z.object({ first: z.number().nullable(), reply_to: z.string().nullable() }))`
+    SELECT MIN(seq)::int AS first,
+      (array_agg(CASE WHEN type = 'stream.start' THEN data->>'replyTo' ELSE data->>'messageId' END ORDER BY type = 'stream.start' DESC, seq))[1] AS reply_to
+    FROM session_events
+    WHERE session_id = ${sessionId} AND type IN ('message.accepted', 'stream.start') AND ((data->>'turn')::int) = ${turn}`);
+  return row.first === null || row.reply_to === null ? null : { before: row.first - 1, replyTo: row.reply_to };
+}
+
+/** The turn.done of turn `turn`, once it is over. */
+export async function turnDone(db: CommonQueryMethods, sessionId: string, turn: number): Promise<DurableEvent | null> {
+  const row = await db.maybeOne(sql.type(EventRow)`
+    SELECT session_id, seq, type, data, created_at FROM session_events
+    WHERE session_id = ${sessionId} AND type = 'turn.done' AND ((data->>'turn')::int) = ${turn}
+    ORDER BY seq LIMIT 1`);
+  return row ? toEvent(row) : null;
+}
+
+/** The session's last finished turn (0: none yet). */
+export async function lastDoneTurn(db: CommonQueryMethods, sessionId: string): Promise<number> {
+  return db.oneFirst(sql.type(z.object({ turn: z.number() }))`
+    SELECT COALESCE(MAX(((data->>'turn')::int)), 0)::int AS turn FROM session_events WHERE session_id = ${sessionId} AND type = 'turn.done'`);
+}
+
+/** The events with seq in (after, through], read by the log's key in pages of `page`. */
+export async function eventsBetween(db: CommonQueryMethods, sessionId: string, after: number, through: number, page: number): Promise<DurableEvent[]> {
+  const out: DurableEvent[] = [];
+  for (let cursor = after; cursor < through; ) {
+    const batch = (await eventsAfter(db, sessionId, cursor, Math.min(page, through - cursor))).filter((e) => e.seq <= through);
+    if (batch.length === 0) break;
+    out.push(...batch);
+    cursor = batch[batch.length - 1]!.seq;
+  }
+  return out;
+}

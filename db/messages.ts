@@ -142,3 +142,9 @@ export async function usageTotals(db: CommonQueryMethods, sessionId: string): Pr
     FROM messages WHERE session_id = ${sessionId} AND deleted_at IS NULL`);
 }
 
+
+/** A message as stored: its content, and its turn once the session has taken it (null for an unknown or deleted one). */
+export async function storedMessage(db: CommonQueryMethods, messageId: string): Promise<{ content: string; turn: number | null } | null> {
+  return db.maybeOne(sql.type(z.object({ content: z.string(), turn: z.number().nullable() }))`
+    SELECT content, turn FROM messages WHERE id = ${messageId} AND deleted_at IS NULL`);
+}

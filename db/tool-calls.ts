@@ -76,3 +76,23 @@ export async function pendingApprovals(db: CommonQueryMethods, limit: number, ow
     ORDER BY created_at LIMIT ${limit}`);
   return [...rows];
 }
+
+/** An approval waiting for a decision, as the approval.required event announced it. */
+export interface PendingApproval {
+  toolCallId: string;
+  name: string;
+  arguments: unknown;
+  digest: string;
+  expiresAt: string;
+  turn: number;
+}
+
+/** One session's approvals still waiting for a decision (not expired), oldest first; only those named, when toolCallIds is given. */
+export async function sessionPendingApprovals(db: CommonQueryMethods, sessionId: string, toolCallIds?: string[]): Promise<PendingApproval[]> {
+  const rows = await db.any(sql.type(ToolCallRow)`
+    SELECT ${COLUMNS} FROM tool_calls
+    WHERE status = 'pending_approval' AND session_id = ${sessionId} AND requires_approval AND expires_at > now()
+      ${toolCallIds ? sql.fragment`AND id = ANY(${sql.array(toolCallIds, 'text')})` : sql.fragment``}
+    ORDER BY created_at`);
+  return rows.map((r) => ({ toolCallId: r.id, name: r.name, arguments: r.arguments, digest: r.digest, expiresAt: new Date(r.expires_at ?? 0).toISOString(), turn: r.turn }));
+}

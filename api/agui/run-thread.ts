@@ -1,18 +1,19 @@
 import { AguiApprovalAnswer } from '../../contracts/agui';
-import type { ResolvedAgent } from '../../contracts/agents';
 import { KeelError, type ErrorCode } from '../../contracts/errors';
 import type { DurableEvent, StreamDeltaData } from '../../contracts/events';
 import { messageIdFor } from '../../contracts/ids';
-import { lastSeq } from '../../db/events';
-import { findToolCall } from '../../db/tool-calls';
 import type { Caller } from '../auth';
 import type { ApiDeps } from '../deps';
-import { toKeelError } from '../errors';
+import { recordFailure, toKeelError } from '../errors';
+import { PauseRule } from '../pause-rule';
+import { refuseSettled } from '../session-service';
 import { followTurn, turnFailure, type TurnEnd, type TurnWait } from '../turn-waiter';
 import type { AguiEventMapper } from './event-mapper';
 import { approvalInterrupt, parseInterruptId } from './interrupts';
 import type { AguiRunRequest } from './run-input';
-import { eventsBetween, pendingApprovalsOf, storedMessage, turnDone, turnStart } from './thread-log';
+import { eventsBetween, lastSeq, turnDone, turnStart } from '../../db/events';
+import { storedMessage } from '../../db/messages';
+import { findToolCall, sessionPendingApprovals } from '../../db/tool-calls';
 
 export interface ThreadRun {
   deps: ApiDeps;
@@ -52,8 +53,8 @@ const refuse = (code: ErrorCode, message: string): never => {
  * whose entries are not all acceptable decides none: at most KEEL_AGUI_MAX_RESUME_ENTRIES, each
  * interrupt once, each an approval of this session with the digest Keel issued; a resolved one
  * pending (not expired, not decided) and with a valid answer. A cancelled one may name an
- * approval that is over (it then decides nothing). The order of the refusals is that of the
- * REST decision (expired, decided, digest).
+ * approval that is over (it then decides nothing). A resolved one is refused as the REST
+ * decision would be (refuseSettled: expired, decided, digest).
  */
 async function checkResume(deps: ApiDeps, sessionId: string, request: AguiRunRequest): Promise<ResumeAnswer[]> {
   const max = deps.settings.api.aguiMaxResumeEntries;
@@ -74,9 +75,7 @@ async function checkResume(deps: ApiDeps, sessionId: string, request: AguiRunReq
       answers.push({ ...named, turn: call.turn, live, answer: 'cancelled' });
       continue;
     }
-    if (expired) refuse('APPROVAL_EXPIRED', 'The approval request has expired');
-    if (!live) refuse('APPROVAL_ALREADY_DECIDED', 'The approval was already decided');
-    if (named.digest !== call.digest) refuse('APPROVAL_DIGEST_MISMATCH', 'The interrupt does not name the approval as it was issued');
+    refuseSettled(call, { digest: named.digest });
     const answer = AguiApprovalAnswer.safeParse(entry.payload);
     if (!answer.success) throw new KeelError('VALIDATION_ERROR', 'The request is invalid', answer.error.issues.map((i) => ({ field: [`resume.${index}.payload`, ...i.path.map(String)].join('.'), problem: i.message })));
     answers.push({ ...named, turn: call.turn, live, answer: answer.data });
@@ -108,47 +107,6 @@ async function decide(run: ThreadRun, answers: ResumeAnswer[]): Promise<string[]
 }
 
 /**
- * Whether an agent's tool calls run in order, from the agent version the session runs (not the
- * agent file's current one): the session's own version, or for a router member the version its
- * agent.started names. Members are resolved as their agent.started events arrive (long before an
- * approval can); one not resolved yet falls back to the deployed definition.
- */
-class PauseRule {
-  private readonly members = new Map<string, ResolvedAgent>();
-  /** The member of the last agent.started this run read. */
-  private current: { agent: string; version: number } | undefined;
-
-  private constructor(
-    private readonly deps: ApiDeps,
-    private readonly own: ResolvedAgent | undefined,
-  ) {}
-
-  static async of(run: ThreadRun): Promise<PauseRule> {
-    const stored = run.agentVersion === null ? null : await run.deps.sessions.versions.get(run.agentId, run.agentVersion);
-    return new PauseRule(run.deps, stored ?? run.deps.agents.get(run.agentId));
-  }
-
-  /** An agent.started event of a followed turn (from the log or live). */
-  async started(event: DurableEvent): Promise<void> {
-    if (event.type !== 'agent.started') return;
-    const { agent, version } = event.data as { agent: string; version: number };
-    this.current = { agent, version };
-    const key = `${agent}@${version}`;
-    if (this.members.has(key)) return;
-    const resolved = await this.deps.sessions.versions.get(agent, version).catch(() => null);
-    if (resolved) this.members.set(key, resolved);
-  }
-
-  sequential(agentId: string | undefined): boolean {
-    // followTurn names no member for a turn it did not see start: the last agent.started this run read says which.
-    const current = this.current && (agentId === undefined || agentId === this.current.agent) ? this.current : undefined;
-    const name = current?.agent ?? agentId;
-    const agent = (current && this.members.get(`${current.agent}@${current.version}`)) ?? (name === undefined ? undefined : this.deps.agents.get(name)) ?? this.own;
-    return agent?.toolExecution === 'sequential';
-  }
-}
-
-/**
  * One AG-UI run on the thread's session (docs/agui.md "What a run does"): the resume entries are
  * checked (all of them, before any is decided) and decided, and the turn they continue is
  * followed to its end; then a new user message is sent and its turn followed, unless the
@@ -171,10 +129,10 @@ export async function runThread(run: ThreadRun): Promise<void> {
     if (isNew) {
       // A new message waits for every open interrupt to be answered in this run: checked before anything is decided.
       const answered = new Set(answers.filter((a) => a.live).map((a) => a.toolCallId));
-      const open = (await pendingApprovalsOf(deps.pool, sessionId)).filter((a) => !answered.has(a.toolCallId));
+      const open = (await sessionPendingApprovals(deps.pool, sessionId)).filter((a) => !answered.has(a.toolCallId));
       if (open.length > 0) throw new KeelError('APPROVAL_PENDING', 'The thread has open interrupts: answer them (resume) before sending a message', { interrupts: open.map(approvalInterrupt) });
     }
-    const pause = await PauseRule.of(run);
+    const pause = await PauseRule.forSession(deps, run.agentId, run.agentVersion);
     const base = {
       sessionId,
       timeoutMs: deps.settings.api.chatTimeoutMs,
@@ -268,11 +226,10 @@ async function failed(run: ThreadRun, error: KeelError): Promise<void> {
   const { deps, mapper } = run;
   // The wait ran out while the turn waits for a person: that is an interrupt, not a failure.
   if (error.code === 'APPROVAL_PENDING' && Array.isArray((error.details as { toolCallIds?: unknown } | undefined)?.toolCallIds)) {
-    const pending = await pendingApprovalsOf(deps.pool, run.sessionId, (error.details as { toolCallIds: string[] }).toolCallIds).catch(() => []);
+    const pending = await sessionPendingApprovals(deps.pool, run.sessionId, (error.details as { toolCallIds: string[] }).toolCallIds).catch(() => []);
     if (pending.length > 0) return mapper.finishInterrupt(pending.map(approvalInterrupt));
   }
-  deps.metrics.errors.inc({ code: error.code });
-  if (error.code === 'INTERNAL_ERROR' || error.code === 'SERVICE_UNAVAILABLE') deps.log.error({ err: error.cause ?? error, requestId: run.requestId }, 'AG-UI run failed');
+  recordFailure(deps, error, error, { requestId: run.requestId }, 'AG-UI run failed');
   const body = error.toBody(run.requestId);
   mapper.runError(body.code, body.message, { recoverable: body.recoverable, requestId: run.requestId, ...(body.details === undefined ? {} : { details: body.details }) });
 }

@@ -1,12 +1,11 @@
 import { KeelError } from '../../contracts/errors';
-import { lastSeq } from '../../db/events';
+import { lastSeq, turnStart } from '../../db/events';
 import { findToolCall } from '../../db/tool-calls';
 import type { Caller } from '../auth';
 import type { ApiDeps } from '../deps';
 import type { TurnWait } from '../turn-waiter';
 import { parseApprovalId } from './approval-id';
 import type { ApprovalResponse } from './chat-request';
-import { replyToOfTurn } from './turn-log';
 
 /** Which turn a stream follows, from where, and what it does once it follows it. */
 export type TurnToFollow = Pick<TurnWait, 'replyTo' | 'turn' | 'after' | 'send'>;
@@ -30,8 +29,9 @@ export async function decideApprovals(deps: ApiDeps, caller: Caller, sessionId: 
   });
   const call = await findToolCall(deps.pool, named[0]!.toolCallId);
   if (!call || call.session_id !== sessionId || !call.requires_approval) throw notFound();
-  const replyTo = await replyToOfTurn(deps.pool, sessionId, call.turn);
-  if (replyTo === null) throw notFound();
+  const start = await turnStart(deps.pool, sessionId, call.turn);
+  if (start === null) throw notFound();
+  const { replyTo } = start;
   const after = await lastSeq(deps.pool, sessionId);
   for (const r of named) {
     await deps.sessions.decideApproval(caller, sessionId, { toolCallId: r.toolCallId, approved: r.approved, digest: r.digest, decidedBy: caller.userId, ...(r.reason === undefined ? {} : { feedback: r.reason }) });

@@ -5,19 +5,20 @@ import { AiSdkChatBody, AiSdkChatParams } from '../../contracts/ai-sdk';
 import { KeelError, SESSION_EXPIRED_MESSAGE } from '../../contracts/errors';
 import type { DurableEventData } from '../../contracts/events';
 import { messageIdFor } from '../../contracts/ids';
-import { turnOf, turnOutcome } from '../../db/events';
+import { lastDoneTurn, turnOf, turnOutcome, turnStart } from '../../db/events';
+import { storedMessage } from '../../db/messages';
+import { sessionPendingApprovals } from '../../db/tool-calls';
 import type { SessionRow } from '../../db/sessions';
 import { callerOf, type Caller } from '../auth';
 import { existingSessionOfThread, sessionForThread } from '../client-threads';
 import type { ApiDeps } from '../deps';
-import { parseInput, toKeelError } from '../errors';
+import { parseInput, recordFailure, toKeelError } from '../errors';
 import { refuseWhenStopping } from '../feed-stream';
 import { openSse } from '../sse';
+import { PauseRule } from '../pause-rule';
 import { followTurn, turnFailure } from '../turn-waiter';
-import { storedMessage } from '../agui/thread-log';
 import { decideApprovals, type TurnToFollow } from '../ai-sdk/approval-decisions';
 import { readChatRequest, regenerateKey } from '../ai-sdk/chat-request';
-import { lastDoneTurn, openApprovals, seqBeforeTurn } from '../ai-sdk/turn-log';
 import { replyUiMessageId, UiMessageChunks } from '../ai-sdk/ui-message-chunks';
 
 /**
@@ -55,7 +56,7 @@ export function aiSdkRoutes(deps: ApiDeps): Router {
       }
       // A repeated POST of a message already taken replays its turn from the start (as a resume does), and sends nothing.
       const turn = await turnOf(deps.pool, session.id, replyTo);
-      const after = turn === null ? null : await seqBeforeTurn(deps.pool, session.id, turn);
+      const after = turn === null ? null : ((await turnStart(deps.pool, session.id, turn))?.before ?? null);
       if (turn === null) await refuseBehindApproval(deps, session.id);
       const send = async () => {
         await deps.sessions.sendMessage(caller, session.id, content, clientMessageId, 'chat', requestId);
@@ -98,10 +99,10 @@ function throwError(error: KeelError): never {
  * KEEL_CHAT_TIMEOUT_MS): it is refused instead, unsent, with the approvals to answer.
  */
 async function refuseBehindApproval(deps: ApiDeps, sessionId: string): Promise<void> {
-  const open = await openApprovals(deps.pool, sessionId);
+  const open = await sessionPendingApprovals(deps.pool, sessionId);
   if (open.length === 0) return;
-  const expiresAt = open.flatMap((a) => (a.expiresAt ? [a.expiresAt] : [])).sort()[0];
-  throw new KeelError('APPROVAL_PENDING', 'The chat is waiting for an approval: answer it before sending a new message', { toolCallIds: open.map((a) => a.toolCallId), ...(expiresAt ? { expiresAt } : {}) });
+  const expiresAt = open.map((a) => a.expiresAt).sort()[0]!;
+  throw new KeelError('APPROVAL_PENDING', 'The chat is waiting for an approval: answer it before sending a new message', { toolCallIds: open.map((a) => a.toolCallId), expiresAt });
 }
 
 /** The turn of the chat's session that has not ended, with the seq its replay starts after; null when none runs. */
@@ -112,8 +113,8 @@ async function runningTurn(deps: ApiDeps, caller: Caller, chatId: string) {
   if (!running) return null;
   // turn.done is written before the workflow hears that its turn is over.
   if ((await turnOutcome(deps.pool, session.id, running.replyTo)).some((e) => e.type === 'turn.done')) return null;
-  const after = await seqBeforeTurn(deps.pool, session.id, running.turn);
-  return after === null ? null : { session, turn: running.turn, replyTo: running.replyTo, after };
+  const start = await turnStart(deps.pool, session.id, running.turn);
+  return start === null ? null : { session, turn: running.turn, replyTo: running.replyTo, after: start.before };
 }
 
 /**
@@ -132,10 +133,8 @@ function streamTurn(deps: ApiDeps, ctx: Context, session: SessionRow, opts: { ui
   // `event: message` is SSE's default event type: the frame is what a bare `data:` line is.
   const chunks = new UiMessageChunks((chunk) => sse.send({ event: 'message', data: chunk }), opts.knownToolCalls);
   chunks.start(opts.uiMessageId, session.id);
-  const sequential = (agentId: string | undefined) => {
-    return deps.agents.get(agentId ?? session.agent_id ?? deps.agents.defaultId)?.toolExecution === 'sequential';
-  };
   const run = async () => {
+    const pause = await PauseRule.forSession(deps, session.agent_id ?? deps.agents.defaultId, session.agent_version);
     const follow = await opts.follow();
     const end = await followTurn(deps, {
       ...follow,
@@ -143,8 +142,14 @@ function streamTurn(deps: ApiDeps, ctx: Context, session: SessionRow, opts: { ui
       timeoutMs: deps.settings.api.chatTimeoutMs,
       backlog: () => sse.backlog(),
       signal: gone.signal,
-      pauseOnApproval: { sequential },
-      callbacks: { event: (event) => chunks.event(event), streamDelta: (delta) => chunks.delta(delta) },
+      pauseOnApproval: { sequential: (agentId) => pause.sequential(agentId) },
+      callbacks: {
+        event: (event) => {
+          void pause.started(event);
+          chunks.event(event);
+        },
+        streamDelta: (delta) => chunks.delta(delta),
+      },
     });
     if (end.kind === 'paused') {
       chunks.paused(end.approvals, { sessionId: session.id, turn: end.turn, awaitingApproval: end.approvals.map((a) => a.toolCallId) });
@@ -158,8 +163,7 @@ function streamTurn(deps: ApiDeps, ctx: Context, session: SessionRow, opts: { ui
     .catch((raw: unknown) => {
       if (sse.closed) return;
       const error = toKeelError(raw);
-      deps.metrics.errors.inc({ code: error.code });
-      if (error.code === 'INTERNAL_ERROR' || error.code === 'SERVICE_UNAVAILABLE') deps.log.error({ err: error.cause ?? raw, requestId: ctx.state.requestId }, 'ai-sdk chat stream failed');
+      recordFailure(deps, error, raw, { requestId: ctx.state.requestId }, 'ai-sdk chat stream failed');
       chunks.failed(error);
     })
     .finally(() => sse.end());

@@ -11,6 +11,7 @@ import { callerOf } from '../auth';
 import { parseInput } from '../errors';
 import { buildVersion } from '../../config/build-version';
 import { issueEventsToken } from '../events-token';
+import { withTimeout } from '../timeout';
 
 export function sessionView(row: SessionRow) {
   return {
@@ -39,12 +40,6 @@ function messageView(m: MessageRow) {
         : null,
     createdAt: new Date(m.created_at).toISOString(),
   };
-}
-
-function withinMs<T>(ms: number, promise: Promise<T>, otherwise: T): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<T>((resolve) => (timer = setTimeout(() => resolve(otherwise), ms)));
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
 
 export function sessionRoutes(deps: ApiDeps): Router {
@@ -112,7 +107,7 @@ export function sessionRoutes(deps: ApiDeps): Router {
     const [temporal, postgres, worker] = await Promise.all([
       deps.sessions.checkTemporal(),
       // Bounded like a connect: a Postgres that does not answer is down for a load balancer, not a hung probe.
-      withinMs(deps.settings.dbConnectTimeoutMs, deps.pool.query(sql.unsafe`SELECT 1`).then(() => true, () => false), false),
+      withTimeout(deps.pool.query(sql.unsafe`SELECT 1`), deps.settings.dbConnectTimeoutMs).then(() => true, () => false),
       deps.sessions.checkWorkerPolling(),
     ]);
     return { temporal, postgres, worker };

@@ -6,7 +6,7 @@ import { Id } from '../../contracts/ids';
 import { ChatBody } from '../../contracts/rest';
 import type { ApiDeps } from '../deps';
 import { callerOf } from '../auth';
-import { envelopeOf, parseInput, toKeelError } from '../errors';
+import { envelopeOf, parseInput, recordFailure, toKeelError } from '../errors';
 import { messageIdFor } from '../../contracts/ids';
 import { openSse } from '../sse';
 import { refuseWhenStopping, sseCursor, streamFeedOverSse } from '../feed-stream';
@@ -73,7 +73,6 @@ export function streamRoutes(deps: ApiDeps): Router {
 
 function chatError(deps: ApiDeps, ctx: Context, raw: unknown, send: (frame: { event: string; data: unknown }) => void): void {
   const error = toKeelError(raw);
-  deps.metrics.errors.inc({ code: error.code });
-  if (error.code === 'INTERNAL_ERROR' || error.code === 'SERVICE_UNAVAILABLE') deps.log.error({ err: error.cause ?? raw, requestId: ctx.state.requestId }, 'chat stream failed');
+  recordFailure(deps, error, raw, { requestId: ctx.state.requestId }, 'chat stream failed');
   send({ event: 'error', data: envelopeOf(error, ctx.state.requestId as string) });
 }
