@@ -140,9 +140,14 @@ test('an approval round trip: the request ends the stream, the answer continues 
   expect(toolParts(replayed.message)).toEqual([expect.objectContaining({ toolCallId: part!.toolCallId, state: 'output-available' })]);
   expect(textOf(replayed.message)).toMatch(/^Tool results: /);
 
-  // The same answer again decides nothing: exactly once.
+  // The same answer again (a retried POST) decides nothing: exactly once. It is the caller's own
+  // decision repeated, so it is no refusal either; another decision on the call would be (forged test).
   const repeat = await consume(await send(chatId, [question, approval], { messageId: approval.id }), approval);
-  expect(repeat.chunks.filter((c) => c.type === 'error')).toEqual([{ type: 'error', errorText: expect.stringMatching(/^APPROVAL_ALREADY_DECIDED: /) }]);
+  expect(repeat.errors).toEqual([]);
+  expect(repeat.types.at(-1)).toBe('finish');
+  expect(await noteCount(sessionId)).toBe(1);
+  const other = await consume(await send(chatId, [question, answered(asked.message, part!.toolCallId, false)], { messageId: approval.id }), approval);
+  expect(other.chunks.filter((c) => c.type === 'error')).toEqual([{ type: 'error', errorText: expect.stringMatching(/^APPROVAL_ALREADY_DECIDED: /) }]);
   expect(await noteCount(sessionId)).toBe(1);
 });
 
@@ -416,8 +421,9 @@ test('parallel calls: two answers in one message; after a refused answer, the de
   const rows = async () => Object.fromEntries((await toolCallRows(sessionId)).map((r) => [r.id, r.approval_outcome]));
   await eventually(async () => (await rows())[c!.toolCallId] === 'approved', 10_000, 'the first decision to be recorded');
   expect((await rows())[d!.toolCallId]).toBeNull();
-  // The rest answered alone: the turn goes on (the decided call may have run before this stream began).
-  const rest = await answerAll(next.message, [{ toolCallId: d!.toolCallId }]);
+  // As useChat sends it again: both answers, the first one already counted (a repeat of the caller's own
+  // decision is no refusal), the second now right. The turn goes on (the decided call may have run before this stream began).
+  const rest = await answerAll(next.message, [{ toolCallId: c!.toolCallId }, { toolCallId: d!.toolCallId }]);
   expect(rest.errors).toEqual([]);
   expect(toolParts(rest.message).find((p) => p.toolCallId === d!.toolCallId)).toEqual(expect.objectContaining({ state: 'output-available' }));
   expect(rest.types.at(-1)).toBe('finish');
