@@ -23,6 +23,8 @@ export interface RoutingDeps {
   pool: DatabasePool;
   openai: OpenAI;
   agents: AgentVersions;
+  /** Turns of the conversation read (KEEL_CONTEXT_MAX_TURNS); the classifier looks at a few of them. */
+  contextMaxTurns: number;
   prices: PriceTable;
   log: Logger;
 }
@@ -116,7 +118,7 @@ export function createRoutingActivities(deps: RoutingDeps) {
     if (done) return done;
     await pool.transaction((tx) => acceptMessagesIn(tx, input.sessionId, input.accept));
     const [rows, router, ...members] = await Promise.all([
-      conversationUpTo(pool, input.sessionId, input.turn, input.replyTo),
+      conversationUpTo(pool, input.sessionId, input.turn, input.replyTo, deps.contextMaxTurns),
       deps.agents.get(input.router.id, input.router.version),
       ...input.members.map((m) => deps.agents.get(m.id, m.version)),
     ]);

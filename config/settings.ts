@@ -68,6 +68,7 @@ const Env = z.object({
   KEEL_LLM_RETRY_MAX_MS: int(20_000),
   KEEL_LLM_RETRY_BACKOFF: z.coerce.number().min(1).default(2),
   KEEL_STREAM_COALESCE_MS: int(50),
+  KEEL_CONTEXT_MAX_TURNS: int(100),
 
   KEEL_SESSION_IDLE_TTL_MS: int(30 * 60_000),
   KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),
@@ -254,6 +255,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       model: e.KEEL_MODEL,
       timeoutMs: e.KEEL_LLM_TIMEOUT_MS,
       streamCoalesceMs: e.KEEL_STREAM_COALESCE_MS,
+      /** Turns of the conversation each model call is sent: the work (and memory) of a turn stays bounded in a long session. */
+      contextMaxTurns: Math.max(1, e.KEEL_CONTEXT_MAX_TURNS),
     },
     worker: {
       /** How long a stopping worker lets running activities (model streams, tools) finish before cancelling them. */

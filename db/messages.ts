@@ -53,11 +53,15 @@ export async function insertMessage(db: CommonQueryMethods, m: NewMessage): Prom
     ON CONFLICT DO NOTHING`);
 }
 
-/** The conversation as the model sees it for `turn`: every message of that turn and before, and the message it answers. */
-export async function conversationUpTo(db: CommonQueryMethods, sessionId: string, turn: number, replyTo: string): Promise<MessageRow[]> {
+/**
+ * The conversation as the model sees it for `turn`: the messages of that turn and of the
+ * `maxTurns - 1` turns before it (KEEL_CONTEXT_MAX_TURNS: a turn's tool calls and results are
+ * never split), and the message it answers.
+ */
+export async function conversationUpTo(db: CommonQueryMethods, sessionId: string, turn: number, replyTo: string, maxTurns: number): Promise<MessageRow[]> {
   const rows = await db.any(sql.type(MessageRow)`
     SELECT ${MESSAGE_COLUMNS}
-    FROM messages WHERE session_id = ${sessionId} AND (turn <= ${turn} OR id = ${replyTo}) AND deleted_at IS NULL
+    FROM messages WHERE session_id = ${sessionId} AND ((turn <= ${turn} AND turn > ${turn - maxTurns}) OR id = ${replyTo}) AND deleted_at IS NULL
     ORDER BY turn NULLS LAST, position`);
   return [...rows];
 }

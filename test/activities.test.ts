@@ -506,7 +506,7 @@ describe('streamReply', () => {
     agents = new AgentVersions(pool, { lookup_order: LOOKUP_ORDER });
   });
 
-  const activities = () => createStreamReplyActivities({ pool, openai, agents, streamCoalesceMs: 20, prices: PRICES, metrics, log });
+  const activities = () => createStreamReplyActivities({ pool, openai, agents, streamCoalesceMs: 20, contextMaxTurns: 100, prices: PRICES, metrics, log });
 
   async function turnInput(sessionId: string, content = 'Where is order 7?'): Promise<StreamReplyInput> {
     await insertSessionRow(sessionId);

@@ -64,7 +64,7 @@ describe('streamReply when the provider sends no usage', () => {
   const sessionId = `s${randomUUID().replace(/-/g, '')}`;
   let agentVersion: number;
   const activities = () =>
-    createStreamReplyActivities({ pool, openai, agents: new AgentVersions(pool, {}), streamCoalesceMs: 20, prices: PRICES, metrics: createMetrics('worker'), log });
+    createStreamReplyActivities({ pool, openai, agents: new AgentVersions(pool, {}), streamCoalesceMs: 20, contextMaxTurns: 100, prices: PRICES, metrics: createMetrics('worker'), log });
   const run = (input: StreamReplyInput, attempt = 1): Promise<StreamReplyResult> =>
     new MockActivityEnvironment({ attempt }, { logger: new DefaultLogger('ERROR') }).run(activities().streamReply, input);
 

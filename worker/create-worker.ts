@@ -40,9 +40,9 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
   const clientConnection = await Connection.connect({ address: temporalAddressOf(settings) });
   const client = new Client({ connection: clientConnection, namespace: settings.temporal.namespace });
   const activities = {
-    ...createStreamReplyActivities({ pool, openai, agents, streamCoalesceMs: settings.llm.streamCoalesceMs, prices: settings.prices, metrics, log }),
+    ...createStreamReplyActivities({ pool, openai, agents, streamCoalesceMs: settings.llm.streamCoalesceMs, contextMaxTurns: settings.llm.contextMaxTurns, prices: settings.prices, metrics, log }),
     ...createPersistenceActivities({ pool, metrics, log }),
-    ...createRoutingActivities({ pool, openai, agents, prices: settings.prices, log }),
+    ...createRoutingActivities({ pool, openai, agents, contextMaxTurns: settings.llm.contextMaxTurns, prices: settings.prices, log }),
     ...createToolActivities({ pool, tools: catalog.tools, catalog, toolSettings: settings.tools, metrics }),
     ...createAlertActivities({ pool, metrics, log, thresholds: settings.operations }),
     ...createReleaseActivities({ pool, openai, client, versions: agents, tools: catalog.tools, settings, metrics, log }),

@@ -27,6 +27,8 @@ export interface StreamReplyDeps {
   openai: OpenAI;
   agents: AgentVersions;
   streamCoalesceMs: number;
+  /** Turns of the conversation the model is sent (KEEL_CONTEXT_MAX_TURNS). */
+  contextMaxTurns: number;
   prices: PriceTable;
   metrics: Metrics;
   log: Logger;
@@ -97,7 +99,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     // An outside event that waited for this turn joins it with this acceptance: read the conversation after it.
     if (input.accept.some((m) => m.turn === input.turn && m.messageId !== input.replyTo)) await started.catch(() => undefined);
     const { history, agent } = await (async () => {
-      const [rows, stored] = await Promise.all([conversationUpTo(pool, input.sessionId, input.turn, input.replyTo), deps.agents.get(input.agent.id, input.agent.version)]);
+      const [rows, stored] = await Promise.all([conversationUpTo(pool, input.sessionId, input.turn, input.replyTo, deps.contextMaxTurns), deps.agents.get(input.agent.id, input.agent.version)]);
       if (!stored) throw ApplicationFailure.nonRetryable(`agent ${input.agent.id} version ${input.agent.version} is not stored`, FailureType.persistenceInvalid);
       if (!rows.some((m) => m.id === input.replyTo)) throw ApplicationFailure.nonRetryable(`message ${input.replyTo} is not stored`, FailureType.persistenceInvalid);
       return { history: rows, agent: stored };
