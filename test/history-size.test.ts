@@ -38,6 +38,7 @@ test('a 5 MB tool result is kept in PostgreSQL and never enters the workflow his
   stack.model.script(sessionId, { toolCalls: [{ name: 'http_request', arguments: JSON.stringify({ url: `http://127.0.0.1:${port}/big` }) }] });
   ws.send({ type: 'message', content: 'fetch the big document' });
   const done = await ws.waitFor((f) => f.type === 'turn.done', 60_000);
+  if (done.data.status !== 'completed') console.log(JSON.stringify(ws.frames.filter((f) => f.type === 'error' || f.type === 'tool.result').map((f) => ({ ...f, data: { ...f.data, result: undefined } }))));
   expect(done.data.status).toBe('completed');
   const result = ws.frames.find((f) => f.type === 'tool.result')!;
   expect(result.data.status).toBe('succeeded');
