@@ -74,6 +74,7 @@ const Env = z.object({
   KEEL_CONTINUE_AS_NEW_EVENTS: int(4_000),
   KEEL_SESSION_MAX_QUEUED: int(50),
   KEEL_SESSION_MAX_WAITING_EVENTS: int(100),
+  KEEL_SESSION_RECENT_CLIENT_IDS: int(1_000),
   KEEL_PERSISTENCE_TIMEOUT_MS: int(10_000),
   KEEL_WORKER_SHUTDOWN_GRACE_MS: int(30_000),
   KEEL_WORKER_HEARTBEAT_THROTTLE_MS: int(1_000),
@@ -297,6 +298,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       continueAsNewAfterEvents: Math.max(1, e.KEEL_CONTINUE_AS_NEW_EVENTS),
       maxQueuedMessages: Math.max(1, e.KEEL_SESSION_MAX_QUEUED),
       maxWaitingEvents: Math.max(1, e.KEEL_SESSION_MAX_WAITING_EVENTS),
+      recentClientIdLimit: Math.max(1, e.KEEL_SESSION_RECENT_CLIENT_IDS),
       persistenceTimeoutMs: Math.max(1_000, e.KEEL_PERSISTENCE_TIMEOUT_MS),
       escalationTimeoutMs: escalationActivityTimeoutMs(e),
       llm: {

@@ -53,6 +53,11 @@ export const SessionConfig = z.object({
   /** Outside events waiting for the next turn beyond this drop the oldest; absent in older sessions: 100. */
   maxWaitingEvents: z.number().int().positive().optional(),
   /**
+   * Client message IDs the session remembers (and carries across continue-as-new) to know a
+   * resend; absent in older sessions: 1,000.
+   */
+  recentClientIdLimit: z.number().int().positive().optional(),
+  /**
    * Start-to-close of one attempt of a persistence activity (a few writes): also how long a turn
    * waits for a retry when the worker running the attempt died. Absent in sessions started
    * before it was carried: 30 s.

@@ -36,5 +36,5 @@ export const externalEventSignal = defineSignal<[ExternalEventSignal]>('external
 export const escalateSignal = defineSignal<[EscalateSignal]>('escalate');
 export const sessionStateQuery = defineQuery<SessionStateView>('sessionState');
 
-/** How many client message IDs a session remembers for de-duplication. */
-export const RECENT_CLIENT_ID_LIMIT = 1000;
+/** Client message IDs remembered by sessions whose config does not say (started before it was carried). */
+export const LEGACY_RECENT_CLIENT_ID_LIMIT = 1000;

@@ -293,6 +293,29 @@ test('beyond the queue bound a message is refused with SESSION_BUSY, and a refus
   await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
 });
 
+test.each([
+  ['config.recentClientIdLimit 2: the oldest client ID is forgotten, the workflow takes its resend as new', 2, ['m1', 'm2', 'm3', 'm1', 'm4']],
+  ['no recentClientIdLimit (a session started before it was carried): 1,000 remembered, the resend is a repeat', undefined, ['m1', 'm2', 'm3', 'm4']],
+])('%s', async (_what, recentClientIdLimit, replies) => {
+  const { handle, sessionId } = await startSession(sessionConfig(recentClientIdLimit === undefined ? {} : { recentClientIdLimit }));
+  const answered = (n: number) => until(() => named(sessionId, 'streamReply').length === n, `${n} replies`);
+  for (let i = 1; i <= 3; i++) {
+    await handle.signal(userMessageSignal, { messageId: `m${i}`, clientMessageId: `c${i}` });
+    await answered(i);
+  }
+  // Resends of answered messages: c3 is remembered under either limit, c1 only under the legacy
+  // one. m4 comes after them, so once it is answered every resend has been decided.
+  await handle.signal(userMessageSignal, { messageId: 'm3', clientMessageId: 'c3' });
+  await handle.signal(userMessageSignal, { messageId: 'm1', clientMessageId: 'c1' });
+  await handle.signal(userMessageSignal, { messageId: 'm4', clientMessageId: 'c4' });
+  await eventually(async () => {
+    const view = await handle.query(sessionStateQuery);
+    return named(sessionId, 'streamReply').length >= replies.length && view.turnInProgress === null && view.queued.length === 0;
+  }, 'the resends settled');
+  expect(named(sessionId, 'streamReply').map((s) => s.replyTo)).toEqual(replies);
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
 test('continue-as-new carries queued messages and pending refusals as IDs, and answers every one', async () => {
   const hold = gate();
   const running = gate();

@@ -10,7 +10,7 @@ import type {
   UserMessageSignal,
 } from '../contracts/session';
 import type { MessageRef, RefusedMessage } from '../contracts/turn';
-import { RECENT_CLIENT_ID_LIMIT } from '../contracts/workflow-messages';
+import { LEGACY_RECENT_CLIENT_ID_LIMIT } from '../contracts/workflow-messages';
 
 export type ApprovalProblem = 'APPROVAL_NOT_FOUND' | 'APPROVAL_ALREADY_DECIDED' | 'APPROVAL_EXPIRED' | 'APPROVAL_DIGEST_MISMATCH';
 /** Why a turn stopped early: a user's cancel, a message under the `interrupt` policy, or the session's deletion. */
@@ -85,7 +85,8 @@ export class SessionState {
     if (busy || this.s.queue.length >= this.s.config.maxQueuedMessages) return this.refuse(m, 'SESSION_BUSY');
     if (m.clientMessageId) {
       this.s.recentClientIds.push(m.clientMessageId);
-      if (this.s.recentClientIds.length > RECENT_CLIENT_ID_LIMIT) this.s.recentClientIds.shift();
+      const limit = this.s.config.recentClientIdLimit ?? LEGACY_RECENT_CLIENT_ID_LIMIT;
+      if (this.s.recentClientIds.length > limit) this.s.recentClientIds.splice(0, this.s.recentClientIds.length - limit);
     }
     // A refusal of an earlier send of this message, not yet written, would now answer the wrong send.
     this.s.refused = this.s.refused.filter((r) => r.messageId !== m.messageId);
