@@ -11,8 +11,8 @@ import { spawnEntry, type Spawned } from '../../test/support/processes';
  * port, same state on disk).
  */
 
-export type Kind = 'worker' | 'api' | 'temporal' | 'postgres';
-export const KINDS: Kind[] = ['worker', 'api', 'temporal', 'postgres'];
+/** The parts that can be killed. */
+export type Part = 'worker' | 'api' | 'temporal' | 'postgres' | 'model';
 
 const APP_READY_TIMEOUT_MS = 120_000;
 
@@ -78,6 +78,8 @@ export interface ClusterOptions {
   dir: string;
   log: (line: string) => void;
   appEnv: Record<string, string>;
+  /** Posted to the model server's `/_control/script` each time it starts (its scripts live in memory). */
+  modelScript: Record<string, unknown>;
 }
 
 export class Cluster {
@@ -89,6 +91,7 @@ export class Cluster {
   private temporal?: ServiceProcess;
   private postgres?: ServiceProcess;
   private model?: Spawned;
+  private modelPort = 0;
   modelUrl = '';
   readonly workers: (Spawned | undefined)[] = [undefined, undefined];
   readonly apis: (Spawned | undefined)[] = [undefined, undefined];
@@ -114,10 +117,9 @@ export class Cluster {
 
   async start(): Promise<void> {
     await Promise.all([this.startTemporal(), this.startPostgres()]);
-    const modelPort = await freePort();
-    this.model = spawnEntry('model-server/main.ts', { KEEL_LOCAL_MODEL_PORT: String(modelPort) });
-    await this.model.waitForLine(/listening on/, 30_000);
-    this.modelUrl = `http://127.0.0.1:${modelPort}`;
+    this.modelPort = await freePort();
+    this.modelUrl = `http://127.0.0.1:${this.modelPort}`;
+    await this.startModel();
     this.apiPorts.push(await freePort(), await freePort());
     this.env = {
       ...this.opts.appEnv,
@@ -128,6 +130,29 @@ export class Cluster {
     // The first worker migrates the database alone; the rest start side by side.
     await this.startApp('worker', 0);
     await Promise.all([this.startApp('worker', 1), this.startApp('api', 0), this.startApp('api', 1)]);
+  }
+
+  async startModel(): Promise<void> {
+    const model = spawnEntry('model-server/main.ts', { KEEL_LOCAL_MODEL_PORT: String(this.modelPort) });
+    this.model = model;
+    try {
+      await model.waitForLine(/listening on/, 30_000);
+      const res = await fetch(`${this.modelUrl}/_control/script`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(this.opts.modelScript) });
+      if (!res.ok) throw new Error(`model script: ${res.status}`);
+    } catch (error) {
+      // A retry starts another on the same port: this one must be gone first.
+      await model.kill('SIGKILL');
+      throw error;
+    }
+  }
+
+  /** The process IDs of the running workers, by index. */
+  workerPids(): Map<number, number> {
+    const out = new Map<number, number>();
+    this.workers.forEach((w, i) => {
+      if (w && w.child.exitCode === null && w.child.signalCode === null && w.child.pid !== undefined) out.set(w.child.pid, i);
+    });
+    return out;
   }
 
   async startApp(kind: 'worker' | 'api', index: number): Promise<void> {
@@ -160,7 +185,7 @@ export class Cluster {
   }
 
   /** SIGKILLs one part; resolves once it is gone. */
-  async kill(kind: Kind, index: number): Promise<void> {
+  async kill(kind: Part, index: number): Promise<void> {
     if (kind === 'worker' || kind === 'api') {
       const app = (kind === 'worker' ? this.workers : this.apis)[index];
       if (!app || app.child.exitCode !== null || app.child.signalCode !== null) return;
@@ -169,13 +194,18 @@ export class Cluster {
       await exited;
       return;
     }
+    if (kind === 'model') {
+      if (this.model) await this.model.kill('SIGKILL');
+      return;
+    }
     const service = kind === 'temporal' ? this.temporal : this.postgres;
     if (service) await killGroup(service.child);
   }
 
   /** Starts a killed part again in place; resolves when it serves. */
-  async restart(kind: Kind, index: number): Promise<void> {
+  async restart(kind: Part, index: number): Promise<void> {
     if (kind === 'worker' || kind === 'api') return this.startApp(kind, index);
+    if (kind === 'model') return this.startModel();
     if (kind === 'temporal') return this.startTemporal();
     return this.startPostgres();
   }

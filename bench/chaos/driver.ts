@@ -27,6 +27,19 @@ export function seededRng(seed: number): Rng {
   };
 }
 
+/** A script for a session's next model call, retried while the model server is down (until `deadline`). */
+export async function postScript(modelUrl: string, body: unknown, deadline: number): Promise<void> {
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(`${modelUrl}/_control/script`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      if (res.ok) return;
+    } catch {
+      // the model server is being restarted
+    }
+    await new Promise((r) => setTimeout(r, RECONNECT_BACKOFF_MS));
+  }
+}
+
 export interface DriverContext {
   apiPorts: number[];
   token: string;
@@ -123,10 +136,6 @@ export class SessionDriver {
     });
   }
 
-  private async script(body: unknown): Promise<void> {
-    const res = await fetch(`${this.ctx.modelUrl}/_control/script`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-    if (!res.ok) throw new Error(`model script: ${res.status}`);
-  }
 
   private async postMessage(content: string, clientMessageId: string): Promise<boolean> {
     const port = this.ctx.apiPorts[Math.floor(this.rng() * this.ctx.apiPorts.length)]!;
@@ -149,11 +158,11 @@ export class SessionDriver {
     const clientMessageId = `${this.id.slice(-12).replace(/[^a-zA-Z0-9_-]/g, '')}-t${n}`;
     const write = this.rng() < this.ctx.writeShare;
     const marker = `${this.id}/${n}`;
-    if (write) await this.script({ scope: this.id, toolCalls: [{ name: this.ctx.writeTool, arguments: JSON.stringify({ body: { marker } }) }] });
+    const deadline = Date.now() + this.ctx.turnTimeoutMs;
+    if (write) await postScript(this.ctx.modelUrl, { scope: this.id, toolCalls: [{ name: this.ctx.writeTool, arguments: JSON.stringify({ body: { marker } }) }] }, deadline);
     const content = write ? `Record action ${marker}` : `Chaos turn ${n}`;
     const sent: SentMessage = { clientMessageId, acknowledged: false, sends: 0 };
     this.sent.push(sent);
-    const deadline = Date.now() + this.ctx.turnTimeoutMs;
     const isAccepted = (f: Frame) => f.type === 'message.accepted' && f.data.clientMessageId === clientMessageId;
     let accepted = await this.waitFor(isAccepted, 0);
     while (!accepted && Date.now() < deadline) {

@@ -3,37 +3,54 @@ import os from 'node:os';
 import path from 'node:path';
 import { Pool } from 'pg';
 import { bundleWorkflows } from '../../scripts/bundle-workflows';
-import { Cluster, KINDS, type Kind } from './cluster';
+import { Cluster, type Part } from './cluster';
 import { seededRng, SessionDriver, type DriverContext, type Rng } from './driver';
 import { EffectService } from './effect-service';
-import { verify, type ChaosRecord, type SessionRecord, type Verdict } from './verify';
+import { RunDriver } from './run-driver';
+import { pidOwningConnection } from './socket-owner';
+import { verify, type ChaosRecord, type SessionRecord, type Verdict, type WriteKill } from './verify';
 
 /**
- * The chaos suite (issue 13): S sessions × T turns through two APIs and two workers while a seeded
- * schedule SIGKILLs and restarts a worker, an API, the Temporal dev server or PostgreSQL, then a
- * verdict from the database, the clients' event streams and the receiving service (verify.ts).
+ * The chaos suite (issue 13): S sessions × T turns and background runs through two APIs and two
+ * workers while a seeded schedule SIGKILLs and restarts a worker, an API, the Temporal dev server,
+ * PostgreSQL, the model server, or the worker whose write the receiving service has taken and not
+ * yet answered; then a verdict from the database, the clients' event streams, the receiving
+ * service and the webhook receiver (verify.ts).
  */
+
+/** What the schedule kills: a part, or (`write`) the worker that sent a write the service holds. */
+export type Kind = Part | 'write';
+export const KINDS: Kind[] = ['worker', 'api', 'temporal', 'postgres', 'model', 'write'];
 
 export interface ChaosOptions {
   sessions: number;
   turnsPerSession: number;
+  /** Clients of background runs, each submitting `runsPerClient` runs to a session of its own. */
+  runClients: number;
+  runsPerClient: number;
   seed: number;
   /** Pause before each kill, uniform in [min, max] ms. */
   killGapMs: [number, number];
   /** How long a killed part stays down before it is started again, uniform in [min, max] ms. */
   downMs: [number, number];
   writeShare: number;
+  /** A client's pause between two of its turns (or runs), uniform in [min, max] ms: a short run can last long enough for every kind of kill. */
+  thinkMs: [number, number];
   turnTimeoutMs: number;
   log: (line: string) => void;
 }
 
 export const DEFAULTS: Omit<ChaosOptions, 'log'> = {
+  // 900 chat turns and 100 runs.
   sessions: 20,
-  turnsPerSession: 50,
+  turnsPerSession: 45,
+  runClients: 4,
+  runsPerClient: 25,
   seed: 13,
   killGapMs: [3_000, 8_000],
   downMs: [300, 2_500],
   writeShare: 0.3,
+  thinkMs: [0, 0],
   turnTimeoutMs: 240_000,
 };
 
@@ -42,6 +59,8 @@ export interface KillRecord {
   kind: Kind;
   index: number;
   downMs: number;
+  /** A `write` kill: the idempotency key of the write whose answer was held. */
+  key?: string;
   /** From the kill until the part served again. */
   recoveredMs: number;
 }
@@ -59,6 +78,13 @@ export interface ChaosResult {
 const WRITE_TOOL = 'chaos_write';
 const ADMIN_KEY = 'chaos-admin-key';
 const DEV_TOKEN = 'chaos-dev-token';
+const WEBHOOK_SECRET = 'chaos-webhook-secret';
+/** How long a `write` kill waits for a write to be in flight before it kills a worker anyway. */
+const WRITE_KILL_WAIT_MS = 20_000;
+/** After the drive, how long ended runs may take to get their webhooks. */
+const WEBHOOK_DRAIN_MS = 60_000;
+/** A model stream that takes a moment, so kills land in the middle of replies too; posted again each time the model server starts. */
+const MODEL_SCRIPT = { scope: '*', firstTokenDelayMs: 50, tokenDelayMs: 15 };
 
 const between = (rng: Rng, [min, max]: [number, number]) => min + rng() * (max - min);
 
@@ -88,6 +114,15 @@ function appEnv(effectPort: number, bundle: string): Record<string, string> {
     KEEL_MAX_SOCKETS_PER_USER: '10000',
     KEEL_HEALTH_CHECKS_ENABLED: 'false',
     KEEL_HTTP_ALLOW_HOSTS: `127.0.0.1:${effectPort}`,
+    KEEL_WEBHOOK_SECRET: WEBHOOK_SECRET,
+    KEEL_WEBHOOK_ALLOW_HOSTS: `127.0.0.1:${effectPort}`,
+    KEEL_WEBHOOK_RETRY_INITIAL_MS: '200',
+    KEEL_WEBHOOK_RETRY_MAX_MS: '2000',
+    KEEL_WEBHOOK_MAX_ATTEMPTS: '30',
+    KEEL_OUTBOX_POLL_MS: '500',
+    KEEL_OUTBOX_LEASE_MS: '5000',
+    KEEL_RUN_SEND_LEASE_MS: '2000',
+    KEEL_RUN_UNSENT_GRACE_MS: '3000',
   };
 }
 
@@ -163,7 +198,7 @@ class KillSchedule {
   private readonly running: Promise<void>;
   private readonly started = Date.now();
 
-  constructor(private readonly cluster: Cluster, private readonly rng: Rng, private readonly opts: ChaosOptions) {
+  constructor(private readonly cluster: Cluster, private readonly service: EffectService, private readonly rng: Rng, private readonly opts: ChaosOptions) {
     this.running = this.loop();
   }
 
@@ -174,7 +209,7 @@ class KillSchedule {
     });
   }
 
-  /** Each kind once per round, in a seeded order, so every kind is hit in any run of four kills or more. */
+  /** Each kind once per round, in a seeded order, so every kind is hit in any run of six kills or more. */
   private *kinds(): Generator<Kind> {
     for (;;) {
       const round = [...KINDS];
@@ -186,30 +221,71 @@ class KillSchedule {
     }
   }
 
+  /**
+   * A `write` kill: the service holds the answer to the next write; the worker that sent it (found
+   * by its connection) is killed before the answer is let go. No write in time: a worker anyway.
+   */
+  private async killMidWrite(fallbackIndex: number): Promise<{ index: number; key?: string; at: number }> {
+    const held = await Promise.race([this.service.holdNextWrite(WRITE_KILL_WAIT_MS), new Promise<undefined>((r) => (this.wake = () => r(undefined)))]);
+    if (!held) {
+      this.service.cancelHold();
+      return { index: fallbackIndex, at: Date.now() };
+    }
+    // Whatever happens here, the held answer is let go (to a dead socket once its worker is killed).
+    try {
+      const workers = this.cluster.workerPids();
+      const pid = await pidOwningConnection(held.remotePort, this.service.port, [...workers.keys()]);
+      if (pid === undefined) {
+        this.opts.log(`write ${held.key}: no worker holds its connection; answered`);
+        return { index: fallbackIndex, at: Date.now() };
+      }
+      const index = workers.get(pid)!;
+      const at = Date.now();
+      await this.cluster.kill('worker', index);
+      return { index, key: held.key, at };
+    } finally {
+      await held.release();
+    }
+  }
+
   private async loop(): Promise<void> {
     const kinds = this.kinds();
     for (;;) {
       const gap = between(this.rng, this.opts.killGapMs);
       const kind = kinds.next().value as Kind;
-      const index = kind === 'worker' || kind === 'api' ? Math.floor(this.rng() * 2) : 0;
+      const index = kind === 'worker' || kind === 'api' || kind === 'write' ? Math.floor(this.rng() * 2) : 0;
       const down = between(this.rng, this.opts.downMs);
       await this.pause(gap);
       if (this.stopped) return;
-      const at = Date.now();
-      this.opts.log(`kill ${kind}${kind === 'worker' || kind === 'api' ? ` ${index}` : ''} at ${((at - this.started) / 1000).toFixed(1)} s, down ${Math.round(down)} ms`);
-      await this.cluster.kill(kind, index);
+      const part: Part = kind === 'write' ? 'worker' : kind;
+      // A write kill is timed from the kill, not from the wait for a write to hold.
+      let killed: { index: number; key?: string; at: number } = { index, at: Date.now() };
+      if (kind === 'write') {
+        killed = await this.killMidWrite(index);
+        if (this.stopped && killed.key === undefined) return;
+        if (killed.key === undefined) await this.cluster.kill('worker', killed.index);
+      } else {
+        await this.cluster.kill(kind, index);
+      }
+      const at = killed.at;
+      const numbered = part === 'worker' || part === 'api';
+      this.opts.log(`kill ${kind}${numbered ? ` ${killed.index}` : ''}${killed.key ? ` (mid-write ${killed.key})` : ''} at ${((Date.now() - this.started) / 1000).toFixed(1)} s, down ${Math.round(down)} ms`);
       await new Promise((r) => setTimeout(r, down));
       for (let attempt = 1; ; attempt++) {
         try {
-          await this.cluster.restart(kind, index);
+          await this.cluster.restart(part, killed.index);
           break;
         } catch (error) {
-          this.opts.log(`restart of ${kind} failed (attempt ${attempt}): ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`);
+          this.opts.log(`restart of ${part} failed (attempt ${attempt}): ${error instanceof Error ? error.message.split('\n')[0] : String(error)}`);
           if (attempt >= 5) throw error;
         }
       }
-      this.kills.push({ atMs: at - this.started, kind, index, downMs: Math.round(down), recoveredMs: Date.now() - at });
+      this.kills.push({ atMs: at - this.started, kind, index: killed.index, downMs: Math.round(down), recoveredMs: Date.now() - at, ...(killed.key ? { key: killed.key } : {}) });
     }
+  }
+
+  writeKills(): WriteKill[] {
+    return this.kills.flatMap((k) => (k.key ? [{ key: k.key }] : []));
   }
 
   async stop(): Promise<void> {
@@ -219,29 +295,45 @@ class KillSchedule {
   }
 }
 
-async function collect(pool: Pool, drivers: SessionDriver[], service: EffectService, approver: Approver): Promise<ChaosRecord> {
+/** One session's stored record, with what its clients sent and received. */
+async function sessionRecord(pool: Pool, id: string, sent: SessionRecord['sent'], delivered: number[]): Promise<SessionRecord> {
+  const [events, messages, calls] = await Promise.all([
+    pool.query('SELECT seq, type, data FROM session_events WHERE session_id = $1 ORDER BY seq', [id]),
+    pool.query('SELECT id, turn, role, client_message_id, tool_calls IS NOT NULL AS has_tool_calls FROM messages WHERE session_id = $1 AND deleted_at IS NULL', [id]),
+    pool.query('SELECT id, name, status, approval_outcome FROM tool_calls WHERE session_id = $1', [id]),
+  ]);
+  return {
+    id,
+    sent,
+    delivered,
+    events: events.rows.map((r) => ({ seq: Number(r.seq), type: r.type as string, data: r.data as Record<string, any> })),
+    messages: messages.rows.map((r) => ({ id: r.id as string, turn: r.turn === null ? null : Number(r.turn), role: r.role as string, clientMessageId: r.client_message_id as string | null, hasToolCalls: r.has_tool_calls as boolean })),
+    toolCalls: calls.rows.map((r) => ({ id: r.id as string, name: r.name as string, status: r.status as string, approvalOutcome: r.approval_outcome as string | null })),
+  };
+}
+
+async function collect(pool: Pool, drivers: SessionDriver[], runDrivers: RunDriver[], service: EffectService, approver: Approver, writeKills: WriteKill[]): Promise<ChaosRecord> {
   const sessions: SessionRecord[] = [];
-  for (const d of drivers) {
-    const [events, messages, calls] = await Promise.all([
-      pool.query('SELECT seq, type, data FROM session_events WHERE session_id = $1 ORDER BY seq', [d.id]),
-      pool.query('SELECT id, turn, role, client_message_id, tool_calls IS NOT NULL AS has_tool_calls FROM messages WHERE session_id = $1 AND deleted_at IS NULL', [d.id]),
-      pool.query('SELECT id, name, status, approval_outcome FROM tool_calls WHERE session_id = $1', [d.id]),
-    ]);
-    sessions.push({
-      id: d.id,
-      sent: d.sent,
-      delivered: d.delivered,
-      events: events.rows.map((r) => ({ seq: Number(r.seq), type: r.type as string, data: r.data as Record<string, any> })),
-      messages: messages.rows.map((r) => ({ id: r.id as string, turn: r.turn === null ? null : Number(r.turn), role: r.role as string, clientMessageId: r.client_message_id as string | null, hasToolCalls: r.has_tool_calls as boolean })),
-      toolCalls: calls.rows.map((r) => ({ id: r.id as string, name: r.name as string, status: r.status as string, approvalOutcome: r.approval_outcome as string | null })),
-    });
-  }
+  for (const d of drivers) sessions.push(await sessionRecord(pool, d.id, d.sent, d.delivered));
+  // The runs' sessions: verify() adds each run's message to its session; run clients read no stream.
+  const runSessions = new Set(runDrivers.flatMap((r) => r.runs.map((run) => run.sessionId)).filter((id): id is string => id !== null));
+  for (const id of runSessions) sessions.push(await sessionRecord(pool, id, [], []));
   return {
     sessions,
+    runs: runDrivers.flatMap((r) => r.runs),
+    deliveries: [...service.deliveries].map(([deliveryId, d]) => ({ deliveryId, ...d })),
+    writeKills,
     writeTool: WRITE_TOOL,
     serviceEffects: [...service.effects].map(([key, e]) => ({ key, marker: e.marker, requests: e.requests })),
     decisions: [...approver.outcomes].map(([toolCallId, o]) => ({ toolCallId, ...o })),
   };
+}
+
+/** Waits until every ended run's webhook has come (or the drain time is over). */
+async function drainWebhooks(runDrivers: RunDriver[], service: EffectService): Promise<void> {
+  const expected = runDrivers.flatMap((r) => r.runs).filter((run) => run.status !== null && run.runIds.length > 0).map((run) => `webhook-run-${run.runIds[0]!}`);
+  const deadline = Date.now() + WEBHOOK_DRAIN_MS;
+  while (Date.now() < deadline && !expected.every((id) => service.deliveries.has(id))) await new Promise((r) => setTimeout(r, 200));
 }
 
 export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
@@ -249,9 +341,9 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'keel-chaos-'));
   // Postgres runs as its own user when we are root: it must be able to reach its data directory.
   await chmod(dir, 0o755);
-  const service = new EffectService();
+  const service = new EffectService(WEBHOOK_SECRET);
   await service.start();
-  const cluster = new Cluster({ dir, log: opts.log, appEnv: appEnv(service.port, await bundleWorkflows()) });
+  const cluster = new Cluster({ dir, log: opts.log, appEnv: appEnv(service.port, await bundleWorkflows()), modelScript: MODEL_SCRIPT });
   let pool: Pool | undefined;
   try {
     opts.log(`starting Temporal (file-backed), PostgreSQL, the model server, 2 workers and 2 APIs in ${dir}`);
@@ -259,8 +351,6 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
     pool = new Pool({ connectionString: cluster.databaseUrl, max: 3 });
     pool.on('error', () => undefined);
     await installWriteTool(pool, cluster.apiPorts[0]!, service.port);
-    // A model stream that takes a moment, so kills land in the middle of replies too.
-    await fetch(`${cluster.modelUrl}/_control/script`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ scope: '*', firstTokenDelayMs: 50, tokenDelayMs: 15 }) });
 
     const rng = seededRng(opts.seed);
     const driverRng = seededRng(opts.seed ^ 0x5eed);
@@ -282,26 +372,47 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
       drivers.push(new SessionDriver(created.body.id as string, ctx, seededRng(Math.floor(driverRng() * 2 ** 32))));
     }
     drivers.forEach((d) => d.start());
+    const runDriverRng = seededRng(opts.seed ^ 0x7e57);
+    const runDrivers = Array.from({ length: opts.runClients }, (_, i) => new RunDriver(i, {
+      apiPorts: cluster.apiPorts,
+      token: DEV_TOKEN,
+      modelUrl: cluster.modelUrl,
+      webhookUrl: `http://127.0.0.1:${service.port}/hooks`,
+      writeTool: WRITE_TOOL,
+      writeShare: opts.writeShare,
+      turnTimeoutMs: opts.turnTimeoutMs,
+      onApproval: (s, id, digest) => approver.decide(s, id, digest),
+      log: opts.log,
+    }, seededRng(Math.floor(runDriverRng() * 2 ** 32))));
     const setupS = (Date.now() - t0) / 1000;
-    opts.log(`set up in ${setupS.toFixed(1)} s; driving ${opts.sessions} sessions x ${opts.turnsPerSession} turns (seed ${opts.seed})`);
+    opts.log(`set up in ${setupS.toFixed(1)} s; driving ${opts.sessions} sessions x ${opts.turnsPerSession} turns and ${opts.runClients} x ${opts.runsPerClient} runs (seed ${opts.seed})`);
 
     const driveStart = Date.now();
-    const schedule = new KillSchedule(cluster, rng, opts);
+    const schedule = new KillSchedule(cluster, service, rng, opts);
     const total = opts.sessions * opts.turnsPerSession;
-    const progress = setInterval(() => opts.log(`${drivers.reduce((n, d) => n + d.turnsDone, 0)}/${total} turns done, ${schedule.kills.length} kills`), 15_000);
+    const thinkRng = seededRng(opts.seed ^ 0x7417);
+    const think = () => new Promise((r) => setTimeout(r, between(thinkRng, opts.thinkMs)));
+    const runsDone = () => runDrivers.reduce((n, r) => n + r.runs.filter((run) => run.status !== null).length, 0);
+    const progress = setInterval(() => opts.log(`${drivers.reduce((n, d) => n + d.turnsDone, 0)}/${total} turns, ${runsDone()}/${opts.runClients * opts.runsPerClient} runs done, ${schedule.kills.length} kills`), 15_000);
     try {
-      await Promise.all(drivers.map(async (d) => {
-        for (let n = 1; n <= opts.turnsPerSession; n++) await d.turn(n);
-      }));
+      await Promise.all([
+        ...drivers.map(async (d) => {
+          for (let n = 1; n <= opts.turnsPerSession; n++) await d.turn(n).then(think);
+        }),
+        ...runDrivers.map(async (r) => {
+          for (let n = 1; n <= opts.runsPerClient; n++) await r.run(n).then(think);
+        }),
+      ]);
     } finally {
       clearInterval(progress);
       await schedule.stop();
     }
     const driveS = (Date.now() - driveStart) / 1000;
     await Promise.all(drivers.map((d) => d.close()));
+    await drainWebhooks(runDrivers, service);
 
     const verifyStart = Date.now();
-    const verdict = verify(await collect(pool, drivers, service, approver));
+    const verdict = verify(await collect(pool, drivers, runDrivers, service, approver, schedule.writeKills()));
     if (service.requestsWithoutKey > 0) verdict.problems.push(`note: ${service.requestsWithoutKey} requests reached the service without an Idempotency-Key`);
     const killsByKind = Object.fromEntries(KINDS.map((k) => [k, schedule.kills.filter((x) => x.kind === k).length])) as Record<Kind, number>;
     return {
@@ -325,7 +436,7 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosResult> {
 export function summary(result: ChaosResult): string {
   const v = result.verdict;
   const kills = Object.entries(result.killsByKind).map(([k, n]) => `${k} ${n}`).join(', ');
-  return `turns ${v.turns}, kills ${result.kills.length} (${kills}), lost ${v.lost}, duplicated ${v.duplicated}, duplicated effects ${v.duplicatedEffects}`;
+  return `turns ${v.turns} (${v.runs} of them runs), kills ${result.kills.length} (${kills}), lost ${v.lost}, duplicated ${v.duplicated}, duplicated effects ${v.duplicatedEffects}`;
 }
 
 export function passed(result: ChaosResult): boolean {

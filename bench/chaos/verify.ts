@@ -44,8 +44,31 @@ export interface SessionRecord {
   delivered: number[];
 }
 
+/** One background run as its client saw it: every run ID its key was answered with, and how it ended. */
+export interface RunRecord {
+  key: string;
+  sessionId: string | null;
+  runIds: string[];
+  /** 202 answers that said `created: true`. */
+  created: number;
+  submits: number;
+  /** Answers that were neither a 202 nor a 5xx. */
+  refusals: string[];
+  /** The final status the client read; null if it never saw one. */
+  status: string | null;
+}
+
+/** A worker killed while the service held the answer to one of its writes. */
+export interface WriteKill {
+  key: string;
+}
+
 export interface ChaosRecord {
   sessions: SessionRecord[];
+  runs: RunRecord[];
+  /** Webhook deliveries the receiver saw, by X-Keel-Delivery. */
+  deliveries: { deliveryId: string; runId: string; attempts: number; statuses: string[]; badSignatures: number }[];
+  writeKills: WriteKill[];
   /** The write tool's name: its succeeded calls must each have reached the service once. */
   writeTool: string;
   /** Every idempotency key the receiving service saw, with the action marker its body carried. */
@@ -64,6 +87,15 @@ export interface Verdict {
   effects: number;
   repeatedRequests: number;
   approvals: number;
+  runs: number;
+  failedRuns: number;
+  /** Webhook attempts beyond the first of a delivery (a lost 2xx, a retry). */
+  repeatedWebhookAttempts: number;
+  /**
+   * Kills between a write's request and its receipt (distinct writes) whose write was sent again
+   * under its key and succeeded; that it took effect once is the duplicated-effects rule's.
+   */
+  writeKillsLanded: number;
   /** One line per finding; empty when the run is clean. */
   problems: string[];
 }
@@ -82,13 +114,29 @@ export function idempotencyKeyOf(sessionId: string, toolCallId: string): string 
 }
 
 export function verify(record: ChaosRecord): Verdict {
-  const v: Verdict = { turns: 0, lost: 0, duplicated: 0, duplicatedEffects: 0, failedTurns: 0, effects: 0, repeatedRequests: 0, approvals: 0, problems: [] };
+  const v: Verdict = {
+    turns: 0,
+    lost: 0,
+    duplicated: 0,
+    duplicatedEffects: 0,
+    failedTurns: 0,
+    effects: 0,
+    repeatedRequests: 0,
+    approvals: 0,
+    runs: 0,
+    failedRuns: 0,
+    repeatedWebhookAttempts: 0,
+    writeKillsLanded: 0,
+    problems: [],
+  };
   const lost = (what: string) => (v.lost++, v.problems.push(`LOST ${what}`));
   const dup = (what: string) => (v.duplicated++, v.problems.push(`DUPLICATED ${what}`));
   const serviceKeys = new Set(record.serviceEffects.map((e) => e.key));
+  const runMessages = runMessagesBySession(record, lost);
 
   for (const s of record.sessions) {
     const at = `session ${s.id}`;
+    const sentMessages = [...s.sent, ...(runMessages.get(s.id) ?? [])];
     // seq gap-free and unique.
     const stored = countBy(s.events, (e) => String(e.seq));
     const maxSeq = Math.max(0, ...s.events.map((e) => e.seq));
@@ -101,7 +149,7 @@ export function verify(record: ChaosRecord): Verdict {
     const turnsDone = countBy(of('turn.done'), (e) => String(e.data.turn));
     const doneByTurn = new Map(of('turn.done').map((e) => [Number(e.data.turn), e]));
 
-    for (const sent of s.sent) {
+    for (const sent of sentMessages) {
       const n = acceptedByClientId.get(sent.clientMessageId) ?? 0;
       if (n > 1) dup(`${at}: message ${sent.clientMessageId} accepted ${n} times`);
       if (n === 0) {
@@ -127,7 +175,7 @@ export function verify(record: ChaosRecord): Verdict {
       if (users > 1) dup(`${at}: message ${sent.clientMessageId} stored ${users} times`);
     }
     // Turns nobody sent (a message accepted twice under new IDs would show up here).
-    const sentIds = new Set(s.sent.map((m) => m.clientMessageId));
+    const sentIds = new Set(sentMessages.map((m) => m.clientMessageId));
     for (const e of accepted) if (!sentIds.has(e.data.clientMessageId as string)) dup(`${at}: message.accepted for unsent ${String(e.data.clientMessageId)}`);
 
     for (const [streamId, n] of countBy(of('stream.end'), (e) => e.data.streamId as string)) if (n > 1) dup(`${at}: stream ${streamId} ended ${n} times`);
@@ -169,5 +217,74 @@ export function verify(record: ChaosRecord): Verdict {
   for (const d of record.decisions) {
     if (d.accepted > 1) dup(`approval ${d.toolCallId} accepted ${d.accepted} times by the API`);
   }
+  verifyRuns(record, v, lost, dup);
+  verifyWriteKills(record, v, lost);
   return v;
+}
+
+/** Runs: one run per key, each ended, and its webhook delivered under one delivery ID, signed, with the status it ended in. */
+function verifyRuns(record: ChaosRecord, v: Verdict, lost: (what: string) => void, dup: (what: string) => void): void {
+  const deliveries = new Map(record.deliveries.map((d) => [d.deliveryId, d]));
+  for (const d of record.deliveries) {
+    if (d.badSignatures > 0) lost(`webhook ${d.deliveryId}: ${d.badSignatures} attempts with a bad signature`);
+    v.repeatedWebhookAttempts += d.attempts - 1;
+  }
+  const deliveriesByRun = countBy(record.deliveries, (d) => d.runId);
+  for (const r of record.runs) {
+    const at = `run key ${r.key}`;
+    if (r.runIds.length === 0) {
+      lost(`${at} was never answered with a run (${r.submits} submits${r.refusals.length ? `; ${r.refusals.join('; ')}` : ''})`);
+      continue;
+    }
+    v.runs++;
+    // Every submit of a key carries the same request: once one got its run, a refusal is a wrong answer.
+    if (r.refusals.length > 0) lost(`${at} was answered with a run and also refused: ${r.refusals.join('; ')}`);
+    if (r.runIds.length > 1) dup(`${at} was answered with ${r.runIds.length} runs: ${r.runIds.join(', ')}`);
+    // created: true at most once; none is no loss (the answer that said it can be the one a kill cut off).
+    if (r.created > 1) dup(`${at} was answered created: true ${r.created} times`);
+    const runId = r.runIds[0]!;
+    if (r.status === null) {
+      lost(`${at} (run ${runId}) never ended`);
+      continue;
+    }
+    if (r.status !== 'done') {
+      v.failedRuns++;
+      v.problems.push(`note ${at}: run ${runId} ended ${r.status}`);
+    }
+    const delivery = deliveries.get(`webhook-run-${runId}`);
+    if (!delivery) lost(`${at}: run ${runId} ended ${r.status} and its webhook never came`);
+    else if (delivery.statuses.some((s) => s !== r.status)) lost(`${at}: run ${runId} ended ${r.status}, its webhook said ${delivery.statuses.join(', ')}`);
+    if ((deliveriesByRun.get(runId) ?? 0) > 1) dup(`${at}: run ${runId} has ${deliveriesByRun.get(runId)} webhook deliveries`);
+  }
+}
+
+function verifyWriteKills(record: ChaosRecord, v: Verdict, lost: (what: string) => void): void {
+  const effects = new Map(record.serviceEffects.map((e) => [e.key, e]));
+  const calls = new Map(record.sessions.flatMap((s) => s.toolCalls.map((c) => [idempotencyKeyOf(s.id, c.id), c] as const)));
+  for (const key of new Set(record.writeKills.map((k) => k.key))) {
+    const requests = effects.get(key)?.requests ?? 0;
+    const call = calls.get(key);
+    // Its worker died before the receipt: only a later request can have told a worker it succeeded.
+    if (!call) lost(`the write ${key} whose worker was killed mid-request has no tool call`);
+    else if (call.status === 'succeeded' && requests < 2) lost(`the write ${key} succeeded though its only request's receipt never reached a worker`);
+    else if (call.status === 'succeeded') v.writeKillsLanded++;
+    else v.problems.push(`note: the write ${key} whose worker was killed mid-request: ${requests} requests at the service, call ${call.status}`);
+  }
+}
+
+/** Each run's message (client message ID run-<runId>) as its session's sent messages: a 202 is an acknowledgement. */
+function runMessagesBySession(record: ChaosRecord, lost: (what: string) => void): Map<string, SentMessage[]> {
+  const out = new Map<string, SentMessage[]>();
+  const recorded = new Set(record.sessions.map((s) => s.id));
+  for (const r of record.runs) {
+    if (r.runIds.length === 0 || r.sessionId === null) continue;
+    if (!recorded.has(r.sessionId)) {
+      lost(`run key ${r.key}: its session ${r.sessionId} was not recorded`);
+      continue;
+    }
+    const list = out.get(r.sessionId) ?? [];
+    list.push({ clientMessageId: `run-${r.runIds[0]!}`, acknowledged: true, sends: r.submits });
+    out.set(r.sessionId, list);
+  }
+  return out;
 }
