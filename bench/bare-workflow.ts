@@ -1,23 +1,23 @@
 import { condition, defineUpdate, proxyActivities, setHandler } from '@temporalio/workflow';
 import type { BareActivities } from './bare-activities';
 
-export const bareTurn = defineUpdate<string, [string]>('bareTurn');
+export const bareTurn = defineUpdate<{ reply: string; firstTokenAtMs: number }, [string]>('bareTurn');
 export const bareDone = defineUpdate<void, []>('bareDone');
 
 const { bareReply } = proxyActivities<BareActivities>({ startToCloseTimeout: '1 minute', heartbeatTimeout: '10 seconds' });
 
 /** The baseline: take a message, run one model activity, record the result. No bridge, no database. */
 export async function bareSession(): Promise<number> {
-  const replies: string[] = [];
+  let replies = 0;
   let done = false;
   setHandler(bareTurn, async (content) => {
-    const reply = await bareReply(content);
-    replies.push(reply);
-    return reply;
+    const result = await bareReply(content);
+    replies++;
+    return result;
   });
   setHandler(bareDone, () => {
     done = true;
   });
   await condition(() => done);
-  return replies.length;
+  return replies;
 }

@@ -1,18 +1,24 @@
+import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
+import readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
-import { Worker } from '@temporalio/worker';
-import { Client as PgClient } from 'pg';
 import { LocalModelServer } from '../model-server/server';
 import { bundleWorkflows } from '../scripts/bundle-workflows';
 import { startEmbeddedPostgres, startTemporalDevServer } from '../scripts/services';
 import { spawnEntry } from '../test/support/processes';
-import { WsClient } from '../test/support/ws-client';
-import { createBareActivities } from './bare-activities';
-import { bareDone, bareTurn } from './bare-workflow';
-import { memorySampler, round, summarize } from './stats';
+import { Client as PgClient } from 'pg';
+import { historyPerTurn } from './history-stats';
+import type { GeneratorConfig, GeneratorResult } from './load-generator';
+import { memorySampler, round } from './stats';
 
+/**
+ * `npm run bench`: Keel against a bare Temporal loop on the same servers, at the same load.
+ * Every part is a process of its own: Temporal, PostgreSQL, Keel's worker and API (or the bare
+ * loop's worker), and the load generator (bench/load-generator.ts); the model server runs in
+ * this process. docs/benchmarks.md explains each figure.
+ */
 const { values: args } = parseArgs({
   options: {
     sessions: { type: 'string', default: '100' },
@@ -29,25 +35,45 @@ const MODEL_TTFT_MS = Number(args.ttft);
 const TOKEN_DELAY_MS = Number(args['token-delay']);
 const TOKENS = Number(args.tokens);
 const THINK_MS = Number(args.think);
-// Users pause between turns; a uniform pause also keeps sessions from moving in lockstep.
-const think = () => new Promise((r) => setTimeout(r, Math.random() * THINK_MS));
 const log = (s: string) => console.error(`[bench] ${s}`);
 /** Authentication stays on in the benchmark: tokens are issued with this admin key, one user per session. */
 const BENCH_ADMIN_KEY = 'bench-admin-key';
+const BARE_TASK_QUEUE = 'bench-bare';
 
-/** Rows in the tables a turn writes; the turn path only inserts into them, so the difference is exact. */
-async function rowsWritten(databaseUrl: string): Promise<number> {
-  const pg = new PgClient({ connectionString: databaseUrl });
-  await pg.connect();
-  const { rows } = await pg.query('SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM session_events) AS n');
-  await pg.end();
-  return Number(rows[0].n);
+async function withPg<T>(url: string, fn: (c: PgClient) => Promise<T>): Promise<T> {
+  const c = new PgClient({ connectionString: url });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
 }
 
-async function runKeel(temporalAddress: string, databaseUrl: string, modelUrl: string) {
+/** Runs the load generator as a process of its own and returns its result. */
+function generate(config: Omit<GeneratorConfig, 'sessions' | 'turns' | 'thinkMs' | 'ttftMs'>): Promise<GeneratorResult> {
+  const full: GeneratorConfig = { ...config, sessions: SESSIONS, turns: TURNS, thinkMs: THINK_MS, ttftMs: MODEL_TTFT_MS };
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'load-generator.ts'), JSON.stringify(full)], { cwd: path.resolve(__dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    let result: GeneratorResult | undefined;
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      if (line.startsWith('RESULT ')) result = JSON.parse(line.slice(7)) as GeneratorResult;
+      else process.stderr.write(`[generator] ${line}\n`);
+    });
+    child.once('exit', (code) => (result ? resolve(result) : reject(new Error(`the load generator exited with ${code} and no result`))));
+  });
+}
+
+/** CPU milliseconds per turn, per process, without what the process spends when idle over the same time. */
+const cpuMsPerTurn = (r: GeneratorResult) =>
+  Object.fromEntries(Object.entries(r.cpuSeconds).map(([k, s]) => [k, round(((s - (r.idleCpuPerS[k] ?? 0) * r.elapsedS) * 1000) / r.turns)]));
+const idleCpuMsPerS = (r: GeneratorResult) => Object.fromEntries(Object.entries(r.idleCpuPerS).map(([k, v]) => [k, round(v * 1000)]));
+const overheadMs = (r: GeneratorResult) => ({ p50: round(r.overhead.p50), p95: round(r.overhead.p95), p99: round(r.overhead.p99), max: round(r.overhead.max) });
+
+async function runKeel(temporal: { address: string; pid: number }, pg: { url: string; pid: number }, modelUrl: string, client: Client) {
   const env = {
-    TEMPORAL_ADDRESS: temporalAddress,
-    DATABASE_URL: databaseUrl,
+    TEMPORAL_ADDRESS: temporal.address,
+    DATABASE_URL: pg.url,
     KEEL_TASK_QUEUE: 'bench-keel',
     KEEL_WORKFLOW_BUNDLE: await bundleWorkflows(),
     OPENAI_BASE_URL: modelUrl,
@@ -66,127 +92,85 @@ async function runKeel(temporalAddress: string, databaseUrl: string, modelUrl: s
   const port = Number((await api.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
   // Whatever happens, the children go: a failed run must not leave a worker holding its ports.
   try {
-    const base = `http://127.0.0.1:${port}`;
     const memory = memorySampler({ worker: worker.child.pid!, api: api.child.pid! });
-
-    // Each session belongs to a user of its own, as in production: every limit stays at its default.
-    const sessions = await Promise.all(
-      Array.from({ length: SESSIONS }, async (_, i) => {
-        const issued = await fetch(`${base}/api/v1/admin/tokens`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', 'x-api-key': BENCH_ADMIN_KEY },
-          body: JSON.stringify({ userId: `bench-user-${i}` }),
-        });
-        const { token } = (await issued.json()) as { token: string };
-        const res = await fetch(`${base}/api/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{}' });
-        return { id: ((await res.json()) as { id: string }).id, token };
-      }),
-    );
-    const clients = await Promise.all(sessions.map(({ id, token }) => WsClient.connect(`ws://127.0.0.1:${port}/api/v1/sessions/${id}/ws?token=${token}`)));
-    // One warm-up turn per session, not measured: JIT, pools and caches.
-    await Promise.all(clients.map(async (c) => {
-      c.send({ type: 'message', content: 'warm up' });
-      await c.waitFor((f) => f.type === 'turn.done', 120_000);
-    }));
-    const writesBefore = await rowsWritten(databaseUrl);
-
-    const overheads: number[] = [];
-    const started = performance.now();
-    await Promise.all(
-      clients.map(async (client) => {
-        for (let turn = 2; turn <= TURNS + 1; turn++) {
-          await think();
-          const before = client.frames.length;
-          const sentAt = performance.now();
-          client.send({ type: 'message', content: `turn ${turn}` });
-          const first = await client.waitFor((f) => client.frames.indexOf(f) >= before && (f.type === 'stream.delta' || f.type === 'error'), 120_000);
-          if (first.type === 'error') {
-            // Most likely RATE_LIMIT_EXCEEDED: the limits stay at their defaults unless set in the environment.
-            throw new Error(`turn ${turn} refused with ${first.data.code}: ${first.data.message} (raise KEEL_RATE_MESSAGES_PER_SESSION or --think)`);
-          }
-          overheads.push(performance.now() - sentAt - MODEL_TTFT_MS);
-          await client.waitFor((f) => client.frames.indexOf(f) >= before && f.type === 'turn.done', 120_000);
-        }
-      }),
-    );
-    const elapsed = (performance.now() - started) / 1000;
-    const writesAfter = await rowsWritten(databaseUrl);
+    const result = await generate({
+      mode: 'keel',
+      cpuPids: { worker: worker.child.pid!, api: api.child.pid!, temporal: temporal.pid, postgres: pg.pid, modelServer: process.pid },
+      keel: { baseUrl: `http://127.0.0.1:${port}`, adminKey: BENCH_ADMIN_KEY, databaseUrl: pg.url },
+    });
     const peak = memory.stop();
-    await Promise.all(clients.map((c) => c.close()));
-    const turns = SESSIONS * TURNS;
-    return {
-      turns,
-      turnsPerSecond: turns / elapsed,
-      overhead: summarize(overheads),
-      rowsPerTurn: (writesAfter - writesBefore) / turns,
-      memoryMb: peak,
-    };
+    // Each session ran its warm-up turn too: the histories hold TURNS + 1 turns each.
+    const history = await historyPerTurn(client, result.workflowIds, SESSIONS * (TURNS + 1));
+    return { result, history, peak };
   } finally {
     await Promise.all([worker.kill(), api.kill()]);
   }
 }
 
-async function runBare(temporalAddress: string, modelUrl: string) {
-  const connection = await Connection.connect({ address: temporalAddress });
-  const client = new Client({ connection });
-  const { NativeConnection } = await import('@temporalio/worker');
-  const native = await NativeConnection.connect({ address: temporalAddress });
-  const worker = await Worker.create({
-    connection: native,
-    taskQueue: 'bench-bare',
-    workflowsPath: path.join(__dirname, 'bare-workflow.ts'),
-    activities: createBareActivities(modelUrl),
-  });
-  const running = worker.run();
-  const handles = await Promise.all(
-    Array.from({ length: SESSIONS }, (_, i) => client.workflow.start('bareSession', { taskQueue: 'bench-bare', workflowId: `bare-${Date.now()}-${i}`, args: [] })),
-  );
-  await Promise.all(handles.map((h) => h.executeUpdate(bareTurn, { args: ['warm up'] })));
-  const started = performance.now();
-  await Promise.all(
-    handles.map(async (h) => {
-      for (let turn = 0; turn < TURNS; turn++) {
-        await think();
-        await h.executeUpdate(bareTurn, { args: [`turn ${turn}`] });
-      }
-    }),
-  );
-  const elapsed = (performance.now() - started) / 1000;
-  await Promise.all(handles.map((h) => h.executeUpdate(bareDone)));
-  worker.shutdown();
-  await running;
-  await native.close();
-  await connection.close();
-  return { turnsPerSecond: (SESSIONS * TURNS) / elapsed };
+async function runBare(temporal: { address: string; pid: number }, modelUrl: string, client: Client) {
+  const worker = spawnEntry('bench/bare-worker.ts', { TEMPORAL_ADDRESS: temporal.address, OPENAI_BASE_URL: modelUrl, BARE_TASK_QUEUE });
+  await worker.waitForLine(/bare worker started/, 60_000);
+  try {
+    const memory = memorySampler({ worker: worker.child.pid! });
+    const result = await generate({ mode: 'bare', cpuPids: { worker: worker.child.pid!, temporal: temporal.pid, modelServer: process.pid }, bare: { temporalAddress: temporal.address, taskQueue: BARE_TASK_QUEUE } });
+    const peak = memory.stop();
+    const history = await historyPerTurn(client, result.workflowIds, SESSIONS * (TURNS + 1));
+    return { result, history, peak };
+  } finally {
+    await worker.kill();
+  }
 }
 
 async function main() {
   const dataDir = path.join(os.tmpdir(), `keel-bench-${process.pid}`);
   log(`starting Temporal and Postgres`);
   const temporal = await startTemporalDevServer({ port: 0, headless: true, log });
-  const pg = await startEmbeddedPostgres({ dataDir, port: 0, persistent: false, log });
+  // pg_stat_statements counts the statements a turn runs (bench/load-generator.ts).
+  const pg = await startEmbeddedPostgres({ dataDir, port: 0, persistent: false, log, settings: ['shared_preload_libraries=pg_stat_statements'] });
+  await withPg(pg.url, (c) => c.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements'));
   const reply = Array.from({ length: TOKENS }, (_, i) => `tok${i}`).join(' ');
   const model = new LocalModelServer({ defaults: { reply, firstTokenDelayMs: MODEL_TTFT_MS, tokenDelayMs: TOKEN_DELAY_MS } });
   const { url: modelUrl } = await model.start();
+  const connection = await Connection.connect({ address: temporal.address });
+  const client = new Client({ connection });
   try {
+    const t = { address: temporal.address, pid: temporal.pid! };
     log(`keel: ${SESSIONS} sessions x ${TURNS} turns, model TTFT ${MODEL_TTFT_MS} ms, ${TOKENS} tokens every ${TOKEN_DELAY_MS} ms`);
-    const keel = await runKeel(temporal.address, pg.url, modelUrl);
+    const keel = await runKeel(t, { url: pg.url, pid: pg.pid! }, modelUrl, client);
     log('bare Temporal loop');
-    const bare = await runBare(temporal.address, modelUrl);
+    const bare = await runBare(t, modelUrl, client);
+    const k = keel.result;
+    const b = bare.result;
     const report = {
       command: `npm run bench -- --sessions ${SESSIONS} --turns ${TURNS} --ttft ${MODEL_TTFT_MS} --token-delay ${TOKEN_DELAY_MS} --tokens ${TOKENS} --think ${THINK_MS}`,
       machine: `${os.cpus().length} cores, ${round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`,
-      overheadMs: { p50: round(keel.overhead.p50), p95: round(keel.overhead.p95), p99: round(keel.overhead.p99), max: round(keel.overhead.max) },
-      turnsPerSecond: round(keel.turnsPerSecond, 2),
-      bareTurnsPerSecond: round(bare.turnsPerSecond, 2),
-      ratioToBare: round(keel.turnsPerSecond / bare.turnsPerSecond, 3),
-      rowsWrittenPerTurn: round(keel.rowsPerTurn, 2),
+      overheadMs: overheadMs(k),
+      bareOverheadMs: overheadMs(b),
+      overheadAboveBareMs: { p50: round(k.overhead.p50 - b.overhead.p50), p95: round(k.overhead.p95 - b.overhead.p95), p99: round(k.overhead.p99 - b.overhead.p99) },
+      turnsPerSecond: round(k.turns / k.elapsedS, 2),
+      bareTurnsPerSecond: round(b.turns / b.elapsedS, 2),
+      ratioToBare: round(k.turns / k.elapsedS / (b.turns / b.elapsedS), 3),
+      cpuMsPerTurn: cpuMsPerTurn(k),
+      bareCpuMsPerTurn: cpuMsPerTurn(b),
+      idleCpuMsPerS: idleCpuMsPerS(k),
+      bareIdleCpuMsPerS: idleCpuMsPerS(b),
+      historyPerTurn: keel.history,
+      bareHistoryPerTurn: bare.history,
+      // Net of what the idle window showed per second (pollers, heartbeats) over the same time.
+      pgPerTurn: {
+        statements: round((k.pg!.statements - k.pg!.idleStatementsPerS * k.elapsedS) / k.turns, 2),
+        writeTransactions: round((k.pg!.writeTransactions - k.pg!.idleWriteTransactionsPerS * k.elapsedS) / k.turns, 2),
+      },
+      pgIdlePerS: { statements: round(k.pg!.idleStatementsPerS, 1), writeTransactions: round(k.pg!.idleWriteTransactionsPerS, 1) },
+      pgTopStatementsPerTurn: k.pg!.top.map(([q, n]) => [round(n / k.turns, 2), q]),
+      rowsWrittenPerTurn: round(k.rowsWritten! / k.turns, 2),
       // The user message and its message.accepted event are 2 of those rows; the rest is the reply.
-      rowsWrittenPerReply: round(keel.rowsPerTurn - 2, 2),
-      peakRssMb: { worker: round(keel.memoryMb.worker ?? NaN), api: round(keel.memoryMb.api ?? NaN) },
+      rowsWrittenPerReply: round(k.rowsWritten! / k.turns - 2, 2),
+      peakRssMb: { worker: round(keel.peak.worker ?? NaN), api: round(keel.peak.api ?? NaN), bareWorker: round(bare.peak.worker ?? NaN) },
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {
+    await connection.close();
     await model.stop();
     await pg.stop();
     await temporal.stop();

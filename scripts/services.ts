@@ -186,6 +186,8 @@ export interface TemporalDevServerOptions {
 export interface TemporalDevServer {
   address: string;
   uiUrl?: string;
+  /** The server's process (benchmarks read its CPU and memory). */
+  pid: number | undefined;
   stop(): Promise<void>;
 }
 
@@ -255,6 +257,7 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions = {}
   }
   return {
     address,
+    pid: proc.child.pid,
     ...(uiPort === undefined ? {} : { uiUrl: `http://localhost:${uiPort}` }),
     stop: async () => {
       proc.mute(); // its shutdown is a burst of "connection refused" warnings from its own services
@@ -277,11 +280,15 @@ export interface EmbeddedPostgresOptions {
   log?: Log;
   /** Called when the server dies without stop() having been called. */
   onUnexpectedExit?: (how: string) => void;
+  /** More server settings (`name=value`), e.g. the benchmark's `shared_preload_libraries=pg_stat_statements`. */
+  settings?: string[];
 }
 
 export interface EmbeddedPostgres {
   url: string;
   adminUrl: string;
+  /** The postmaster (its backends are its children). */
+  pid: number | undefined;
   stop(): Promise<void>;
 }
 
@@ -404,8 +411,8 @@ function lineBuffered(log: Log): (chunk: string) => void {
   };
 }
 
-function postgresArgs(dataDir: string, port: number, persistent: boolean): string[] {
-  const settings = ['listen_addresses=127.0.0.1', 'log_checkpoints=off'];
+function postgresArgs(dataDir: string, port: number, persistent: boolean, extra: string[] = []): string[] {
+  const settings = ['listen_addresses=127.0.0.1', 'log_checkpoints=off', ...extra];
   // Throwaway test clusters need no crash safety, and skipping fsync makes them much faster.
   if (!persistent) settings.push('fsync=off', 'synchronous_commit=off', 'full_page_writes=off');
   return ['-D', dataDir, '-p', String(port), ...settings.flatMap((s) => ['-c', s])];
@@ -463,7 +470,7 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   }
 
   const ids = await postgresUserIds();
-  const proc = spawnService(binaries.postgres, postgresArgs(dataDir, port, opts.persistent), {
+  const proc = spawnService(binaries.postgres, postgresArgs(dataDir, port, opts.persistent, opts.settings), {
     log,
     detached: opts.detached,
     onUnexpectedExit: opts.onUnexpectedExit,
@@ -483,5 +490,5 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
     await stop();
     throw error;
   }
-  return { url: postgresUrl(port, PG_DATABASE), adminUrl, stop };
+  return { url: postgresUrl(port, PG_DATABASE), adminUrl, pid: proc.child.pid, stop };
 }

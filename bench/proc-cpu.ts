@@ -1,0 +1,60 @@
+import { readdirSync, readFileSync } from 'node:fs';
+
+/** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux). */
+const TICKS_PER_S = 100;
+
+interface ProcStat {
+  ppid: number;
+  /** utime + stime: the process's own CPU, in ticks. */
+  own: number;
+  /** cutime + cstime: CPU of its children that it has reaped, in ticks. */
+  reaped: number;
+}
+
+function stat(pid: number): ProcStat | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name is in parentheses and may hold spaces: the fields start after the last ')'.
+    const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    return { ppid: Number(f[1]), own: Number(f[11]) + Number(f[12]), reaped: Number(f[13]) + Number(f[14]) };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * CPU seconds a process and all of its descendants have used so far: live descendants' own time
+ * plus what the tree has reaped (PostgreSQL's backends come and go under the postmaster).
+ */
+export function treeCpuSeconds(root: number): number {
+  const children = new Map<number, number[]>();
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid)) continue;
+    const s = stat(pid);
+    if (!s) continue;
+    const list = children.get(s.ppid) ?? [];
+    list.push(pid);
+    children.set(s.ppid, list);
+  }
+  let ticks = 0;
+  const visit = (pid: number, isRoot: boolean) => {
+    const s = stat(pid);
+    if (!s) return;
+    // A live child's reaped time is counted at the child; only the root's includes exited ones below it.
+    ticks += s.own + (isRoot ? s.reaped : 0);
+    for (const child of children.get(pid) ?? []) visit(child, false);
+  };
+  visit(root, true);
+  return ticks / TICKS_PER_S;
+}
+
+/** CPU seconds of named process trees, sampled now. */
+export function sampleCpu(pids: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, treeCpuSeconds(pid)]));
+}
+
+/** CPU seconds used between two samples, per name. */
+export function cpuBetween(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.keys(before).map((name) => [name, (after[name] ?? 0) - (before[name] ?? 0)]));
+}
