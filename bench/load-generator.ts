@@ -3,7 +3,7 @@ import { Client as PgClient } from 'pg';
 import WebSocket from 'ws';
 import { wallClockMs } from './bare-activities';
 import { bareDone, bareTurn } from './bare-workflow';
-import { cpuBetween, sampleCpu } from './proc-cpu';
+import { cpuBetween, sampleCpu, type Sampled } from './proc-cpu';
 import { summarize } from './stats';
 
 /**
@@ -19,7 +19,7 @@ export interface GeneratorConfig {
   thinkMs: number;
   ttftMs: number;
   /** Processes whose CPU is sampled around the measured turns (the generator adds itself). */
-  cpuPids: Record<string, number>;
+  cpuPids: Record<string, Sampled>;
   keel?: { baseUrl: string; adminKey: string; databaseUrl: string };
   bare?: { temporalAddress: string; taskQueue: string };
 }
@@ -50,7 +50,7 @@ export interface GeneratorResult {
 const IDLE_WINDOW_MS = 3_000;
 
 /** CPU seconds per second of each process while nothing is driven. */
-async function idleCpu(cpuPids: Record<string, number>): Promise<Record<string, number>> {
+async function idleCpu(cpuPids: Record<string, Sampled>): Promise<Record<string, number>> {
   const before = sampleCpu(cpuPids);
   await new Promise((r) => setTimeout(r, IDLE_WINDOW_MS));
   return Object.fromEntries(Object.entries(cpuBetween(before, sampleCpu(cpuPids))).map(([k, v]) => [k, v / (IDLE_WINDOW_MS / 1000)]));
@@ -148,7 +148,7 @@ function callsBetween(before: PgSnapshot, after: PgSnapshot): Map<string, number
 
 const total = (calls: Map<string, number>) => [...calls.values()].reduce((a, b) => a + b, 0);
 
-async function driveKeel(config: GeneratorConfig, cpuPids: Record<string, number>): Promise<GeneratorResult> {
+async function driveKeel(config: GeneratorConfig, cpuPids: Record<string, Sampled>): Promise<GeneratorResult> {
   const { baseUrl, adminKey, databaseUrl } = config.keel!;
   // Each session belongs to a user of its own, as in production: every limit stays at its default.
   const sessions = await Promise.all(
@@ -200,7 +200,7 @@ async function driveKeel(config: GeneratorConfig, cpuPids: Record<string, number
   };
 }
 
-async function driveBare(config: GeneratorConfig, cpuPids: Record<string, number>): Promise<GeneratorResult> {
+async function driveBare(config: GeneratorConfig, cpuPids: Record<string, Sampled>): Promise<GeneratorResult> {
   const { temporalAddress, taskQueue } = config.bare!;
   const connection = await Connection.connect({ address: temporalAddress });
   const client = new Client({ connection });
@@ -228,7 +228,7 @@ async function driveBare(config: GeneratorConfig, cpuPids: Record<string, number
 
 async function main() {
   const config = JSON.parse(process.argv[2]!) as GeneratorConfig;
-  const cpuPids = { ...config.cpuPids, generator: process.pid };
+  const cpuPids = { ...config.cpuPids, generator: { pid: process.pid } };
   const result = config.mode === 'keel' ? await driveKeel(config, cpuPids) : await driveBare(config, cpuPids);
   console.log(`RESULT ${JSON.stringify(result)}`);
 }

@@ -49,9 +49,20 @@ export function treeCpuSeconds(root: number): number {
   return ticks / TICKS_PER_S;
 }
 
-/** CPU seconds of named process trees, sampled now. */
-export function sampleCpu(pids: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, treeCpuSeconds(pid)]));
+/** CPU seconds of one process alone (its threads; not its children). */
+export function ownCpuSeconds(pid: number): number {
+  return (stat(pid)?.own ?? 0) / TICKS_PER_S;
+}
+
+/** A process to sample: alone, or (`tree`) with its descendants, as PostgreSQL's backends. */
+export interface Sampled {
+  pid: number;
+  tree?: boolean;
+}
+
+/** CPU seconds of named processes, sampled now. */
+export function sampleCpu(processes: Record<string, Sampled>): Record<string, number> {
+  return Object.fromEntries(Object.entries(processes).map(([name, p]) => [name, p.tree ? treeCpuSeconds(p.pid) : ownCpuSeconds(p.pid)]));
 }
 
 /** CPU seconds used between two samples, per name. */

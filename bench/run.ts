@@ -17,7 +17,7 @@ import { memorySampler, round } from './stats';
  * `npm run bench`: Keel against a bare Temporal loop on the same servers, at the same load.
  * Every part is a process of its own: Temporal, PostgreSQL, Keel's worker and API (or the bare
  * loop's worker), and the load generator (bench/load-generator.ts); the model server runs in
- * this process. docs/benchmarks.md explains each figure.
+ * this process (its CPU is this process's own, without the children). docs/benchmarks.md explains each figure.
  */
 const { values: args } = parseArgs({
   options: {
@@ -95,7 +95,7 @@ async function runKeel(temporal: { address: string; pid: number }, pg: { url: st
     const memory = memorySampler({ worker: worker.child.pid!, api: api.child.pid! });
     const result = await generate({
       mode: 'keel',
-      cpuPids: { worker: worker.child.pid!, api: api.child.pid!, temporal: temporal.pid, postgres: pg.pid, modelServer: process.pid },
+      cpuPids: { worker: { pid: worker.child.pid! }, api: { pid: api.child.pid! }, temporal: { pid: temporal.pid }, postgres: { pid: pg.pid, tree: true }, modelServer: { pid: process.pid } },
       keel: { baseUrl: `http://127.0.0.1:${port}`, adminKey: BENCH_ADMIN_KEY, databaseUrl: pg.url },
     });
     const peak = memory.stop();
@@ -112,7 +112,7 @@ async function runBare(temporal: { address: string; pid: number }, modelUrl: str
   await worker.waitForLine(/bare worker started/, 60_000);
   try {
     const memory = memorySampler({ worker: worker.child.pid! });
-    const result = await generate({ mode: 'bare', cpuPids: { worker: worker.child.pid!, temporal: temporal.pid, modelServer: process.pid }, bare: { temporalAddress: temporal.address, taskQueue: BARE_TASK_QUEUE } });
+    const result = await generate({ mode: 'bare', cpuPids: { worker: { pid: worker.child.pid! }, temporal: { pid: temporal.pid }, modelServer: { pid: process.pid } }, bare: { temporalAddress: temporal.address, taskQueue: BARE_TASK_QUEUE } });
     const peak = memory.stop();
     const history = await historyPerTurn(client, result.workflowIds, SESSIONS * (TURNS + 1));
     return { result, history, peak };
