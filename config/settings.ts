@@ -75,6 +75,7 @@ const Env = z.object({
   KEEL_SESSION_MAX_QUEUED: int(50),
   KEEL_SESSION_MAX_WAITING_EVENTS: int(100),
   KEEL_SESSION_RECENT_CLIENT_IDS: int(1_000),
+  KEEL_LAST_ACTIVITY_RESOLUTION_MS: int(60_000),
   KEEL_PERSISTENCE_TIMEOUT_MS: int(10_000),
   KEEL_WORKER_SHUTDOWN_GRACE_MS: int(30_000),
   KEEL_WORKER_HEARTBEAT_THROTTLE_MS: int(1_000),
@@ -299,6 +300,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       maxQueuedMessages: Math.max(1, e.KEEL_SESSION_MAX_QUEUED),
       maxWaitingEvents: Math.max(1, e.KEEL_SESSION_MAX_WAITING_EVENTS),
       recentClientIdLimit: Math.max(1, e.KEEL_SESSION_RECENT_CLIENT_IDS),
+      lastActivityResolutionMs: e.KEEL_LAST_ACTIVITY_RESOLUTION_MS,
       persistenceTimeoutMs: Math.max(1_000, e.KEEL_PERSISTENCE_TIMEOUT_MS),
       escalationTimeoutMs: escalationActivityTimeoutMs(e),
       llm: {

@@ -57,6 +57,8 @@ export const SessionConfig = z.object({
    * resend; absent in older sessions: 1,000.
    */
   recentClientIdLimit: z.number().int().positive().optional(),
+  /** KeelLastActivityAt is upserted at most this often (a status or approval change always is); absent in older sessions: 60 s. */
+  lastActivityResolutionMs: z.number().int().nonnegative().optional(),
   /**
    * Start-to-close of one attempt of a persistence activity (a few writes): also how long a turn
    * waits for a retry when the worker running the attempt died. Absent in sessions started

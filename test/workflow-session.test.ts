@@ -3,7 +3,7 @@ import { WorkflowUpdateStage, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import type { ExecuteToolInput, PlannedToolCall, RecordToolCallsInput, StreamReplyInput, StreamReplyResult, ToolOutcome, ReconcileEffectResult } from '../contracts/turn';
 import { cancelTurnUpdate, decideApprovalUpdate, endSessionSignal, sessionStateQuery, switchAgentSignal, userMessageSignal } from '../contracts/workflow-messages';
-import { SessionStatusKey } from '../contracts/search-attributes';
+import { LastActivityKey, SessionStatusKey } from '../contracts/search-attributes';
 import { eventually, gate, READ_TOOL, sessionConfig, startWorkflowHarness, until, WRITE_TOOL, type Call, type SessionActivityDoubles } from './support/workflow-harness';
 
 /**
@@ -313,6 +313,24 @@ test.each([
     return named(sessionId, 'streamReply').length >= replies.length && view.turnInProgress === null && view.queued.length === 0;
   }, 'the resends settled');
   expect(named(sessionId, 'streamReply').map((s) => s.replyTo)).toEqual(replies);
+  await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
+});
+
+test.each([
+  ['within config.lastActivityResolutionMs, turns after the first upsert no search attributes', 60_000, 1],
+  ['with a resolution of 0, every turn upserts its last activity', 0, 3],
+])('%s', async (_what, lastActivityResolutionMs, upserts) => {
+  const { handle, sessionId } = await startSession(sessionConfig({ lastActivityResolutionMs }));
+  for (let i = 1; i <= 3; i++) {
+    await handle.signal(userMessageSignal, { messageId: `m${i}` });
+    await until(() => named(sessionId, 'streamReply').length === i, `reply ${i}`);
+  }
+  await eventually(async () => (await handle.query(sessionStateQuery)).turnInProgress === null, 'the last turn ended');
+  const events = (await handle.fetchHistory()).events ?? [];
+  // The patch marker's own upsert (TemporalChangeVersion, once per run) is not the session's.
+  const upserted = events.filter((e) => e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.[LastActivityKey.name]);
+  expect(upserted).toHaveLength(upserts);
+  expect((await handle.describe()).typedSearchAttributes.get(LastActivityKey)).toBeInstanceOf(Date);
   await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
 });
 

@@ -44,6 +44,8 @@ export class SessionState {
   private nextAgent: SessionAgent | null = null;
   /** Outside events the current turn attaches (they waited for it). */
   private turnEvents: MessageRef[] = [];
+  /** What this run last upserted as search attributes (workflows/search-attributes.ts); a new run starts over. */
+  publishedSearchAttributes: { status: string; pendingApprovals: number; touchedAtMs: number } | null = null;
 
   constructor(private readonly s: SessionSnapshot) {}
 
