@@ -411,6 +411,27 @@ test('a failed write that retrying cannot fix ends the turn with INTERNAL_ERROR 
   await handle.signal(endSessionSignal, { reason: 'deleted', requestedBy: 'u1' });
 });
 
+test('turns faster than the idle time-out share one idle timer (not one each), and the session still expires a whole time-out after its last turn', async () => {
+  const idleTtlMs = 1_500;
+  const { handle, sessionId } = await startSession(sessionConfig({ idleTtlMs }));
+  const repliedAt: number[] = [];
+  scripts.set(sessionId, { streamReply: async (input) => (repliedAt.push(Date.now()), reply(input)) });
+  for (let i = 1; i <= 6; i++) {
+    await handle.signal(userMessageSignal, { messageId: `m${i}` });
+    await until(() => repliedAt.length === i, `reply ${i}`);
+    await new Promise((r) => setTimeout(r, 200)); // spread over more than one time-out
+  }
+  await expect(handle.result()).resolves.toEqual({ status: 'expired' });
+  const expiredAfterMs = Date.now() - repliedAt.at(-1)!;
+  const events = (await handle.fetchHistory()).events ?? [];
+  const timers = events.filter((e) => e.timerStartedEventAttributes).length;
+  // Six waits between turns: the old code started six timers; one clock re-armed once or twice now.
+  expect(timers).toBeLessThanOrEqual(3);
+  expect(expiredAfterMs).toBeGreaterThanOrEqual(idleTtlMs);
+  expect(expiredAfterMs).toBeLessThan(idleTtlMs + 3_000);
+  expect(named(sessionId, 'expireSession')).toEqual([{ sessionId, idleMs: idleTtlMs }]);
+});
+
 test('an idle session expires once, with its refusals written', async () => {
   const { handle, sessionId } = await startSession(sessionConfig({ idleTtlMs: 300 }));
   await expect(handle.result()).resolves.toEqual({ status: 'expired' });

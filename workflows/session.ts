@@ -1,4 +1,4 @@
-import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, makeContinueAsNewFunc, setHandler, workflowInfo } from '@temporalio/workflow';
+import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, makeContinueAsNewFunc, patched, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { SessionWorkflowInput, SessionWorkflowResult } from '../contracts/session';
 import {
   cancelTurnSignal,
@@ -15,12 +15,15 @@ import {
 import { FailureType } from '../contracts/failure-types';
 import { sessionActivities } from './activities';
 import { workflowNow } from './clock';
+import { IdleClock } from './idle-clock';
 import { SessionState } from './session-state';
 import { reflectInSearchAttributes } from './search-attributes';
 import { acceptMessages, contained, runTurn } from './turn';
 import { MessageTraces } from './trace-context';
 
 const APPROVAL_REPLAY_GRACE_MS = 10_000;
+/** Before it, every wait between turns started its own idle timer; after it, one IdleClock timer spans the turns. */
+const IDLE_CLOCK_PATCH = 'idle-clock';
 
 /**
  * One chat session. Messages arrive by signal as IDs (their content is already in Postgres), are
@@ -110,8 +113,17 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     }
   })();
 
+  const wake = () => !state.isIdle() || state.status !== 'active' || state.hasOperatorEscalation();
+  const idleClock = patched(IDLE_CLOCK_PATCH) ? new IdleClock(state.config.idleTtlMs, wake) : null;
   for (;;) {
-    const woke = await condition(() => !state.isIdle() || state.status !== 'active' || state.hasOperatorEscalation(), state.config.idleTtlMs);
+    let woke: boolean;
+    if (idleClock) {
+      idleClock.restart();
+      await condition(() => wake() || idleClock.hasExpired);
+      woke = wake();
+    } else {
+      woke = await condition(wake, state.config.idleTtlMs);
+    }
     if (!woke || state.status !== 'active') break;
     await condition(() => !recording);
     // A deletion may have landed while the recorder finished: it emptied the queue.
