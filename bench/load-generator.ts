@@ -20,7 +20,8 @@ export interface GeneratorConfig {
   ttftMs: number;
   /** Processes whose CPU is sampled around the measured turns (the generator adds itself). */
   cpuPids: Record<string, Sampled>;
-  keel?: { baseUrl: string; adminKey: string; databaseUrl: string };
+  /** Sessions are spread over the API processes: session i is made and driven through baseUrls[i % n]. */
+  keel?: { baseUrls: string[]; adminKey: string; databaseUrl: string };
   bare?: { temporalAddress: string; taskQueue: string };
 }
 
@@ -149,18 +150,18 @@ function callsBetween(before: PgSnapshot, after: PgSnapshot): Map<string, number
 const total = (calls: Map<string, number>) => [...calls.values()].reduce((a, b) => a + b, 0);
 
 async function driveKeel(config: GeneratorConfig, cpuPids: Record<string, Sampled>): Promise<GeneratorResult> {
-  const { baseUrl, adminKey, databaseUrl } = config.keel!;
+  const { baseUrls, adminKey, databaseUrl } = config.keel!;
   // Each session belongs to a user of its own, as in production: every limit stays at its default.
   const sessions = await Promise.all(
     Array.from({ length: config.sessions }, async (_, i) => {
+      const baseUrl = baseUrls[i % baseUrls.length]!;
       const issued = await fetch(`${baseUrl}/api/v1/admin/tokens`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': adminKey }, body: JSON.stringify({ userId: `bench-user-${i}` }) });
       const { token } = (await issued.json()) as { token: string };
       const res = await fetch(`${baseUrl}/api/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{}' });
-      return { id: ((await res.json()) as { id: string }).id, token };
+      return { id: ((await res.json()) as { id: string }).id, token, wsBase: baseUrl.replace(/^http/, 'ws') };
     }),
   );
-  const wsBase = baseUrl.replace(/^http/, 'ws');
-  const sockets = await Promise.all(sessions.map(({ id, token }) => LeanSocket.open(`${wsBase}/api/v1/sessions/${id}/ws?token=${token}`)));
+  const sockets = await Promise.all(sessions.map(({ id, token, wsBase }) => LeanSocket.open(`${wsBase}/api/v1/sessions/${id}/ws?token=${token}`)));
   // One warm-up turn per session, not measured: JIT, pools and caches.
   await Promise.all(sockets.map((s) => s.turn('warm up')));
   const pgIdle = await pgSnapshot(databaseUrl);

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -7,9 +7,10 @@ import { Client, Connection } from '@temporalio/client';
 import { LocalModelServer } from '../model-server/server';
 import { bundleWorkflows } from '../scripts/bundle-workflows';
 import { startEmbeddedPostgres, startTemporalDevServer } from '../scripts/services';
-import { spawnEntry } from '../test/support/processes';
+import { spawnEntry, type Spawned } from '../test/support/processes';
 import { Client as PgClient } from 'pg';
 import { historyPerTurn } from './history-stats';
+import type { IdleConfig } from './idle-generator';
 import type { GeneratorConfig, GeneratorResult } from './load-generator';
 import { memorySampler, round } from './stats';
 
@@ -27,6 +28,12 @@ const { values: args } = parseArgs({
     'token-delay': { type: 'string', default: '10' },
     tokens: { type: 'string', default: '20' },
     think: { type: 'string', default: '1000' },
+    // Scale out on one box: the same load across this many workers and API processes (the bare loop gets as many workers).
+    workers: { type: 'string', default: '1' },
+    apis: { type: 'string', default: '1' },
+    // Idle scale: this many sessions, each with one finished turn and an open WebSocket, then `--wake` random ones woken.
+    idle: { type: 'string', default: '0' },
+    wake: { type: 'string', default: '100' },
   },
 });
 const SESSIONS = Number(args.sessions);
@@ -35,6 +42,10 @@ const MODEL_TTFT_MS = Number(args.ttft);
 const TOKEN_DELAY_MS = Number(args['token-delay']);
 const TOKENS = Number(args.tokens);
 const THINK_MS = Number(args.think);
+const WORKERS = Number(args.workers);
+const APIS = Number(args.apis);
+const IDLE_SESSIONS = Number(args.idle);
+const WAKE = Number(args.wake);
 const log = (s: string) => console.error(`[bench] ${s}`);
 /** Authentication stays on in the benchmark: tokens are issued with this admin key, one user per session. */
 const BENCH_ADMIN_KEY = 'bench-admin-key';
@@ -70,54 +81,140 @@ const cpuMsPerTurn = (r: GeneratorResult) =>
 const idleCpuMsPerS = (r: GeneratorResult) => Object.fromEntries(Object.entries(r.idleCpuPerS).map(([k, v]) => [k, round(v * 1000)]));
 const overheadMs = (r: GeneratorResult) => ({ p50: round(r.overhead.p50), p95: round(r.overhead.p95), p99: round(r.overhead.p99), max: round(r.overhead.max) });
 
-async function runKeel(temporal: { address: string; pid: number }, pg: { url: string; pid: number }, modelUrl: string, client: Client) {
-  const env = {
+/** CPU of several processes of one kind, summed under the kind's name (worker-0 + worker-1 → worker). */
+function byKind(result: GeneratorResult): GeneratorResult {
+  const sum = (m: Record<string, number>) => {
+    const out: Record<string, number> = {};
+    for (const [k, v] of Object.entries(m)) out[k.replace(/-\d+$/, '')] = (out[k.replace(/-\d+$/, '')] ?? 0) + v;
+    return out;
+  };
+  return { ...result, cpuSeconds: sum(result.cpuSeconds), idleCpuPerS: sum(result.idleCpuPerS) };
+}
+
+const peakOf = (peak: Record<string, number>, kind: string) => Object.entries(peak).filter(([k]) => k.startsWith(`${kind}-`)).map(([, v]) => round(v));
+
+/** What Keel's worker and API run with in the bench: defaults, but for the services and quiet logs. */
+async function keelEnv(temporal: { address: string }, pg: { url: string }, modelUrl: string, taskQueue: string): Promise<Record<string, string>> {
+  return {
     TEMPORAL_ADDRESS: temporal.address,
     DATABASE_URL: pg.url,
-    KEEL_TASK_QUEUE: 'bench-keel',
+    KEEL_TASK_QUEUE: taskQueue,
     KEEL_WORKFLOW_BUNDLE: await bundleWorkflows(),
     OPENAI_BASE_URL: modelUrl,
     OPENAI_API_KEY: 'bench',
     KEEL_MODEL: 'keel-local',
     KEEL_API_HOST: '127.0.0.1',
     KEEL_API_PORT: '0',
-    KEEL_LOG_LEVEL: 'warn',
+    KEEL_LOG_LEVEL: 'info',
     KEEL_DB_POOL_SIZE: '20',
     KEEL_ADMIN_API_KEY: BENCH_ADMIN_KEY,
     KEEL_WORKER_METRICS_PORT: '0',
   };
-  const worker = spawnEntry('worker/main.ts', { ...env, KEEL_LOG_LEVEL: 'info' });
-  await worker.waitForLine(/worker started/, 60_000);
-  const api = spawnEntry('api/main.ts', { ...env, KEEL_LOG_LEVEL: 'info' });
-  const port = Number((await api.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
+}
+
+async function runKeel(temporal: { address: string; pid: number }, pg: { url: string; pid: number }, modelUrl: string, client: Client) {
+  const env = await keelEnv(temporal, pg, modelUrl, 'bench-keel');
+  // The first worker migrates the database alone; the others start side by side.
+  const workers = [spawnEntry('worker/main.ts', env)];
+  await workers[0]!.waitForLine(/worker started/, 60_000);
+  workers.push(...Array.from({ length: WORKERS - 1 }, () => spawnEntry('worker/main.ts', env)));
+  const apis = Array.from({ length: APIS }, () => spawnEntry('api/main.ts', env));
   // Whatever happens, the children go: a failed run must not leave a worker holding its ports.
   try {
-    const memory = memorySampler({ worker: worker.child.pid!, api: api.child.pid! });
+    await Promise.all(workers.slice(1).map((w) => w.waitForLine(/worker started/, 60_000)));
+    const ports = await Promise.all(apis.map(async (a) => Number((await a.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1])));
+    const named = (kind: string, list: Spawned[]) => Object.fromEntries(list.map((p, i) => [`${kind}-${i}`, p.child.pid!]));
+    const memory = memorySampler({ ...named('worker', workers), ...named('api', apis) });
     const result = await generate({
       mode: 'keel',
-      cpuPids: { worker: { pid: worker.child.pid! }, api: { pid: api.child.pid! }, temporal: { pid: temporal.pid }, postgres: { pid: pg.pid, tree: true }, modelServer: { pid: process.pid } },
-      keel: { baseUrl: `http://127.0.0.1:${port}`, adminKey: BENCH_ADMIN_KEY, databaseUrl: pg.url },
+      cpuPids: {
+        ...Object.fromEntries(Object.entries({ ...named('worker', workers), ...named('api', apis) }).map(([k, pid]) => [k, { pid }])),
+        temporal: { pid: temporal.pid },
+        postgres: { pid: pg.pid, tree: true },
+        modelServer: { pid: process.pid },
+      },
+      keel: { baseUrls: ports.map((port) => `http://127.0.0.1:${port}`), adminKey: BENCH_ADMIN_KEY, databaseUrl: pg.url },
     });
     const peak = memory.stop();
     // Each session ran its warm-up turn too: the histories hold TURNS + 1 turns each.
     const history = await historyPerTurn(client, result.workflowIds, SESSIONS * (TURNS + 1));
-    return { result, history, peak };
+    return { result: byKind(result), history, peak: { worker: peakOf(peak, 'worker'), api: peakOf(peak, 'api') } };
   } finally {
-    await Promise.all([worker.kill(), api.kill()]);
+    await Promise.all([...workers, ...apis].map((p) => p.kill()));
   }
 }
 
 async function runBare(temporal: { address: string; pid: number }, modelUrl: string, client: Client) {
-  const worker = spawnEntry('bench/bare-worker.ts', { TEMPORAL_ADDRESS: temporal.address, OPENAI_BASE_URL: modelUrl, BARE_TASK_QUEUE });
-  await worker.waitForLine(/bare worker started/, 60_000);
+  const workers = Array.from({ length: WORKERS }, () => spawnEntry('bench/bare-worker.ts', { TEMPORAL_ADDRESS: temporal.address, OPENAI_BASE_URL: modelUrl, BARE_TASK_QUEUE }));
   try {
-    const memory = memorySampler({ worker: worker.child.pid! });
-    const result = await generate({ mode: 'bare', cpuPids: { worker: { pid: worker.child.pid! }, temporal: { pid: temporal.pid }, modelServer: { pid: process.pid } }, bare: { temporalAddress: temporal.address, taskQueue: BARE_TASK_QUEUE } });
+    await Promise.all(workers.map((w) => w.waitForLine(/bare worker started/, 60_000)));
+    const pids = Object.fromEntries(workers.map((w, i) => [`worker-${i}`, w.child.pid!]));
+    const memory = memorySampler(pids);
+    const result = await generate({
+      mode: 'bare',
+      cpuPids: { ...Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, { pid }])), temporal: { pid: temporal.pid }, modelServer: { pid: process.pid } },
+      bare: { temporalAddress: temporal.address, taskQueue: BARE_TASK_QUEUE },
+    });
     const peak = memory.stop();
     const history = await historyPerTurn(client, result.workflowIds, SESSIONS * (TURNS + 1));
-    return { result, history, peak };
+    return { result: byKind(result), history, peak: { worker: peakOf(peak, 'worker') } };
   } finally {
-    await worker.kill();
+    await Promise.all(workers.map((w) => w.kill()));
+  }
+}
+
+/** Idle scale (bench/idle-generator.ts): memory with N idle sessions and sockets, and what waking an evicted one costs. */
+async function runIdle(temporal: { address: string; pid: number }, pg: { url: string; pid: number }, modelUrl: string) {
+  // Each session holds a socket at the API and one at the generator: both need a descriptor per session.
+  const fdLimit = Number(execFileSync('sh', ['-c', 'ulimit -n']).toString().trim());
+  const needed = IDLE_SESSIONS + 2_000;
+  const prlimit = fdLimit < needed ? ['prlimit', `--nofile=${needed}:${needed}`, '--'] : [];
+  if (prlimit.length) log(`raising the open-file limit of the API and the generator from ${fdLimit} to ${needed}`);
+  const env = await keelEnv(temporal, pg, modelUrl, 'bench-idle');
+  const worker = spawnEntry('worker/main.ts', env);
+  await worker.waitForLine(/worker started/, 60_000);
+  const api = spawnEntry('api/main.ts', env, { prefix: prlimit });
+  try {
+    const port = Number((await api.waitForLine(/api listening on http:\/\/127\.0\.0\.1:(\d+)/))[1]);
+    const config: IdleConfig = {
+      sessions: IDLE_SESSIONS,
+      wake: WAKE,
+      ttftMs: MODEL_TTFT_MS,
+      tokenDelayMs: TOKEN_DELAY_MS,
+      baseUrl: `http://127.0.0.1:${port}`,
+      modelUrl,
+      adminKey: BENCH_ADMIN_KEY,
+      rssPids: { worker: { pid: worker.child.pid! }, api: { pid: api.child.pid! }, temporal: { pid: temporal.pid }, postgres: { pid: pg.pid, tree: true } },
+    };
+    const [cmd, ...cmdArgs] = [...prlimit, process.execPath, '--import', 'tsx', path.join(__dirname, 'idle-generator.ts'), JSON.stringify(config)];
+    const child = spawn(cmd!, cmdArgs, {
+      cwd: path.resolve(__dirname, '..'),
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const result = await new Promise<Record<string, any>>((resolve, reject) => {
+      let found: Record<string, any> | undefined;
+      readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+        if (line.startsWith('RESULT ')) found = JSON.parse(line.slice(7)) as Record<string, any>;
+      });
+      child.once('exit', (code) => (found ? resolve(found) : reject(new Error(`the idle generator exited with ${code} and no result`))));
+    });
+    const o = (x: { p50: number; p95: number; p99: number; max: number }) => ({ p50: round(x.p50), p95: round(x.p95), p99: round(x.p99), max: round(x.max) });
+    return {
+      command: `npm run bench -- --idle ${IDLE_SESSIONS} --wake ${WAKE} --ttft ${MODEL_TTFT_MS} --token-delay ${TOKEN_DELAY_MS} --tokens ${TOKENS}`,
+      machine: `${os.cpus().length} cores, ${round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`,
+      sessions: result.sessions,
+      maxCachedWorkflows: Number(process.env.KEEL_WORKER_MAX_CACHED_WORKFLOWS ?? 1000),
+      openFileLimit: prlimit.length ? needed : fdLimit,
+      setupS: round(result.setupS),
+      idleRssMb: result.idleMemoryMb,
+      rssAfterWakingMb: result.afterMemoryMb,
+      // First token minus the model's delay: a session most likely evicted from the worker's cache, then the same one cached.
+      wokenOverheadMs: o(result.wokenOverhead),
+      cachedOverheadMs: o(result.cachedOverhead),
+      wakeCostMs: { p50: round(result.wokenOverhead.p50 - result.cachedOverhead.p50), p95: round(result.wokenOverhead.p95 - result.cachedOverhead.p95) },
+    };
+  } finally {
+    await Promise.all([worker.kill(), api.kill()]);
   }
 }
 
@@ -135,6 +232,11 @@ async function main() {
   const client = new Client({ connection });
   try {
     const t = { address: temporal.address, pid: temporal.pid! };
+    if (IDLE_SESSIONS > 0) {
+      log(`idle: ${IDLE_SESSIONS} sessions with open sockets, then ${WAKE} woken`);
+      console.log(JSON.stringify(await runIdle(t, { url: pg.url, pid: pg.pid! }, modelUrl), null, 2));
+      return;
+    }
     log(`keel: ${SESSIONS} sessions x ${TURNS} turns, model TTFT ${MODEL_TTFT_MS} ms, ${TOKENS} tokens every ${TOKEN_DELAY_MS} ms`);
     const keel = await runKeel(t, { url: pg.url, pid: pg.pid! }, modelUrl, client);
     log('bare Temporal loop');
@@ -142,7 +244,8 @@ async function main() {
     const k = keel.result;
     const b = bare.result;
     const report = {
-      command: `npm run bench -- --sessions ${SESSIONS} --turns ${TURNS} --ttft ${MODEL_TTFT_MS} --token-delay ${TOKEN_DELAY_MS} --tokens ${TOKENS} --think ${THINK_MS}`,
+      command: `npm run bench -- --sessions ${SESSIONS} --turns ${TURNS} --ttft ${MODEL_TTFT_MS} --token-delay ${TOKEN_DELAY_MS} --tokens ${TOKENS} --think ${THINK_MS}${WORKERS > 1 || APIS > 1 ? ` --workers ${WORKERS} --apis ${APIS}` : ''}`,
+      processes: { workers: WORKERS, apis: APIS },
       machine: `${os.cpus().length} cores, ${round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`,
       overheadMs: overheadMs(k),
       bareOverheadMs: overheadMs(b),
@@ -166,7 +269,8 @@ async function main() {
       rowsWrittenPerTurn: round(k.rowsWritten! / k.turns, 2),
       // The user message and its message.accepted event are 2 of those rows; the rest is the reply.
       rowsWrittenPerReply: round(k.rowsWritten! / k.turns - 2, 2),
-      peakRssMb: { worker: round(keel.peak.worker ?? NaN), api: round(keel.peak.api ?? NaN), bareWorker: round(bare.peak.worker ?? NaN) },
+      // One figure per process.
+      peakRssMb: { worker: keel.peak.worker, api: keel.peak.api, bareWorker: bare.peak.worker },
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {

@@ -78,6 +78,7 @@ const Env = z.object({
   KEEL_LAST_ACTIVITY_RESOLUTION_MS: int(60_000),
   KEEL_PERSISTENCE_TIMEOUT_MS: int(10_000),
   KEEL_WORKER_SHUTDOWN_GRACE_MS: int(30_000),
+  KEEL_WORKER_MAX_CACHED_WORKFLOWS: int(1_000),
   KEEL_WORKER_HEARTBEAT_THROTTLE_MS: int(1_000),
   KEEL_BUILD_VERSION: optionalString,
   KEEL_WORKER_HEARTBEAT_MS: int(5_000),
@@ -265,6 +266,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env) {
       shutdownGraceMs: e.KEEL_WORKER_SHUTDOWN_GRACE_MS,
       /** The longest a running activity's heartbeat is held back: also how late a cancel can reach a model call or a tool. */
       heartbeatThrottleMs: Math.max(100, e.KEEL_WORKER_HEARTBEAT_THROTTLE_MS),
+      /** Workflow executions kept in memory (the SDK's sticky cache); one evicted is replayed from its history when it next wakes. */
+      maxCachedWorkflows: Math.max(2, e.KEEL_WORKER_MAX_CACHED_WORKFLOWS),
     },
     localModelPort: e.KEEL_LOCAL_MODEL_PORT,
     workerMetricsPort: e.KEEL_WORKER_METRICS_PORT,

@@ -65,6 +65,7 @@ export async function createWorker(settings: Settings, pool: DatabasePool, metri
     taskQueue: settings.temporal.taskQueue,
     activities,
     stickyQueueScheduleToStartTimeout: settings.temporal.stickyQueueTimeoutMs,
+    maxCachedWorkflows: settings.worker.maxCachedWorkflows,
     // A deploy lets running model streams and tools finish instead of restarting them elsewhere.
     shutdownGraceTime: settings.worker.shutdownGraceMs,
     // The SDK holds heartbeats back for up to 0.8 of the heartbeat time-out (8 s by default): a

@@ -12,10 +12,12 @@ export interface Spawned {
 }
 
 /** Runs one of the project's entry points as a real child process, as production does. */
-export function spawnEntry(entry: string, env: NodeJS.ProcessEnv): Spawned {
+export function spawnEntry(entry: string, env: NodeJS.ProcessEnv, opts: { prefix?: string[] } = {}): Spawned {
   // KEEL_CHILD_NODE_ARGS passes extra node flags (e.g. --cpu-prof) to the children.
   const nodeArgs = process.env.KEEL_CHILD_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], {
+  // A prefix (e.g. `prlimit --nofile=…  --`) execs node in its place: the child's pid stays node's.
+  const [cmd, ...args] = [...(opts.prefix ?? []), process.execPath, ...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)];
+  const child = spawn(cmd!, args, {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,0 +1,154 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import WebSocket from 'ws';
+import { wallClockMs } from './bare-activities';
+import { summarize } from './stats';
+
+/**
+ * The idle-scale load generator (`npm run bench -- --idle N`), a process of its own: it opens N
+ * sessions, each with one finished turn and an open WebSocket, leaves them idle, measures the
+ * memory of every process, then wakes W random sessions one at a time (most of them evicted from
+ * the worker's cache) and the same sessions again (cached now). Prints `RESULT <json>`.
+ */
+
+export interface IdleConfig {
+  sessions: number;
+  wake: number;
+  ttftMs: number;
+  tokenDelayMs: number;
+  baseUrl: string;
+  modelUrl: string;
+  adminKey: string;
+  /** Processes whose resident memory is read (PostgreSQL with its backends). */
+  rssPids: Record<string, { pid: number; tree?: boolean }>;
+}
+
+const SETUP_CONCURRENCY = 100;
+const SETTLE_MS = 10_000;
+
+function rssMb(pid: number): number {
+  try {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/** RSS of a process and its children (PostgreSQL's backends; shared memory is counted in each). */
+function treeRssMb(root: number): number {
+  let total = rssMb(root);
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === root) total += rssMb(Number(name));
+    } catch {
+      // gone
+    }
+  }
+  return total;
+}
+
+const memory = (config: IdleConfig) =>
+  Object.fromEntries([...Object.entries(config.rssPids).map(([k, p]) => [k, Math.round(p.tree ? treeRssMb(p.pid) : rssMb(p.pid))]), ['generator', Math.round(rssMb(process.pid))]]);
+
+/** A session's socket, kept open; resolves the first delta and the end of a turn. */
+class IdleSocket {
+  private seen = new Map<string, number>();
+  private wake: (() => void) | undefined;
+  constructor(readonly id: string, private readonly ws: WebSocket) {
+    ws.on('message', (raw) => {
+      const type = (JSON.parse(raw.toString()) as { type: string }).type;
+      if (!this.seen.has(type)) this.seen.set(type, wallClockMs());
+      this.wake?.();
+    });
+  }
+
+  static open(id: string, url: string): Promise<IdleSocket> {
+    const ws = new WebSocket(url);
+    const socket = new IdleSocket(id, ws);
+    return new Promise((resolve, reject) => {
+      ws.once('message', () => resolve(socket));
+      ws.once('error', reject);
+      ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+    });
+  }
+
+  private async arrival(type: string, deadline: number): Promise<number> {
+    for (;;) {
+      const at = this.seen.get(type);
+      if (at !== undefined) return at;
+      if (this.seen.has('error')) throw new Error(`session ${this.id}: an error frame`);
+      if (Date.now() > deadline) throw new Error(`session ${this.id}: no ${type}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 1_000);
+        this.wake = () => (clearTimeout(timer), resolve());
+      });
+    }
+  }
+
+  async turn(content: string): Promise<number> {
+    this.seen = new Map();
+    const deadline = Date.now() + 120_000;
+    const sentAt = wallClockMs();
+    this.ws.send(JSON.stringify({ type: 'message', content }));
+    const first = await this.arrival('stream.delta', deadline);
+    await this.arrival('turn.done', deadline);
+    return first - sentAt;
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+}
+
+async function pacing(modelUrl: string, firstTokenDelayMs: number, tokenDelayMs: number): Promise<void> {
+  const res = await fetch(`${modelUrl}/_control/script`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ scope: '*', firstTokenDelayMs, tokenDelayMs }) });
+  if (!res.ok) throw new Error(`model pacing: ${res.status}`);
+}
+
+async function openSession(config: IdleConfig, i: number): Promise<IdleSocket> {
+  const headers = { 'content-type': 'application/json' };
+  const issued = await fetch(`${config.baseUrl}/api/v1/admin/tokens`, { method: 'POST', headers: { ...headers, 'x-api-key': config.adminKey }, body: JSON.stringify({ userId: `idle-user-${i}` }) });
+  const { token } = (await issued.json()) as { token: string };
+  const res = await fetch(`${config.baseUrl}/api/v1/sessions`, { method: 'POST', headers: { ...headers, authorization: `Bearer ${token}` }, body: '{}' });
+  const { id } = (await res.json()) as { id: string };
+  const socket = await IdleSocket.open(id, `${config.baseUrl.replace(/^http/, 'ws')}/api/v1/sessions/${id}/ws?token=${token}`);
+  await socket.turn('hello');
+  return socket;
+}
+
+async function main() {
+  const config = JSON.parse(process.argv[2]!) as IdleConfig;
+  const log = (s: string) => console.error(s);
+  // The setup turns go fast; the wake-ups get the configured model pacing.
+  await pacing(config.modelUrl, 0, 0);
+  const started = performance.now();
+  const sockets: IdleSocket[] = [];
+  let next = 0;
+  await Promise.all(Array.from({ length: SETUP_CONCURRENCY }, async () => {
+    while (next < config.sessions) {
+      const i = next++;
+      sockets.push(await openSession(config, i));
+      if (sockets.length % 1000 === 0) log(`${sockets.length} sessions open, ${Math.round((performance.now() - started) / 1000)} s`);
+    }
+  }));
+  const setupS = (performance.now() - started) / 1000;
+  await new Promise((r) => setTimeout(r, SETTLE_MS));
+  const idleMemoryMb = memory(config);
+  await pacing(config.modelUrl, config.ttftMs, config.tokenDelayMs);
+  // Random sessions, one at a time: with the cache smaller than the sessions, most were evicted.
+  const picked = [...sockets].sort(() => Math.random() - 0.5).slice(0, config.wake);
+  const evicted: number[] = [];
+  for (const s of picked) evicted.push((await s.turn('wake up')) - config.ttftMs);
+  // The same sessions again, now in the cache: the difference is what a wake-up from eviction costs.
+  const cached: number[] = [];
+  for (const s of picked) cached.push((await s.turn('again')) - config.ttftMs);
+  const afterMemoryMb = memory(config);
+  sockets.forEach((s) => s.close());
+  console.log(`RESULT ${JSON.stringify({ sessions: sockets.length, setupS, idleMemoryMb, afterMemoryMb, wokenOverhead: summarize(evicted), cachedOverhead: summarize(cached) })}`);
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});
