@@ -2,22 +2,18 @@ import { condition, defineUpdate, proxyActivities, setHandler } from '@temporali
 import type { BareActivities } from './bare-activities';
 
 export const bareTurn = defineUpdate<{ reply: string; firstTokenAtMs: number }, [string]>('bareTurn');
-export const bareDone = defineUpdate<void, []>('bareDone');
 
 const { bareReply } = proxyActivities<BareActivities>({ startToCloseTimeout: '1 minute', heartbeatTimeout: '10 seconds' });
 
 /** The baseline: take a message, run one model activity, record the result. No bridge, no database. */
 export async function bareSession(): Promise<number> {
   let replies = 0;
-  let done = false;
   setHandler(bareTurn, async (content) => {
     const result = await bareReply(content);
     replies++;
     return result;
   });
-  setHandler(bareDone, () => {
-    done = true;
-  });
-  await condition(() => done);
+  // Runs until the bench's server is stopped.
+  await condition(() => false);
   return replies;
 }

@@ -28,7 +28,8 @@ export async function historyPerTurn(client: Client, workflowIds: string[], turn
         switch (e.eventType) {
           case EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED: total.workflowTasks++; break;
           case EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: total.activities++; break;
-          case EventType.EVENT_TYPE_MARKER_RECORDED: total.localActivities++; break;
+          // Patch markers (core_patch) are markers too; only local activities count here.
+          case EventType.EVENT_TYPE_MARKER_RECORDED: if (e.markerRecordedEventAttributes?.markerName === 'core_local_activity') total.localActivities++; break;
           case EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES: total.searchAttributeUpserts++; break;
           case EventType.EVENT_TYPE_TIMER_STARTED: total.timers++; break;
           case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: total.signals++; break;

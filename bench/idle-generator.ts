@@ -33,14 +33,23 @@ function rssMb(pid: number): number {
   }
 }
 
-/** RSS of a process and its children (PostgreSQL's backends; shared memory is counted in each). */
+/** Proportional set size: shared pages split between the processes that map them. */
+function pssMb(pid: number): number {
+  try {
+    return Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0) / 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/** Memory of a process and its children (PostgreSQL's backends), as PSS: shared buffers counted once, not in each backend. */
 function treeRssMb(root: number): number {
-  let total = rssMb(root);
+  let total = pssMb(root);
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     try {
       const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === root) total += rssMb(Number(name));
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === root) total += pssMb(Number(name));
     } catch {
       // gone
     }
@@ -101,8 +110,9 @@ class IdleSocket {
   }
 }
 
+/** The model server's pacing for every scope (its control routes sit beside the OpenAI-compatible /v1). */
 async function pacing(modelUrl: string, firstTokenDelayMs: number, tokenDelayMs: number): Promise<void> {
-  const res = await fetch(`${modelUrl}/_control/script`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ scope: '*', firstTokenDelayMs, tokenDelayMs }) });
+  const res = await fetch(`${modelUrl.replace(/\/v1\/?$/, '')}/_control/script`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ scope: '*', firstTokenDelayMs, tokenDelayMs }) });
   if (!res.ok) throw new Error(`model pacing: ${res.status}`);
 }
 

@@ -149,7 +149,7 @@ test('a stop is not held up by a database that does not answer: it gives up afte
     expect(row.rows).toEqual([{ stopped_at: null }]);
   } finally {
     proxy.set('down');
-    // Ending the pool resets each connection (DISCARD ALL), which fails on the ones cut here.
+    // Ending the pool closes each connection, which fails on the ones cut here.
     await proxied.end().catch(() => undefined);
     await proxy.close();
     // A worker row that is not stopped: the alert tests below must not see it.

@@ -22,7 +22,8 @@ export class IdleClock {
   restart(): void {
     this.since = workflowNow();
     this.expired = false;
-    if (!this.armed) this.arm(this.ttlMs);
+    // Busy already (a message came during the turn): the next restart, once idle, arms it.
+    if (!this.armed && !this.busy()) this.arm(this.ttlMs);
   }
 
   /** The session has been idle for the whole time-out. */

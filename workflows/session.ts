@@ -120,7 +120,9 @@ export async function sessionWorkflow(input: SessionWorkflowInput): Promise<Sess
     if (idleClock) {
       idleClock.restart();
       await condition(() => wake() || idleClock.hasExpired);
-      woke = wake();
+      // Only the clock ends the wait as idle: a wake that was undone in the same activation (an
+      // escalation and its hand-back) goes round the loop again, as the old timer's wait did.
+      woke = wake() || !idleClock.hasExpired;
     } else {
       woke = await condition(wake, state.config.idleTtlMs);
     }
