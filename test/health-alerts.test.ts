@@ -55,7 +55,12 @@ afterAll(async () => {
   await new Promise((resolve) => receiver.close(resolve));
 });
 
-const incidents = async (kind: string) => (await stack.request('GET', `/api/v1/incidents?kind=${kind}`, undefined, { authorization: `Bearer ${admin}` })).body.incidents as any[];
+async function incidents(kind: string): Promise<any[]> {
+  const res = await stack.request('GET', `/api/v1/incidents?kind=${kind}`, undefined, { authorization: `Bearer ${admin}` });
+  // A CI run once got no list here: say what came instead.
+  if (res.status !== 200) throw new Error(`GET /incidents?kind=${kind}: ${res.status} ${res.text}`);
+  return res.body.incidents as any[];
+}
 
 /** The notification for an incident, checked against a signature computed here from the secret. */
 async function notificationFor(incidentId: string) {
