@@ -22,7 +22,9 @@ beforeAll(async () => {
   });
   await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
   port = (service.address() as AddressInfo).port;
-  stack = await startStack({ env: { KEEL_HTTP_ALLOW_HOSTS: `127.0.0.1:${port}`, KEEL_HTTP_MAX_BYTES: String(RESULT_BYTES + 1024) } });
+  // The model call after the tool sends the 5 MB result: on a loaded CI box it may take longer than
+  // the test stack's 2 s heartbeat time-out allows (what is tested here is the history, not speed).
+  stack = await startStack({ env: { KEEL_HTTP_ALLOW_HOSTS: `127.0.0.1:${port}`, KEEL_HTTP_MAX_BYTES: String(RESULT_BYTES + 1024), KEEL_LLM_HEARTBEAT_TIMEOUT_MS: '15000' } });
   temporal = new Client({ connection: await Connection.connect({ address: process.env.KEEL_TEST_TEMPORAL_ADDRESS! }) });
 }, 60_000);
 
