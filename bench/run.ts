@@ -4,6 +4,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
+import { loadSettings } from '../config/settings';
 import { LocalModelServer } from '../model-server/server';
 import { bundleWorkflows } from '../scripts/bundle-workflows';
 import { startEmbeddedPostgres, startTemporalDevServer } from '../scripts/services';
@@ -203,7 +204,7 @@ async function runIdle(temporal: { address: string; pid: number }, pg: { url: st
       command: `npm run bench -- --idle ${IDLE_SESSIONS} --wake ${WAKE} --ttft ${MODEL_TTFT_MS} --token-delay ${TOKEN_DELAY_MS} --tokens ${TOKENS}`,
       machine: `${os.cpus().length} cores, ${round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`,
       sessions: result.sessions,
-      maxCachedWorkflows: Number(process.env.KEEL_WORKER_MAX_CACHED_WORKFLOWS ?? 1000),
+      maxCachedWorkflows: loadSettings(process.env).worker.maxCachedWorkflows,
       openFileLimit: prlimit.length ? needed : fdLimit,
       setupS: round(result.setupS),
       idleRssMb: result.idleMemoryMb,
