@@ -320,6 +320,8 @@ export class LocalModelServer {
       res.destroy();
       return;
     }
+    // A bug of its own, not a scripted failure: say what it was, or a test only sees the 500.
+    if (!(error instanceof HttpError)) console.error('local model server: unexpected error', error);
     const failure = error instanceof HttpError ? error : new HttpError(500, 'The local model server failed on this request.', 'server_error');
     sendJson(res, failure.status, failure.body(), failure.headers);
   }
