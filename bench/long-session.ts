@@ -6,7 +6,7 @@ import { Pool } from 'pg';
 import { sessionWorkflowId } from '../contracts/ids';
 import { MAX_CONTENT_CHARS } from '../contracts/limits';
 import { LocalModelServer } from '../model-server/server';
-import { bundleWorkflows } from '../scripts/bundle-workflows';
+import { keelEnv } from './keel-env';
 import { startEmbeddedPostgres, startTemporalDevServer } from '../scripts/services';
 import { spawnEntry } from '../test/support/processes';
 import { WsClient } from '../test/support/ws-client';
@@ -47,17 +47,7 @@ async function main() {
   const model = new LocalModelServer({ defaults: { reply: 'ok', firstTokenDelayMs: 0, tokenDelayMs: 0 } });
   const { url: modelUrl } = await model.start();
   const env = {
-    TEMPORAL_ADDRESS: temporalServer.address,
-    DATABASE_URL: pg.url,
-    KEEL_TASK_QUEUE: 'bench-long-session',
-    KEEL_WORKFLOW_BUNDLE: await bundleWorkflows(),
-    OPENAI_BASE_URL: modelUrl,
-    OPENAI_API_KEY: 'bench',
-    KEEL_MODEL: 'keel-local',
-    KEEL_API_HOST: '127.0.0.1',
-    KEEL_API_PORT: '0',
-    KEEL_ADMIN_API_KEY: ADMIN_KEY,
-    KEEL_WORKER_METRICS_PORT: '0',
+    ...(await keelEnv({ temporalAddress: temporalServer.address, databaseUrl: pg.url, modelUrl, taskQueue: 'bench-long-session', adminKey: ADMIN_KEY })),
     KEEL_HEALTH_CHECKS_ENABLED: 'false',
     // One user sends every message as soon as the last one is answered: far more than the per-session rate lets through.
     KEEL_RATE_MESSAGES_PER_SESSION: '0',

@@ -6,11 +6,11 @@ import { parseArgs } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import { loadSettings } from '../config/settings';
 import { LocalModelServer } from '../model-server/server';
-import { bundleWorkflows } from '../scripts/bundle-workflows';
 import { startEmbeddedPostgres, startTemporalDevServer } from '../scripts/services';
 import { spawnEntry, type Spawned } from '../test/support/processes';
 import { Client as PgClient } from 'pg';
 import { historyPerTurn } from './history-stats';
+import { keelEnv } from './keel-env';
 import type { IdleConfig } from './idle-generator';
 import type { GeneratorConfig, GeneratorResult } from './load-generator';
 import { memorySampler, round } from './stats';
@@ -94,27 +94,13 @@ function byKind(result: GeneratorResult): GeneratorResult {
 
 const peakOf = (peak: Record<string, number>, kind: string) => Object.entries(peak).filter(([k]) => k.startsWith(`${kind}-`)).map(([, v]) => round(v));
 
-/** What Keel's worker and API run with in the bench: defaults, but for the services and quiet logs. */
-async function keelEnv(temporal: { address: string }, pg: { url: string }, modelUrl: string, taskQueue: string): Promise<Record<string, string>> {
-  return {
-    TEMPORAL_ADDRESS: temporal.address,
-    DATABASE_URL: pg.url,
-    KEEL_TASK_QUEUE: taskQueue,
-    KEEL_WORKFLOW_BUNDLE: await bundleWorkflows(),
-    OPENAI_BASE_URL: modelUrl,
-    OPENAI_API_KEY: 'bench',
-    KEEL_MODEL: 'keel-local',
-    KEEL_API_HOST: '127.0.0.1',
-    KEEL_API_PORT: '0',
-    KEEL_LOG_LEVEL: 'info',
-    KEEL_DB_POOL_SIZE: '20',
-    KEEL_ADMIN_API_KEY: BENCH_ADMIN_KEY,
-    KEEL_WORKER_METRICS_PORT: '0',
-  };
+/** Keel's worker and API in this bench: defaults, with info logs and a pool for 100 sessions. */
+async function benchEnv(temporal: { address: string }, pg: { url: string }, modelUrl: string, taskQueue: string): Promise<Record<string, string>> {
+  return { ...(await keelEnv({ temporalAddress: temporal.address, databaseUrl: pg.url, modelUrl, taskQueue, adminKey: BENCH_ADMIN_KEY })), KEEL_LOG_LEVEL: 'info', KEEL_DB_POOL_SIZE: '20' };
 }
 
 async function runKeel(temporal: { address: string; pid: number }, pg: { url: string; pid: number }, modelUrl: string, client: Client) {
-  const env = await keelEnv(temporal, pg, modelUrl, 'bench-keel');
+  const env = await benchEnv(temporal, pg, modelUrl, 'bench-keel');
   // The first worker migrates the database alone; the others start side by side.
   const workers = [spawnEntry('worker/main.ts', env)];
   await workers[0]!.waitForLine(/worker started/, 60_000);
@@ -171,7 +157,7 @@ async function runIdle(temporal: { address: string; pid: number }, pg: { url: st
   const needed = IDLE_SESSIONS + 2_000;
   const prlimit = fdLimit < needed ? ['prlimit', `--nofile=${needed}:${needed}`, '--'] : [];
   if (prlimit.length) log(`raising the open-file limit of the API and the generator from ${fdLimit} to ${needed}`);
-  const env = await keelEnv(temporal, pg, modelUrl, 'bench-idle');
+  const env = await benchEnv(temporal, pg, modelUrl, 'bench-idle');
   const worker = spawnEntry('worker/main.ts', env);
   await worker.waitForLine(/worker started/, 60_000);
   const api = spawnEntry('api/main.ts', env, { prefix: prlimit });

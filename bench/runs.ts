@@ -3,7 +3,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Client as PgClient } from 'pg';
 import { LocalModelServer } from '../model-server/server';
-import { bundleWorkflows } from '../scripts/bundle-workflows';
+import { keelEnv } from './keel-env';
 import { startEmbeddedPostgres, startTemporalDevServer } from '../scripts/services';
 import { spawnEntry } from '../test/support/processes';
 import { round, summarize } from './stats';
@@ -55,18 +55,8 @@ async function main() {
   const { url: modelUrl } = await model.start();
   // Default settings everywhere but what a benchmark must set: where things are, and the per-session message rate.
   const env = {
-    TEMPORAL_ADDRESS: temporal.address,
-    DATABASE_URL: pg.url,
-    KEEL_TASK_QUEUE: 'bench-runs',
-    KEEL_WORKFLOW_BUNDLE: await bundleWorkflows(),
-    OPENAI_BASE_URL: modelUrl,
-    OPENAI_API_KEY: 'bench',
-    KEEL_MODEL: 'keel-local',
-    KEEL_API_HOST: '127.0.0.1',
-    KEEL_API_PORT: '0',
+    ...(await keelEnv({ temporalAddress: temporal.address, databaseUrl: pg.url, modelUrl, taskQueue: 'bench-runs', adminKey: ADMIN_KEY })),
     KEEL_DB_POOL_SIZE: '20',
-    KEEL_ADMIN_API_KEY: ADMIN_KEY,
-    KEEL_WORKER_METRICS_PORT: '0',
     // Ten runs go to each session at once: more than the per-session chat rate (10 per 10 s) lets through.
     KEEL_RATE_MESSAGES_PER_SESSION: '0',
   };
