@@ -1,6 +1,5 @@
-import { readdirSync, readFileSync } from 'node:fs';
-import WebSocket from 'ws';
-import { wallClockMs } from './bare-activities';
+import { LeanSocket } from './lean-socket';
+import { rssMb, treePssMb } from './proc-cpu';
 import { summarize } from './stats';
 
 /**
@@ -25,90 +24,11 @@ export interface IdleConfig {
 const SETUP_CONCURRENCY = 100;
 const SETTLE_MS = 10_000;
 
-function rssMb(pid: number): number {
-  try {
-    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
-  } catch {
-    return 0;
-  }
-}
-
-/** Proportional set size: shared pages split between the processes that map them. */
-function pssMb(pid: number): number {
-  try {
-    return Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0) / 1024;
-  } catch {
-    return 0;
-  }
-}
-
-/** Memory of a process and its children (PostgreSQL's backends), as PSS: shared buffers counted once, not in each backend. */
-function treeRssMb(root: number): number {
-  let total = pssMb(root);
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === root) total += pssMb(Number(name));
-    } catch {
-      // gone
-    }
-  }
-  return total;
-}
+/** From the send to the first delta. */
+const firstTokenMs = ([sentAt, deltaAt]: [number, number]) => deltaAt - sentAt;
 
 const memory = (config: IdleConfig) =>
-  Object.fromEntries([...Object.entries(config.rssPids).map(([k, p]) => [k, Math.round(p.tree ? treeRssMb(p.pid) : rssMb(p.pid))]), ['generator', Math.round(rssMb(process.pid))]]);
-
-/** A session's socket, kept open; resolves the first delta and the end of a turn. */
-class IdleSocket {
-  private seen = new Map<string, number>();
-  private wake: (() => void) | undefined;
-  constructor(readonly id: string, private readonly ws: WebSocket) {
-    ws.on('message', (raw) => {
-      const type = (JSON.parse(raw.toString()) as { type: string }).type;
-      if (!this.seen.has(type)) this.seen.set(type, wallClockMs());
-      this.wake?.();
-    });
-  }
-
-  static open(id: string, url: string): Promise<IdleSocket> {
-    const ws = new WebSocket(url);
-    const socket = new IdleSocket(id, ws);
-    return new Promise((resolve, reject) => {
-      ws.once('message', () => resolve(socket));
-      ws.once('error', reject);
-      ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
-    });
-  }
-
-  private async arrival(type: string, deadline: number): Promise<number> {
-    for (;;) {
-      const at = this.seen.get(type);
-      if (at !== undefined) return at;
-      if (this.seen.has('error')) throw new Error(`session ${this.id}: an error frame`);
-      if (Date.now() > deadline) throw new Error(`session ${this.id}: no ${type}`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, 1_000);
-        this.wake = () => (clearTimeout(timer), resolve());
-      });
-    }
-  }
-
-  async turn(content: string): Promise<number> {
-    this.seen = new Map();
-    const deadline = Date.now() + 120_000;
-    const sentAt = wallClockMs();
-    this.ws.send(JSON.stringify({ type: 'message', content }));
-    const first = await this.arrival('stream.delta', deadline);
-    await this.arrival('turn.done', deadline);
-    return first - sentAt;
-  }
-
-  close(): void {
-    this.ws.close();
-  }
-}
+  Object.fromEntries([...Object.entries(config.rssPids).map(([k, p]) => [k, Math.round(p.tree ? treePssMb(p.pid) : rssMb(p.pid))]), ['generator', Math.round(rssMb(process.pid))]]);
 
 /** The model server's pacing for every scope (its control routes sit beside the OpenAI-compatible /v1). */
 async function pacing(modelUrl: string, firstTokenDelayMs: number, tokenDelayMs: number): Promise<void> {
@@ -116,13 +36,13 @@ async function pacing(modelUrl: string, firstTokenDelayMs: number, tokenDelayMs:
   if (!res.ok) throw new Error(`model pacing: ${res.status}`);
 }
 
-async function openSession(config: IdleConfig, i: number): Promise<IdleSocket> {
+async function openSession(config: IdleConfig, i: number): Promise<LeanSocket> {
   const headers = { 'content-type': 'application/json' };
   const issued = await fetch(`${config.baseUrl}/api/v1/admin/tokens`, { method: 'POST', headers: { ...headers, 'x-api-key': config.adminKey }, body: JSON.stringify({ userId: `idle-user-${i}` }) });
   const { token } = (await issued.json()) as { token: string };
   const res = await fetch(`${config.baseUrl}/api/v1/sessions`, { method: 'POST', headers: { ...headers, authorization: `Bearer ${token}` }, body: '{}' });
   const { id } = (await res.json()) as { id: string };
-  const socket = await IdleSocket.open(id, `${config.baseUrl.replace(/^http/, 'ws')}/api/v1/sessions/${id}/ws?token=${token}`);
+  const socket = await LeanSocket.open(`${config.baseUrl.replace(/^http/, 'ws')}/api/v1/sessions/${id}/ws?token=${token}`);
   await socket.turn('hello');
   return socket;
 }
@@ -133,7 +53,7 @@ async function main() {
   // The setup turns go fast; the wake-ups get the configured model pacing.
   await pacing(config.modelUrl, 0, 0);
   const started = performance.now();
-  const sockets: IdleSocket[] = [];
+  const sockets: LeanSocket[] = [];
   let next = 0;
   await Promise.all(Array.from({ length: SETUP_CONCURRENCY }, async () => {
     while (next < config.sessions) {
@@ -149,10 +69,10 @@ async function main() {
   // Random sessions, one at a time: with the cache smaller than the sessions, most were evicted.
   const picked = [...sockets].sort(() => Math.random() - 0.5).slice(0, config.wake);
   const evicted: number[] = [];
-  for (const s of picked) evicted.push((await s.turn('wake up')) - config.ttftMs);
+  for (const s of picked) evicted.push(firstTokenMs(await s.turn('wake up')) - config.ttftMs);
   // The same sessions again, now in the cache: the difference is what a wake-up from eviction costs.
   const cached: number[] = [];
-  for (const s of picked) cached.push((await s.turn('again')) - config.ttftMs);
+  for (const s of picked) cached.push(firstTokenMs(await s.turn('again')) - config.ttftMs);
   const afterMemoryMb = memory(config);
   sockets.forEach((s) => s.close());
   console.log(`RESULT ${JSON.stringify({ sessions: sockets.length, setupS, idleMemoryMb, afterMemoryMb, wokenOverhead: summarize(evicted), cachedOverhead: summarize(cached) })}`);

@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import fs from 'node:fs';
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import type { Pool } from 'pg';
@@ -145,11 +144,7 @@ export async function checkConversation(db: Pool, sessionId: string, turns: numb
   };
 }
 
-/** Resident memory of a process, in MiB (VmRSS). */
-export function rssMb(pid: number): number {
-  const kb = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
-  return kb / 1024;
-}
+export { rssMb } from './proc-cpu';
 
 /** Least-squares slope of y over x. */
 export function slope(points: { x: number; y: number }[]): number {

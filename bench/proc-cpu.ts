@@ -1,5 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 
+/** CPU and memory of processes, from Linux /proc, for the benchmarks. */
+
 /** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux). */
 const TICKS_PER_S = 100;
 
@@ -68,4 +70,32 @@ export function sampleCpu(processes: Record<string, Sampled>): Record<string, nu
 /** CPU seconds used between two samples, per name. */
 export function cpuBetween(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.keys(before).map((name) => [name, (after[name] ?? 0) - (before[name] ?? 0)]));
+}
+
+/** Resident memory of one process, in MiB (0 once it is gone). */
+export function rssMb(pid: number): number {
+  try {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/** Proportional set size: shared pages split between the processes that map them. */
+function pssMb(pid: number): number {
+  try {
+    return Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0) / 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/** Memory of a process and its children (PostgreSQL's backends), as PSS: shared buffers counted once, not in each backend. */
+export function treePssMb(root: number): number {
+  let total = pssMb(root);
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (Number.isInteger(pid) && stat(pid)?.ppid === root) total += pssMb(pid);
+  }
+  return total;
 }

@@ -1,3 +1,5 @@
+import { rssMb } from './proc-cpu';
+
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
   const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
@@ -14,15 +16,9 @@ export const round = (n: number, digits = 1) => Math.round(n * 10 ** digits) / 1
 /** Samples the resident memory of processes by pid, keeping each one's peak. */
 export function memorySampler(pids: Record<string, number>, everyMs = 250) {
   const peak: Record<string, number> = {};
-  const fs = require('node:fs') as typeof import('node:fs');
   const sample = () => {
     for (const [name, pid] of Object.entries(pids)) {
-      try {
-        const kb = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-        peak[name] = Math.max(peak[name] ?? 0, kb / 1024);
-      } catch {
-        // The process may have exited.
-      }
+      peak[name] = Math.max(peak[name] ?? 0, rssMb(pid)); // 0 once the process has exited
     }
   };
   const timer = setInterval(sample, everyMs);
