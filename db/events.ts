@@ -37,53 +37,28 @@ export interface NewEvent<T extends DurableEventType = DurableEventType> {
   data: DurableEventData<T>;
 }
 
+const AppendedRow = EventRow.omit({ session_id: true }).extend({ inserted: z.boolean(), has_runs: z.boolean() });
+
 /**
- * Appends one event and queues its NOTIFY (Postgres delivers it at commit). Writers of one
- * session first lock its row, so the insert, a new statement with a fresh snapshot, sees every
- * earlier event: seq is gap-free and one session's notifications arrive in seq order. A
- * repeated key returns the stored event.
+ * Appends one event and queues its NOTIFY (Postgres delivers it at commit), in one round trip:
+ * append_session_event (migration 019) locks the session's row first, so the insert, a statement
+ * with a fresh snapshot, sees every earlier event: seq is gap-free and one session's
+ * notifications arrive in seq order. A repeated key returns the stored event.
  */
 export async function appendEvent<T extends DurableEventType>(
   tx: DatabaseTransactionConnection,
   event: NewEvent<T>,
 ): Promise<{ event: DurableEvent; inserted: boolean }> {
   const data = durableEventSchemas[event.type].parse(event.data);
-  // The lock also reads whether the session has runs: a chat session's writes never look for one.
-  const hasRuns = await tx.maybeOneFirst(sql.type(z.object({ has_runs: z.boolean() }))`SELECT has_runs FROM sessions WHERE id = ${event.sessionId} FOR NO KEY UPDATE`);
-  const row = await tx.one(appendStatement(event, data));
-  const appended = toEvent(row);
-  // Background runs follow their turn's events in the same transaction (db/runs.ts).
-  if (hasRuns && row.inserted && RUN_EVENT_TYPES.has(event.type)) await followRunEvent(tx, appended, event.key, appendEvent);
+  const row = await tx.one(sql.type(AppendedRow)`
+    SELECT r_seq AS seq, r_type AS type, r_data AS data, r_created_at AS created_at, r_inserted AS inserted, r_has_runs AS has_runs
+    FROM append_session_event(${event.sessionId}, ${event.key}, ${event.type}, ${EVENT_PAYLOAD_VERSION}::smallint,
+                              ${sql.jsonb(data as never)}, ${EVENT_CHANNEL}, ${MAX_NOTIFY_BYTES})`);
+  const appended = toEvent({ ...row, session_id: event.sessionId });
+  // Background runs follow their turn's events in the same transaction (db/runs.ts); a chat
+  // session's writes never look for one.
+  if (row.has_runs && row.inserted && RUN_EVENT_TYPES.has(event.type)) await followRunEvent(tx, appended, event.key, appendEvent);
   return { event: appended, inserted: row.inserted };
-}
-
-function appendStatement(event: NewEvent, data: unknown) {
-  return sql.type(EventRow.extend({ inserted: z.boolean() }))`
-    WITH existing AS (
-      SELECT session_id, seq, type, data, created_at FROM session_events
-      WHERE session_id = ${event.sessionId} AND event_key = ${event.key}
-    ), inserted AS (
-      INSERT INTO session_events (session_id, seq, event_key, type, version, data)
-      SELECT ${event.sessionId},
-             COALESCE((SELECT MAX(seq) FROM session_events WHERE session_id = ${event.sessionId}), 0) + 1,
-             ${event.key}, ${event.type}, ${EVENT_PAYLOAD_VERSION}, ${sql.jsonb(data as never)}
-      WHERE NOT EXISTS (SELECT 1 FROM existing)
-      RETURNING session_id, seq, type, data, created_at
-    ), notified AS (
-      SELECT pg_notify(${EVENT_CHANNEL}, CASE
-        WHEN octet_length(whole) <= ${MAX_NOTIFY_BYTES} THEN whole
-        ELSE json_build_object('k', 'p', 'sessionId', session_id, 'seq', seq)::text END)
-      FROM (
-        SELECT session_id, seq, json_build_object(
-          'k', 'e', 'sessionId', session_id, 'seq', seq, 'type', type, 'data', data,
-          'createdAt', to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::text AS whole
-        FROM inserted
-      ) payload
-    )
-    SELECT session_id, seq, type, data, (extract(epoch FROM created_at) * 1000)::float8 AS created_at, true AS inserted
-    FROM inserted, (SELECT count(*) FROM notified) AS n
-    UNION ALL
-    SELECT session_id, seq, type, data, (extract(epoch FROM created_at) * 1000)::float8, false FROM existing`;
 }
 
 export async function notify(db: CommonQueryMethods, message: ChannelMessage): Promise<void> {
