@@ -3,7 +3,7 @@ import type { DatabasePool } from 'slonik';
 import type { Caller } from './auth';
 import { KeelError } from '../contracts/errors';
 import type { Settings } from '../config/settings';
-import { deleteOldWindows, hit, unhit } from '../db/rate-limits';
+import { deleteOldWindows, hit, type RateDecision, type RateLimit } from '../db/rate-limits';
 
 const SWEEP_INTERVAL_MS = 60_000;
 
@@ -25,13 +25,18 @@ export class RateLimiter {
 
   /**
    * KEEL_RATE_MESSAGES_PER_SESSION per KEEL_RATE_MESSAGES_WINDOW_MS, across REST, WebSocket and
-   * SSE. Returns a function that gives the slot back, for a send that then fails.
+   * SSE; null when it is off. deliverUserMessage counts the hit in the statement that stores
+   * the message and answers `refused` when it is over the limit; messageRefused is its error.
    */
-  async messageToSession(sessionId: string): Promise<() => Promise<void>> {
-    const key = `msg:${sessionId}`;
+  messageToSession(sessionId: string): RateLimit | null {
     const { messagesPerSession: limit, messagesWindowMs: windowMs } = this.limits;
-    await this.check(key, limit, windowMs, 'messages to this session');
-    return () => (limit > 0 ? unhit(this.pool, key, windowMs).catch(() => undefined) : Promise.resolve());
+    return limit > 0 ? { key: `msg:${sessionId}`, limit, windowMs } : null;
+  }
+
+  /** The error a refused message gets. */
+  messageRefused(decision: RateDecision): KeelError {
+    const { messagesPerSession: limit, messagesWindowMs: windowMs } = this.limits;
+    return refusal({ limit, windowMs }, decision, 'messages to this session');
   }
 
   /** KEEL_RATE_REQUESTS_PER_TOKEN per KEEL_RATE_REQUESTS_WINDOW_MS; `tokenKey` is the token's hash, never the token. */
@@ -50,14 +55,17 @@ export class RateLimiter {
 
   private async check(key: string, limit: number, windowMs: number, what: string): Promise<void> {
     if (limit <= 0) return;
-    const { allowed, retryAfterMs } = await hit(this.pool, key, limit, windowMs);
-    if (!allowed) {
-      const retryAfter = Math.max(1, Math.ceil(retryAfterMs / 1000));
-      throw new KeelError('RATE_LIMIT_EXCEEDED', `Too many ${what}: at most ${limit} per ${windowMs / 1000} s`, { retryAfter });
-    }
+    const rate = { key, limit, windowMs };
+    const decision = await hit(this.pool, rate);
+    if (!decision.allowed) throw refusal(rate, decision, what);
   }
 
   close(): void {
     clearInterval(this.sweeper);
   }
+}
+
+function refusal(rate: Omit<RateLimit, 'key'>, decision: RateDecision, what: string): KeelError {
+  const retryAfter = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+  return new KeelError('RATE_LIMIT_EXCEEDED', `Too many ${what}: at most ${rate.limit} per ${rate.windowMs / 1000} s`, { retryAfter });
 }

@@ -152,14 +152,14 @@ export class SessionService {
     const messageId = messageIdFor(sessionId, clientMessageId);
     if (clientMessageId !== undefined && (await messageAccepted(this.pool, messageId))) return { messageId };
     if (!resend && (await this.policyOf(row)) === 'reject') await this.refuseWhenBusy(sessionId);
-    const release = resend ? undefined : await this.limiter.messageToSession(sessionId);
+    const rate = resend ? null : this.limiter.messageToSession(sessionId);
     const checkedAt = performance.now();
-    try {
-      await this.bounded(() => deliverUserMessage(this.pool, this.client, { sessionId, messageId, content, requestId, ...(clientMessageId ? { clientMessageId } : {}), ...(budget ? { budget } : {}) }));
-    } catch (error) {
-      await release?.();
-      throw error instanceof KeelError ? error : await this.mapTemporalError(sessionId, error);
-    }
+    const stored = await this.bounded(() => deliverUserMessage(this.pool, this.client, { sessionId, messageId, content, requestId, ...(clientMessageId ? { clientMessageId } : {}), ...(budget ? { budget } : {}) }, rate)).catch(
+      async (error: unknown) => {
+        throw error instanceof KeelError ? error : await this.mapTemporalError(sessionId, error);
+      },
+    );
+    if (typeof stored === 'object') throw this.limiter.messageRefused(stored.refused);
     this.metrics.messagesAccepted.inc({ channel });
     this.log.info({ requestId, sessionId, messageId, channel, checksMs: Math.round(checkedAt - startedAt), signalMs: Math.round(performance.now() - checkedAt) }, 'message accepted');
     return { messageId };

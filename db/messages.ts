@@ -1,5 +1,6 @@
 import { sql, type CommonQueryMethods } from 'slonik';
 import { z } from 'zod';
+import { decisionOf, HitRow, hitQuery, type RateDecision, type RateLimit } from './rate-limits';
 
 export const MessageRow = z.object({
   id: z.string(),
@@ -69,19 +70,31 @@ export async function conversationUpTo(db: CommonQueryMethods, sessionId: string
 /** What a send found: a new message, one stored but not (yet) taken by the session, or one already answered in a turn. */
 export type IncomingMessage = 'new' | 'pending' | 'accepted';
 
-/** Stores a user message as it arrives, without a turn; a resend of the same ID stores nothing. */
-export async function storeIncomingMessage(db: CommonQueryMethods, m: { id: string; sessionId: string; content: string; clientMessageId?: string }): Promise<IncomingMessage> {
-  const row = await db.maybeOne(sql.type(z.object({ turn: z.number().nullable(), inserted: z.boolean() }))`
-    WITH ins AS (
+const StoredRow = HitRow.extend({ inserted: z.boolean(), found: z.boolean(), turn: z.number().nullable() });
+
+/**
+ * Stores a user message as it arrives, without a turn; a resend of the same ID stores nothing.
+ * With a rate limit, the hit is counted in the same statement, before the insert: a refused hit
+ * stores nothing (and is not counted), and a statement that fails counts nothing.
+ */
+export async function storeIncomingMessage(
+  db: CommonQueryMethods,
+  m: { id: string; sessionId: string; content: string; clientMessageId?: string },
+  rate: RateLimit | null = null,
+): Promise<IncomingMessage | { refused: RateDecision }> {
+  const row = await db.one(sql.type(StoredRow)`
+    WITH hit AS (${hitQuery(rate)}),
+    ins AS (
       INSERT INTO messages (id, session_id, role, content, client_message_id)
-      VALUES (${m.id}, ${m.sessionId}, 'user', ${m.content}, ${m.clientMessageId ?? null})
+      SELECT ${m.id}, ${m.sessionId}, 'user', ${m.content}, ${m.clientMessageId ?? null} WHERE (SELECT allowed FROM hit)
       ON CONFLICT DO NOTHING
       RETURNING turn
     )
-    SELECT turn, true AS inserted FROM ins
-    UNION ALL
-    SELECT turn, false AS inserted FROM messages WHERE id = ${m.id} AND NOT EXISTS (SELECT 1 FROM ins)`);
-  if (!row || row.inserted) return 'new';
+    SELECT hit.allowed, hit.cur, hit.prev, hit.elapsed_ms, EXISTS (SELECT 1 FROM ins) AS inserted,
+           earlier.id IS NOT NULL AS found, earlier.turn
+    FROM hit LEFT JOIN messages earlier ON earlier.id = ${m.id}`);
+  if (rate && !row.allowed) return { refused: decisionOf(row, rate) };
+  if (row.inserted || !row.found) return 'new';
   return row.turn === null ? 'pending' : 'accepted';
 }
 

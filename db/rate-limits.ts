@@ -31,17 +31,37 @@ export function retryAfterMs(prev: number, cur: number, elapsedMs: number, windo
   return Math.ceil(windowMs - elapsedMs + Math.max(0, at));
 }
 
-const HitRow = z.object({ allowed: z.boolean(), cur: z.number(), prev: z.number(), elapsed_ms: z.coerce.number() });
+/** One limit on one key: at most `limit` hits per `windowMs`. */
+export interface RateLimit {
+  key: string;
+  limit: number;
+  windowMs: number;
+}
+
+export const HitRow = z.object({ allowed: z.boolean(), cur: z.number(), prev: z.number(), elapsed_ms: z.coerce.number() });
+
+/**
+ * The statement that counts one hit against `rate` (columns allowed, cur, prev, elapsed_ms), for
+ * a caller that puts it in front of its own write; with no limit, a row that allows.
+ */
+export function hitQuery(rate: RateLimit | null) {
+  return rate
+    ? sql.fragment`SELECT allowed, cur, prev, elapsed_ms FROM rate_limit_hit(${rate.key}, ${rate.limit}, ${rate.windowMs})`
+    : sql.fragment`SELECT true AS allowed, 0 AS cur, 0 AS prev, 0::bigint AS elapsed_ms`;
+}
+
+export function decisionOf(row: z.infer<typeof HitRow>, rate: RateLimit): RateDecision {
+  if (row.allowed) return { allowed: true, retryAfterMs: 0 };
+  return { allowed: false, retryAfterMs: Math.max(1, retryAfterMs(row.prev, row.cur, row.elapsed_ms, rate.windowMs, rate.limit)) };
+}
 
 /**
  * Counts one hit for `key` if it is within `limit` per `windowMs`: one round trip, atomic
  * across every API process, on the database's clock. A refused hit is not counted, so a
  * client that retries too early is not kept out longer for it.
  */
-export async function hit(db: CommonQueryMethods, key: string, limit: number, windowMs: number): Promise<RateDecision> {
-  const row = await db.one(sql.type(HitRow)`SELECT allowed, cur, prev, elapsed_ms FROM rate_limit_hit(${key}, ${limit}, ${windowMs})`);
-  if (row.allowed) return { allowed: true, retryAfterMs: 0 };
-  return { allowed: false, retryAfterMs: Math.max(1, retryAfterMs(row.prev, row.cur, row.elapsed_ms, windowMs, limit)) };
+export async function hit(db: CommonQueryMethods, rate: RateLimit): Promise<RateDecision> {
+  return decisionOf(await db.one(sql.type(HitRow)`${hitQuery(rate)}`), rate);
 }
 
 /** Takes back one hit counted in the current window (a send that failed after it was counted). */

@@ -1,6 +1,8 @@
+import { Client, Connection } from '@temporalio/client';
 import fc from 'fast-check';
 import { Pool, type PoolClient } from 'pg';
 import WebSocket from 'ws';
+import { sessionWorkflowId } from '../contracts/ids';
 import { migrate } from '../db/migrate';
 import { retryAfterMs } from '../db/rate-limits';
 import { createTestDatabase, dropTestDatabase } from './support/database';
@@ -340,6 +342,31 @@ test('messages per session hold across two API processes: the 11th in the window
   expect(chat.status).toBe(200);
   expect(((await chat.json()) as { content: string }).content).toContain('message 4');
 }, 90_000);
+
+test('a message whose signal fails is not counted against the session: its hit is given back', async () => {
+  const token = await newUser();
+  const sessionId = await createSession(token);
+  const send = (i: number) =>
+    fetch(`${stack.base}/api/v1/sessions/${sessionId}/messages`, {
+      method: 'POST',
+      headers: { ...as(token), 'content-type': 'application/json' },
+      body: JSON.stringify({ content: `message ${i}`, clientMessageId: `gone-${i}` }),
+    });
+  const hits = async () =>
+    (await stack.db.query("SELECT COALESCE(sum(hits), 0)::int AS n FROM rate_limits WHERE key = $1", [`msg:${sessionId}`])).rows[0].n as number;
+  expect((await send(1)).status).toBe(202);
+  expect(await hits()).toBe(1);
+  // The workflow is gone while the row still says active: the message is stored, its signal fails.
+  const connection = await Connection.connect({ address: stack.env.TEMPORAL_ADDRESS });
+  try {
+    await new Client({ connection }).workflow.getHandle(sessionWorkflowId(sessionId)).terminate('limits test: the signal must fail');
+  } finally {
+    await connection.close();
+  }
+  const failed = await send(2);
+  expect(failed.status).toBeGreaterThanOrEqual(400);
+  expect(await hits()).toBe(1);
+}, 60_000);
 
 test('requests per token hold across two API processes under concurrent load; other tokens are unaffected', async () => {
   const token = await newUser();
