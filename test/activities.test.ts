@@ -775,8 +775,8 @@ describe('DeltaCoalescer', () => {
       await until(() => r.published.length === 2, 'the coalesced delta');
       expect(r.published[1]!.at - r.published[0]!.at).toBeGreaterThanOrEqual(95);
       coalescer.push('on Monday.');
-      await coalescer.flush();
-      expect(r.published.map(({ at: _at, ...delta }) => delta)).toEqual([
+      const last = await coalescer.drain();
+      expect([...r.published.map(({ at: _at, ...delta }) => delta), ...(last ? [last] : [])]).toEqual([
         { streamId: 't2-s1', attempt: 2, offset: 0, text: 'Order ' },
         { streamId: 't2-s1', attempt: 2, offset: 6, text: '7 ships ' },
         { streamId: 't2-s1', attempt: 2, offset: 14, text: 'on Monday.' },
@@ -795,11 +795,32 @@ describe('DeltaCoalescer', () => {
       await until(() => r.failures.length === 1, 'the failure callback');
       expect((r.failures[0] as Error).message).toBe('publish of offset 0 failed');
       coalescer.push('kept');
-      await coalescer.flush();
-      expect(r.published.map(({ at: _at, ...delta }) => delta)).toEqual([{ streamId: 't1-s1', attempt: 1, offset: 5, text: 'kept' }]);
+      const last = await coalescer.drain();
+      expect([...r.published.map(({ at: _at, ...delta }) => delta), ...(last ? [last] : [])]).toEqual([{ streamId: 't1-s1', attempt: 1, offset: 5, text: 'kept' }]);
     } finally {
       coalescer.dispose();
     }
+  });
+
+  test('drain waits for the deltas already sent, then hands back the pending text instead of sending it', async () => {
+    const published: StreamDeltaData[] = [];
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const coalescer = new DeltaCoalescer('t1-s1', 1, 1_000, async (delta) => {
+      await held;
+      published.push(delta);
+    }, () => undefined);
+    coalescer.push('sent ');
+    coalescer.push('pending');
+    let drained: StreamDeltaData | null | undefined;
+    const draining = coalescer.drain().then((d) => (drained = d));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(drained).toBeUndefined();
+    release();
+    await draining;
+    expect(published).toEqual([{ streamId: 't1-s1', attempt: 1, offset: 0, text: 'sent ' }]);
+    expect(drained).toEqual({ streamId: 't1-s1', attempt: 1, offset: 5, text: 'pending' });
+    expect(await coalescer.drain()).toBeNull();
   });
 });
 

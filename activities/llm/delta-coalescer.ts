@@ -31,10 +31,18 @@ export class DeltaCoalescer {
     else this.timer = setTimeout(() => this.send(), wait);
   }
 
-  /** Sends what is pending and waits until everything sent so far has been published. */
-  async flush(): Promise<void> {
-    this.send();
+  /**
+   * Stops batching, waits until everything sent so far has been published, and hands back what
+   * is still pending (null: nothing), for the caller to publish with its own last write.
+   */
+  async drain(): Promise<StreamDeltaData | null> {
+    this.dispose();
     await this.inFlight;
+    if (this.pending === '') return null;
+    const delta: StreamDeltaData = { streamId: this.streamId, attempt: this.attempt, offset: this.sent, text: this.pending };
+    this.sent += this.pending.length;
+    this.pending = '';
+    return delta;
   }
 
   private send(): void {

@@ -197,7 +197,9 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     // So can a connection cut by the provider: no finish reason means the reply is incomplete.
     if (finishReason === null) throw classifyLlmError(new Error('The model stream ended before the reply was complete'));
     await started;
-    await coalescer.flush();
+    // The text still pending goes out with the commit below, one round trip fewer; NOTIFYs
+    // queued in a transaction are delivered at its commit, in order, before stream.end's.
+    const lastDelta = await coalescer.drain();
     if (finishReason === 'content_filter') throw contentFilterFailure();
     // A provider that sent no usage: the message stores NULL tokens and cost, the events carry the flag.
     const usage: Usage = reported ?? { inputTokens: 0, outputTokens: 0, costUsd: 0, usageMissing: true };
@@ -210,6 +212,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     // the stream.end key decides, under the session's row lock, and the loser returns the winner's reply.
     const committed = await pool
       .transaction(async (tx) => {
+        if (lastDelta) for (const piece of splitDelta(lastDelta)) await notify(tx, { k: 'd', sessionId: input.sessionId, ...piece });
         const end = await appendEvent(tx, {
           sessionId: input.sessionId,
           key: `${streamId}:end`,
