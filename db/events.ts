@@ -43,17 +43,20 @@ const AppendedRow = EventRow.omit({ session_id: true }).extend({ inserted: z.boo
  * Appends one event and queues its NOTIFY (Postgres delivers it at commit), in one round trip:
  * append_session_event (migration 019) locks the session's row first, so the insert, a statement
  * with a fresh snapshot, sees every earlier event: seq is gap-free and one session's
- * notifications arrive in seq order. A repeated key returns the stored event.
+ * notifications arrive in seq order. A repeated key returns the stored event. `notifyFirst`
+ * (at most MAX_NOTIFY_BYTES) is NOTIFYed just before a new event, in the same round trip.
  */
 export async function appendEvent<T extends DurableEventType>(
   tx: DatabaseTransactionConnection,
   event: NewEvent<T>,
+  opts: { notifyFirst?: ChannelMessage } = {},
 ): Promise<{ event: DurableEvent; inserted: boolean }> {
   const data = durableEventSchemas[event.type].parse(event.data);
+  const first = opts.notifyFirst ? JSON.stringify(opts.notifyFirst) : null;
   const row = await tx.one(sql.type(AppendedRow)`
     SELECT r_seq AS seq, r_type AS type, r_data AS data, r_created_at AS created_at, r_inserted AS inserted, r_has_runs AS has_runs
     FROM append_session_event(${event.sessionId}, ${event.key}, ${event.type}, ${EVENT_PAYLOAD_VERSION}::smallint,
-                              ${sql.jsonb(data as never)}, ${EVENT_CHANNEL}, ${MAX_NOTIFY_BYTES})`);
+                              ${sql.jsonb(data as never)}, ${EVENT_CHANNEL}, ${MAX_NOTIFY_BYTES}, ${first})`);
   const appended = toEvent({ ...row, session_id: event.sessionId });
   // Background runs follow their turn's events in the same transaction (db/runs.ts); a chat
   // session's writes never look for one.

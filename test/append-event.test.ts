@@ -118,6 +118,18 @@ test('an append rolled back leaves no hole: the next writer takes the seq it wou
   expect(await seqsOf(sessionId)).toEqual([1, 2]);
 });
 
+test('notifyFirst goes out just before a new event, and not with a repeated one', async () => {
+  const sessionId = await newSession();
+  const delta = (text: string): ChannelMessage => ({ k: 'd', sessionId, streamId: 't1-s1', attempt: 1, offset: 0, text });
+  const end = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'end'), { notifyFirst: delta('last words') }));
+  expect(await heardFor(sessionId, 2)).toEqual([delta('last words'), expect.objectContaining({ k: 'e', seq: end.event.seq })]);
+  const again = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'end'), { notifyFirst: delta('from a loser') }));
+  expect(again.inserted).toBe(false);
+  const marker = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'marker')));
+  const heardNow = await heardFor(sessionId, 3);
+  expect(heardNow.map((m) => (m.k === 'd' ? m.text : m.k === 'e' ? m.seq : null))).toEqual(['last words', end.event.seq, marker.event.seq]);
+});
+
 test('an event too large for NOTIFY is announced by seq', async () => {
   const sessionId = await newSession();
   const big = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'big', 'x'.repeat(MAX_NOTIFY_BYTES))));

@@ -4,6 +4,7 @@ import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import { FailureType } from '../../contracts/failure-types';
 import { systemPromptOf, type ResolvedAgent } from '../../contracts/agents';
+import type { ChannelMessage } from '../../contracts/channel';
 import { Usage, type StreamDeltaData } from '../../contracts/events';
 import { ESCALATE_TOOL, HANDOFF_TOOL } from '../../contracts/builtin-tools';
 import { assistantPosition, replyMessageIdOf, StreamReplyInput, streamIdOf, type StreamReplyResult } from '../../contracts/turn';
@@ -197,8 +198,8 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     // So can a connection cut by the provider: no finish reason means the reply is incomplete.
     if (finishReason === null) throw classifyLlmError(new Error('The model stream ended before the reply was complete'));
     await started;
-    // The text still pending goes out with the commit below, one round trip fewer; NOTIFYs
-    // queued in a transaction are delivered at its commit, in order, before stream.end's.
+    // The text still pending goes out with the stream.end below, in its statement (one round trip
+    // fewer); NOTIFYs queued in a transaction are delivered at its commit, in order.
     const lastDelta = await coalescer.drain();
     if (finishReason === 'content_filter') throw contentFilterFailure();
     // A provider that sent no usage: the message stores NULL tokens and cost, the events carry the flag.
@@ -212,13 +213,13 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     // the stream.end key decides, under the session's row lock, and the loser returns the winner's reply.
     const committed = await pool
       .transaction(async (tx) => {
-        if (lastDelta) for (const piece of splitDelta(lastDelta)) await notify(tx, { k: 'd', sessionId: input.sessionId, ...piece });
-        const end = await appendEvent(tx, {
-          sessionId: input.sessionId,
-          key: `${streamId}:end`,
-          type: 'stream.end',
-          data: { streamId, attempt, messageId, content, finishReason, usage },
-        });
+        const pieces = lastDelta ? splitDelta(lastDelta).map((piece): ChannelMessage => ({ k: 'd', sessionId: input.sessionId, ...piece })) : [];
+        for (const piece of pieces.slice(0, -1)) await notify(tx, piece);
+        const end = await appendEvent(
+          tx,
+          { sessionId: input.sessionId, key: `${streamId}:end`, type: 'stream.end', data: { streamId, attempt, messageId, content, finishReason, usage } },
+          pieces.length ? { notifyFirst: pieces[pieces.length - 1]! } : {},
+        );
         if (!end.inserted) return false;
         await insertMessage(tx, {
           id: messageId,
