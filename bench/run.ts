@@ -14,6 +14,7 @@ import { keelEnv } from './keel-env';
 import type { IdleConfig } from './idle-generator';
 import type { GeneratorConfig, GeneratorResult } from './load-generator';
 import { memorySampler, round } from './stats';
+import { turnStagesMs } from './turn-stages';
 
 /**
  * `npm run bench`: Keel against a bare Temporal loop on the same servers, at the same load.
@@ -125,7 +126,8 @@ async function runKeel(temporal: { address: string; pid: number }, pg: { url: st
     const peak = memory.stop();
     // Each session ran its warm-up turn too: the histories hold TURNS + 1 turns each.
     const history = await historyPerTurn(client, result.workflowIds, SESSIONS * (TURNS + 1));
-    return { result: byKind(result), history, peak: { worker: peakOf(peak, 'worker'), api: peakOf(peak, 'api') } };
+    const stages = turnStagesMs([...workers, ...apis].flatMap((p) => p.lines));
+    return { result: byKind(result), history, stages, peak: { worker: peakOf(peak, 'worker'), api: peakOf(peak, 'api') } };
   } finally {
     await Promise.all([...workers, ...apis].map((p) => p.kill()));
   }
@@ -244,6 +246,8 @@ async function main() {
       bareCpuMsPerTurn: cpuMsPerTurn(b),
       idleCpuMsPerS: idleCpuMsPerS(k),
       bareIdleCpuMsPerS: idleCpuMsPerS(b),
+      // Keel's stages before the model request, from its per-turn log lines.
+      turnStagesMs: keel.stages,
       historyPerTurn: keel.history,
       bareHistoryPerTurn: bare.history,
       // Net of what the idle window showed per second (pollers, heartbeats) over the same time.
