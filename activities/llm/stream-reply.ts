@@ -9,7 +9,7 @@ import { Usage, type StreamDeltaData } from '../../contracts/events';
 import { ESCALATE_TOOL, HANDOFF_TOOL } from '../../contracts/builtin-tools';
 import { assistantPosition, replyMessageIdOf, StreamReplyInput, streamIdOf, type StreamReplyResult } from '../../contracts/turn';
 import { appendEvent, notify } from '../../db/events';
-import { conversationUpTo, insertMessage, MessageRow } from '../../db/messages';
+import { conversationAndEvent, conversationUpTo, insertMessage, MessageRow } from '../../db/messages';
 import type { Logger } from '../../config/logger';
 import type { Metrics } from '../../config/metrics';
 import { costOf, type PriceTable } from '../../config/pricing';
@@ -82,8 +82,12 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     const attempt = ctx.info.attempt;
     const streamId = streamIdOf(input.turn, input.step);
     // Checked on every attempt: an earlier attempt may have committed and died before reporting,
-    // and a `workflow reset` re-runs a committed step as attempt 1.
-    const done = await committedReply(input.sessionId, streamId);
+    // and a `workflow reset` re-runs a committed step as attempt 1. Read with the conversation.
+    const [read, stored] = await Promise.all([
+      conversationAndEvent(pool, input.sessionId, input.turn, input.replyTo, deps.contextMaxTurns, `${streamId}:end`),
+      deps.agents.get(input.agent.id, input.agent.version),
+    ]);
+    const done = read.eventExists ? await committedReply(input.sessionId, streamId) : null;
     if (done) return done;
 
     // Written while the model request is in flight: it only has to land before the first delta.
@@ -97,11 +101,11 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       });
     });
     started.catch(() => undefined);
-    // An outside event that waited for this turn joins it with this acceptance: read the conversation after it.
-    if (input.accept.some((m) => m.turn === input.turn && m.messageId !== input.replyTo)) await started.catch(() => undefined);
     const { history, agent } = await (async () => {
-      const [rows, stored] = await Promise.all([conversationUpTo(pool, input.sessionId, input.turn, input.replyTo, deps.contextMaxTurns), deps.agents.get(input.agent.id, input.agent.version)]);
       if (!stored) throw ApplicationFailure.nonRetryable(`agent ${input.agent.id} version ${input.agent.version} is not stored`, FailureType.persistenceInvalid);
+      // An outside event that waited for this turn joins it with this acceptance: read the conversation after it.
+      const joined = input.accept.some((m) => m.turn === input.turn && m.messageId !== input.replyTo);
+      const rows = joined ? await started.then(() => conversationUpTo(pool, input.sessionId, input.turn, input.replyTo, deps.contextMaxTurns)) : read.rows;
       if (!rows.some((m) => m.id === input.replyTo)) throw ApplicationFailure.nonRetryable(`message ${input.replyTo} is not stored`, FailureType.persistenceInvalid);
       return { history: rows, agent: stored };
     })().catch(async (error: unknown) => {
