@@ -44,15 +44,16 @@ const AppendedRow = EventRow.omit({ session_id: true }).extend({ inserted: z.boo
  * append_session_event (migration 019) locks the session's row first, so the insert, a statement
  * with a fresh snapshot, sees every earlier event: seq is gap-free and one session's
  * notifications arrive in seq order. A repeated key returns the stored event. `notifyFirst`
- * (at most MAX_NOTIFY_BYTES) is NOTIFYed just before a new event, in the same round trip.
+ * (each at most MAX_NOTIFY_BYTES) is NOTIFYed just before a new event, in order, in the same
+ * round trip. Append in READ COMMITTED transactions (the default).
  */
 export async function appendEvent<T extends DurableEventType>(
   tx: DatabaseTransactionConnection,
   event: NewEvent<T>,
-  opts: { notifyFirst?: ChannelMessage } = {},
+  opts: { notifyFirst?: ChannelMessage[] } = {},
 ): Promise<{ event: DurableEvent; inserted: boolean }> {
   const data = durableEventSchemas[event.type].parse(event.data);
-  const first = opts.notifyFirst ? JSON.stringify(opts.notifyFirst) : null;
+  const first = opts.notifyFirst?.length ? sql.array(opts.notifyFirst.map((m) => JSON.stringify(m)), 'text') : null;
   const row = await tx.one(sql.type(AppendedRow)`
     SELECT r_seq AS seq, r_type AS type, r_data AS data, r_created_at AS created_at, r_inserted AS inserted, r_has_runs AS has_runs
     FROM append_session_event(${event.sessionId}, ${event.key}, ${event.type}, ${EVENT_PAYLOAD_VERSION}::smallint,

@@ -69,11 +69,12 @@ export async function conversationUpTo(db: CommonQueryMethods, sessionId: string
 const conversationOf = (sessionId: string, turn: number, replyTo: string, maxTurns: number) =>
   sql.fragment`session_id = ${sessionId} AND ((turn <= ${turn} AND turn > ${turn - maxTurns}) OR id = ${replyTo}) AND deleted_at IS NULL`;
 
-const WithEventRow = z.object({ event_exists: z.boolean(), id: z.string().nullable() }).passthrough();
+const WithEventRow = z.object({ event_data: z.unknown(), id: z.string().nullable() }).passthrough();
 
 /**
- * conversationUpTo, and whether the session has an event with key `eventKey`, in one round trip:
- * a model step learns whether an earlier attempt committed it as it reads what to send the model.
+ * conversationUpTo, and the data of the session's event with key `eventKey` (null: none), in one
+ * round trip: a model step learns whether an earlier attempt committed it as it reads what to
+ * send the model.
  */
 export async function conversationAndEvent(
   db: CommonQueryMethods,
@@ -82,13 +83,13 @@ export async function conversationAndEvent(
   replyTo: string,
   maxTurns: number,
   eventKey: string,
-): Promise<{ rows: MessageRow[]; eventExists: boolean }> {
+): Promise<{ rows: MessageRow[]; eventData: unknown }> {
   const rows = await db.any(sql.type(WithEventRow)`
-    SELECT EXISTS (SELECT 1 FROM session_events WHERE session_id = ${sessionId} AND event_key = ${eventKey}) AS event_exists, m.*
+    SELECT (SELECT data FROM session_events WHERE session_id = ${sessionId} AND event_key = ${eventKey}) AS event_data, m.*
     FROM (SELECT 1) one
     LEFT JOIN LATERAL (SELECT ${MESSAGE_COLUMNS} FROM messages WHERE ${conversationOf(sessionId, turn, replyTo, maxTurns)}) m ON true
     ORDER BY m.turn NULLS LAST, m.position`);
-  return { rows: rows.filter((r) => r.id !== null).map((r) => MessageRow.parse(r)), eventExists: rows[0]?.event_exists ?? false };
+  return { rows: rows.filter((r) => r.id !== null).map((r) => MessageRow.parse(r)), eventData: rows[0]?.event_data ?? null };
 }
 
 /** What a send found: a new message, one stored but not (yet) taken by the session, or one already answered in a turn. */

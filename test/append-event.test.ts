@@ -6,6 +6,7 @@ import { appendEvent } from '../db/events';
 import { migrate } from '../db/migrate';
 import { openPool, type DatabasePool } from '../db/pool';
 import { createTestDatabase, dropTestDatabase } from './support/database';
+import { eventually } from './support/stack';
 
 /**
  * appendEvent's guarantees under concurrent writers of one session, against a real PostgreSQL:
@@ -47,17 +48,9 @@ const accepted = (sessionId: string, key: string, content = 'hello') =>
 const seqsOf = async (sessionId: string) =>
   [...(await pool.anyFirst(sql.type(z.object({ seq: z.number() }))`SELECT seq FROM session_events WHERE session_id = ${sessionId} ORDER BY seq`))];
 
-async function until(condition: () => Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
 async function heardFor(sessionId: string, count: number): Promise<ChannelMessage[]> {
   const mine = () => heard.filter((m) => m.sessionId === sessionId);
-  await until(async () => mine().length >= count, `${count} notifications`);
+  await eventually(async () => mine().length >= count, 10_000, `${count} notifications`);
   return mine();
 }
 
@@ -90,10 +83,10 @@ test('a writer that waited on the lock for the same key returns the event the fi
     return result;
   });
   // The first holds the session's lock, its event not yet committed.
-  await until(() => lockHeld(sessionId), 'the first writer to hold the lock');
+  await eventually(() => lockHeld(sessionId), 10_000, 'the first writer to hold the lock');
   expect(await seqsOf(sessionId)).toEqual([]);
   const second = pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'same', 'second')));
-  await until(appendWaitsOnLock, 'the second writer to wait on the lock');
+  await eventually(appendWaitsOnLock, 10_000, 'the second writer to wait on the lock');
   release();
   const [a, b] = await Promise.all([first, second]);
   expect(a.inserted).toBe(true);
@@ -104,7 +97,7 @@ test('a writer that waited on the lock for the same key returns the event the fi
   expect((await heardFor(sessionId, 1)).length).toBe(1);
 });
 
-test('an append rolled back leaves no hole: the next writer takes the seq it would have had', async () => {
+test('an append rolled back leaves no hole: the next writer takes the seq it would have had (a guard: max + 1 under the lock gives this by construction)', async () => {
   const sessionId = await newSession();
   await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'one')));
   await expect(
@@ -121,13 +114,13 @@ test('an append rolled back leaves no hole: the next writer takes the seq it wou
 test('notifyFirst goes out just before a new event, and not with a repeated one', async () => {
   const sessionId = await newSession();
   const delta = (text: string): ChannelMessage => ({ k: 'd', sessionId, streamId: 't1-s1', attempt: 1, offset: 0, text });
-  const end = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'end'), { notifyFirst: delta('last words') }));
-  expect(await heardFor(sessionId, 2)).toEqual([delta('last words'), expect.objectContaining({ k: 'e', seq: end.event.seq })]);
-  const again = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'end'), { notifyFirst: delta('from a loser') }));
+  const end = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'end'), { notifyFirst: [delta('last '), delta('words')] }));
+  expect(await heardFor(sessionId, 3)).toEqual([delta('last '), delta('words'), expect.objectContaining({ k: 'e', seq: end.event.seq })]);
+  const again = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'end'), { notifyFirst: [delta('from a loser')] }));
   expect(again.inserted).toBe(false);
   const marker = await pool.transaction((tx) => appendEvent(tx, accepted(sessionId, 'marker')));
-  const heardNow = await heardFor(sessionId, 3);
-  expect(heardNow.map((m) => (m.k === 'd' ? m.text : m.k === 'e' ? m.seq : null))).toEqual(['last words', end.event.seq, marker.event.seq]);
+  const heardNow = await heardFor(sessionId, 4);
+  expect(heardNow.map((m) => (m.k === 'd' ? m.text : m.k === 'e' ? m.seq : null))).toEqual(['last ', 'words', end.event.seq, marker.event.seq]);
 });
 
 test('an event too large for NOTIFY is announced by seq', async () => {

@@ -364,7 +364,11 @@ test('a message whose signal fails is not counted against the session: its hit i
     await connection.close();
   }
   const failed = await send(2);
-  expect(failed.status).toBeGreaterThanOrEqual(400);
+  expect(failed.status).toBe(404);
+  expect(((await failed.json()) as { error: { code: string } }).error.code).toBe('SESSION_NOT_FOUND');
+  // It was stored (its hit counted in that statement) before the signal failed, and the hit was given back.
+  const stored = await stack.db.query('SELECT count(*)::int AS n FROM messages WHERE session_id = $1 AND client_message_id = $2', [sessionId, 'gone-2']);
+  expect(stored.rows[0].n).toBe(1);
   expect(await hits()).toBe(1);
 }, 60_000);
 

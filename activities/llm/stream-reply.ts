@@ -62,15 +62,19 @@ function splitDelta(delta: StreamDeltaData): StreamDeltaData[] {
 export function createStreamReplyActivities(deps: StreamReplyDeps) {
   const { pool } = deps;
 
-  /** The reply an earlier attempt (or an earlier run, before a `workflow reset`) already committed. */
-  async function committedReply(sessionId: string, streamId: string): Promise<StreamReplyResult | null> {
-    const row = await pool.maybeOne(sql.type(StreamEndRow)`
-      SELECT data FROM session_events WHERE session_id = ${sessionId} AND event_key = ${`${streamId}:end`}`);
-    if (!row) return null;
+  /**
+   * The reply an earlier attempt (or an earlier run, before a `workflow reset`) already committed,
+   * from its stream.end's data when the caller has read it.
+   */
+  async function committedReply(sessionId: string, streamId: string, endData?: unknown): Promise<StreamReplyResult | null> {
+    const end = endData
+      ? StreamEndRow.shape.data.parse(endData)
+      : (await pool.maybeOne(sql.type(StreamEndRow)`SELECT data FROM session_events WHERE session_id = ${sessionId} AND event_key = ${`${streamId}:end`}`))?.data;
+    if (!end) return null;
     const message = await pool.maybeOne(sql.type(z.object({ tool_calls: MessageRow.shape.tool_calls }))`
-      SELECT tool_calls FROM messages WHERE id = ${row.data.messageId}`);
+      SELECT tool_calls FROM messages WHERE id = ${end.messageId}`);
     const toolCalls = (message?.tool_calls ?? []).map((c) => ({ modelCallId: c.id, name: c.name, arguments: c.arguments }));
-    return { messageId: row.data.messageId, finishReason: row.data.finishReason, usage: row.data.usage, toolCalls };
+    return { messageId: end.messageId, finishReason: end.finishReason, usage: end.usage, toolCalls };
   }
 
   async function streamReply(raw: StreamReplyInput): Promise<StreamReplyResult> {
@@ -87,7 +91,7 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
       conversationAndEvent(pool, input.sessionId, input.turn, input.replyTo, deps.contextMaxTurns, `${streamId}:end`),
       deps.agents.get(input.agent.id, input.agent.version),
     ]);
-    const done = read.eventExists ? await committedReply(input.sessionId, streamId) : null;
+    const done = read.eventData ? await committedReply(input.sessionId, streamId, read.eventData) : null;
     if (done) return done;
 
     // Written while the model request is in flight: it only has to land before the first delta.
@@ -204,8 +208,12 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     await started;
     // The text still pending goes out with the stream.end below, in its statement (one round trip
     // fewer); NOTIFYs queued in a transaction are delivered at its commit, in order.
-    const lastDelta = await coalescer.drain();
-    if (finishReason === 'content_filter') throw contentFilterFailure();
+    const drained = await coalescer.drain();
+    const lastDeltas = drained ? splitDelta(drained).map((piece): ChannelMessage => ({ k: 'd', sessionId: input.sessionId, ...piece })) : [];
+    if (finishReason === 'content_filter') {
+      for (const delta of lastDeltas) await notify(pool, delta).catch(() => deps.metrics.deltaPublishFailures.inc());
+      throw contentFilterFailure();
+    }
     // A provider that sent no usage: the message stores NULL tokens and cost, the events carry the flag.
     const usage: Usage = reported ?? { inputTokens: 0, outputTokens: 0, costUsd: 0, usageMissing: true };
 
@@ -217,12 +225,10 @@ export function createStreamReplyActivities(deps: StreamReplyDeps) {
     // the stream.end key decides, under the session's row lock, and the loser returns the winner's reply.
     const committed = await pool
       .transaction(async (tx) => {
-        const pieces = lastDelta ? splitDelta(lastDelta).map((piece): ChannelMessage => ({ k: 'd', sessionId: input.sessionId, ...piece })) : [];
-        for (const piece of pieces.slice(0, -1)) await notify(tx, piece);
         const end = await appendEvent(
           tx,
           { sessionId: input.sessionId, key: `${streamId}:end`, type: 'stream.end', data: { streamId, attempt, messageId, content, finishReason, usage } },
-          pieces.length ? { notifyFirst: pieces[pieces.length - 1]! } : {},
+          { notifyFirst: lastDeltas },
         );
         if (!end.inserted) return false;
         await insertMessage(tx, {

@@ -5,10 +5,12 @@
 -- the lock was granted: seq stays max + 1 with no gap, a repeated key returns the stored event,
 -- and one session's NOTIFYs are queued in seq order. The channel and the NOTIFY size limit come
 -- from the caller (contracts/channel.ts), the payload shape is the one contracts/channel.ts reads.
--- p_notify_first, when the event is new, is NOTIFYed just before it (a reply's last delta goes out
--- with its stream.end, activities/llm/stream-reply.ts).
+-- p_notify_first, when the event is new, is NOTIFYed just before it, in order (a reply's last
+-- delta goes out with its stream.end, activities/llm/stream-reply.ts). Callers append in READ
+-- COMMITTED transactions: under REPEATABLE READ the snapshot would be the transaction's, not the
+-- statement's.
 CREATE FUNCTION append_session_event(p_session text, p_key text, p_type text, p_version smallint, p_data jsonb,
-                                     p_channel text, p_max_notify integer, p_notify_first text DEFAULT NULL)
+                                     p_channel text, p_max_notify integer, p_notify_first text[] DEFAULT NULL)
 RETURNS TABLE (r_seq integer, r_type text, r_data jsonb, r_created_at float8, r_inserted boolean, r_has_runs boolean)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -18,6 +20,7 @@ DECLARE
   v_data jsonb;
   v_at timestamptz;
   v_whole text;
+  v_first text;
 BEGIN
   SELECT s.has_runs INTO v_has_runs FROM sessions s WHERE s.id = p_session FOR NO KEY UPDATE;
   SELECT e.seq, e.type, e.data, e.created_at INTO v_seq, v_type, v_data, v_at
@@ -30,9 +33,9 @@ BEGIN
   VALUES (p_session, COALESCE((SELECT MAX(m.seq) FROM session_events m WHERE m.session_id = p_session), 0) + 1,
           p_key, p_type, p_version, p_data)
   RETURNING e.seq, e.created_at INTO v_seq, v_at;
-  IF p_notify_first IS NOT NULL THEN
-    PERFORM pg_notify(p_channel, p_notify_first);
-  END IF;
+  FOREACH v_first IN ARRAY COALESCE(p_notify_first, '{}') LOOP
+    PERFORM pg_notify(p_channel, v_first);
+  END LOOP;
   v_whole := json_build_object(
     'k', 'e', 'sessionId', p_session, 'seq', v_seq, 'type', p_type, 'data', p_data,
     'createdAt', to_char(v_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::text;
