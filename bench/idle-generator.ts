@@ -21,6 +21,16 @@ export interface IdleConfig {
   rssPids: Record<string, { pid: number; tree?: boolean }>;
 }
 
+/** What the generator prints as `RESULT <json>`. */
+export interface IdleResult {
+  sessions: number;
+  setupS: number;
+  idleMemoryMb: Record<string, number>;
+  afterMemoryMb: Record<string, number>;
+  wokenOverhead: ReturnType<typeof summarize>;
+  cachedOverhead: ReturnType<typeof summarize>;
+}
+
 const SETUP_CONCURRENCY = 100;
 const SETTLE_MS = 10_000;
 
@@ -75,7 +85,8 @@ async function main() {
   for (const s of picked) cached.push(firstTokenMs(await s.turn('again')) - config.ttftMs);
   const afterMemoryMb = memory(config);
   sockets.forEach((s) => s.close());
-  console.log(`RESULT ${JSON.stringify({ sessions: sockets.length, setupS, idleMemoryMb, afterMemoryMb, wokenOverhead: summarize(evicted), cachedOverhead: summarize(cached) })}`);
+  const result: IdleResult = { sessions: sockets.length, setupS, idleMemoryMb, afterMemoryMb, wokenOverhead: summarize(evicted), cachedOverhead: summarize(cached) };
+  console.log(`RESULT ${JSON.stringify(result)}`);
 }
 
 main().catch((error: unknown) => {

@@ -144,8 +144,6 @@ export async function checkConversation(db: Pool, sessionId: string, turns: numb
   };
 }
 
-export { rssMb } from './proc-cpu';
-
 /** Least-squares slope of y over x. */
 export function slope(points: { x: number; y: number }[]): number {
   const n = points.length;

@@ -10,7 +10,8 @@ import { keelEnv } from './keel-env';
 import { startEmbeddedPostgres, startTemporalDevServer } from '../scripts/services';
 import { spawnEntry } from '../test/support/processes';
 import { WsClient } from '../test/support/ws-client';
-import { checkConversation, driveSession, measureRuns, rssMb, slope } from './long-session-lib';
+import { checkConversation, driveSession, measureRuns, slope } from './long-session-lib';
+import { rssMb } from './proc-cpu';
 import { percentile, round } from './stats';
 
 /**

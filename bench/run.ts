@@ -11,7 +11,7 @@ import { spawnEntry, type Spawned } from '../test/support/processes';
 import { Client as PgClient } from 'pg';
 import { historyPerTurn } from './history-stats';
 import { keelEnv } from './keel-env';
-import type { IdleConfig } from './idle-generator';
+import type { IdleConfig, IdleResult } from './idle-generator';
 import type { GeneratorConfig, GeneratorResult } from './load-generator';
 import { memorySampler, round } from './stats';
 import { turnStagesMs } from './turn-stages';
@@ -63,31 +63,44 @@ async function withPg<T>(url: string, fn: (c: PgClient) => Promise<T>): Promise<
   }
 }
 
-/** Runs the load generator as a process of its own and returns its result. */
-function generate(config: Omit<GeneratorConfig, 'sessions' | 'turns' | 'thinkMs' | 'ttftMs'>): Promise<GeneratorResult> {
-  const full: GeneratorConfig = { ...config, sessions: SESSIONS, turns: TURNS, thinkMs: THINK_MS, ttftMs: MODEL_TTFT_MS };
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'load-generator.ts'), JSON.stringify(full)], { cwd: path.resolve(__dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] });
+/**
+ * Runs a generator script (bench/load-generator.ts, bench/idle-generator.ts) as a process of its
+ * own, with its config as the argument, and returns what it prints as `RESULT <json>`; its other
+ * lines go to stderr. `prefix` execs it under another command (prlimit).
+ */
+function runGenerator<T>(script: string, config: unknown, prefix: string[] = []): Promise<T> {
+  const [cmd, ...cmdArgs] = [...prefix, process.execPath, '--import', 'tsx', path.join(__dirname, script), JSON.stringify(config)];
+  const child = spawn(cmd!, cmdArgs, { cwd: path.resolve(__dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
-    let result: GeneratorResult | undefined;
+    let result: T | undefined;
     readline.createInterface({ input: child.stdout }).on('line', (line) => {
-      if (line.startsWith('RESULT ')) result = JSON.parse(line.slice(7)) as GeneratorResult;
+      if (line.startsWith('RESULT ')) result = JSON.parse(line.slice(7)) as T;
       else process.stderr.write(`[generator] ${line}\n`);
     });
-    child.once('exit', (code) => (result ? resolve(result) : reject(new Error(`the load generator exited with ${code} and no result`))));
+    child.once('exit', (code) => (result ? resolve(result) : reject(new Error(`${script} exited with ${code} and no result`))));
   });
+}
+
+/** Runs the load generator with this run's sessions, turns and pacing. */
+function generate(config: Omit<GeneratorConfig, 'sessions' | 'turns' | 'thinkMs' | 'ttftMs'>): Promise<GeneratorResult> {
+  return runGenerator<GeneratorResult>('load-generator.ts', { ...config, sessions: SESSIONS, turns: TURNS, thinkMs: THINK_MS, ttftMs: MODEL_TTFT_MS } satisfies GeneratorConfig);
 }
 
 /** CPU milliseconds per turn, per process, without what the process spends when idle over the same time. */
 const cpuMsPerTurn = (r: GeneratorResult) =>
   Object.fromEntries(Object.entries(r.cpuSeconds).map(([k, s]) => [k, round(((s - (r.idleCpuPerS[k] ?? 0) * r.elapsedS) * 1000) / r.turns)]));
 const idleCpuMsPerS = (r: GeneratorResult) => Object.fromEntries(Object.entries(r.idleCpuPerS).map(([k, v]) => [k, round(v * 1000)]));
-const overheadMs = (r: GeneratorResult) => ({ p50: round(r.overhead.p50), p95: round(r.overhead.p95), p99: round(r.overhead.p99), max: round(r.overhead.max) });
+const roundedSummary = (x: { p50: number; p95: number; p99: number; max: number }) => ({ p50: round(x.p50), p95: round(x.p95), p99: round(x.p99), max: round(x.max) });
+const overheadMs = (r: GeneratorResult) => roundedSummary(r.overhead);
 
 /** CPU of several processes of one kind, summed under the kind's name (worker-0 + worker-1 → worker). */
 function byKind(result: GeneratorResult): GeneratorResult {
   const sum = (m: Record<string, number>) => {
     const out: Record<string, number> = {};
-    for (const [k, v] of Object.entries(m)) out[k.replace(/-\d+$/, '')] = (out[k.replace(/-\d+$/, '')] ?? 0) + v;
+    for (const [k, v] of Object.entries(m)) {
+      const kind = k.replace(/-\d+$/, '');
+      out[kind] = (out[kind] ?? 0) + v;
+    }
     return out;
   };
   return { ...result, cpuSeconds: sum(result.cpuSeconds), idleCpuPerS: sum(result.idleCpuPerS) };
@@ -175,19 +188,7 @@ async function runIdle(temporal: { address: string; pid: number }, pg: { url: st
       adminKey: BENCH_ADMIN_KEY,
       rssPids: { worker: { pid: worker.child.pid! }, api: { pid: api.child.pid! }, temporal: { pid: temporal.pid }, postgres: { pid: pg.pid, tree: true } },
     };
-    const [cmd, ...cmdArgs] = [...prlimit, process.execPath, '--import', 'tsx', path.join(__dirname, 'idle-generator.ts'), JSON.stringify(config)];
-    const child = spawn(cmd!, cmdArgs, {
-      cwd: path.resolve(__dirname, '..'),
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    const result = await new Promise<Record<string, any>>((resolve, reject) => {
-      let found: Record<string, any> | undefined;
-      readline.createInterface({ input: child.stdout! }).on('line', (line) => {
-        if (line.startsWith('RESULT ')) found = JSON.parse(line.slice(7)) as Record<string, any>;
-      });
-      child.once('exit', (code) => (found ? resolve(found) : reject(new Error(`the idle generator exited with ${code} and no result`))));
-    });
-    const o = (x: { p50: number; p95: number; p99: number; max: number }) => ({ p50: round(x.p50), p95: round(x.p95), p99: round(x.p99), max: round(x.max) });
+    const result = await runGenerator<IdleResult>('idle-generator.ts', config, prlimit);
     return {
       command: `npm run bench -- --idle ${IDLE_SESSIONS} --wake ${WAKE} --ttft ${MODEL_TTFT_MS} --token-delay ${TOKEN_DELAY_MS} --tokens ${TOKENS}`,
       machine: `${os.cpus().length} cores, ${round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}`,
@@ -198,8 +199,8 @@ async function runIdle(temporal: { address: string; pid: number }, pg: { url: st
       idleRssMb: result.idleMemoryMb,
       rssAfterWakingMb: result.afterMemoryMb,
       // First token minus the model's delay: a session most likely evicted from the worker's cache, then the same one cached.
-      wokenOverheadMs: o(result.wokenOverhead),
-      cachedOverheadMs: o(result.cachedOverhead),
+      wokenOverheadMs: roundedSummary(result.wokenOverhead),
+      cachedOverheadMs: roundedSummary(result.cachedOverhead),
       wakeCostMs: { p50: round(result.wokenOverhead.p50 - result.cachedOverhead.p50), p95: round(result.wokenOverhead.p95 - result.cachedOverhead.p95) },
     };
   } finally {
