@@ -5,7 +5,7 @@ import WebSocket from 'ws';
 import { sessionWorkflowId } from '../contracts/ids';
 import { migrate } from '../db/migrate';
 import { retryAfterMs } from '../db/rate-limits';
-import { createTestDatabase, dropTestDatabase } from './support/database';
+import { createTestDatabase, dropTestDatabase, testPool } from './support/database';
 import { eventually, startStack, type Stack } from './support/stack';
 import type { WsClient } from './support/ws-client';
 
@@ -54,7 +54,7 @@ describe('rate_limit_hit, the SQL function that decides every rate limit', () =>
   beforeAll(async () => {
     const url = await createTestDatabase(dbName);
     await migrate(url);
-    pool = new Pool({ connectionString: url, max: 10 });
+    pool = testPool(url, 10);
     await pool.query(`CREATE SCHEMA fake_clock`);
     await pool.query(`CREATE FUNCTION fake_clock.clock_timestamp() RETURNS timestamptz LANGUAGE sql
       AS $$ SELECT timestamptz 'epoch' + current_setting('fake_clock.now_ms')::bigint * interval '1 millisecond' $$`);

@@ -1,4 +1,4 @@
-import { Client } from 'pg';
+import { Client, Pool } from 'pg';
 
 function adminUrl(): string {
   const url = process.env.KEEL_TEST_ADMIN_DATABASE_URL;
@@ -27,4 +27,16 @@ export async function createTestDatabase(name: string): Promise<string> {
 
 export async function dropTestDatabase(name: string): Promise<void> {
   if (process.env.KEEL_TEST_ADMIN_DATABASE_URL) await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+}
+
+/**
+ * A pg pool for a test's own queries. An idle client's error is dropped: `pool.end()` resolves
+ * before its connections have closed, so the DROP DATABASE … WITH (FORCE) that follows can
+ * terminate one still closing (57P01), and with no listener Node reports that as an unhandled
+ * error in whatever test runs next. A query's own error still rejects its promise.
+ */
+export function testPool(connectionString: string, max: number): Pool {
+  const pool = new Pool({ connectionString, max });
+  pool.on('error', () => undefined);
+  return pool;
 }

@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Pool } from 'pg';
-import { createTestDatabase } from './database';
+import { createTestDatabase, testPool } from './database';
 import { bundleWorkflows } from '../../scripts/bundle-workflows';
 import { LocalModelServer } from '../../model-server/server';
 import { spawnEntry, type Spawned } from './processes';
@@ -77,7 +76,7 @@ export async function startStack(opts: StackOptions = {}) {
     await Promise.all([worker.kill(), api.kill(), model.stop()]);
     throw error;
   }
-  const db = new Pool({ connectionString: databaseUrl, max: 3 });
+  const db = testPool(databaseUrl, 3);
   const base = `http://127.0.0.1:${port}`;
   const sockets: WsClient[] = [];
   const extraApis: Spawned[] = [];
